@@ -1,0 +1,163 @@
+"""``byol-hub``: convert, describe, export and publish BYOL model folders.
+
+Examples::
+
+    byol-hub convert byol_resnet50_16xb256-coslr-200e_in1k_20220825-de817331.pth models/byol-r50-ep200 --zoo byol-r50-ep200
+    byol-hub info models/byol-r50-ep200
+    byol-hub export models/byol-r50-ep200 --format detectron2
+    byol-hub push models/byol-r50-ep200 org/byol-r50-ep200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hub.errors import HubError
+
+logger = logging.getLogger("byol-hub")
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from hub.convert import convert_checkpoint
+
+    model = convert_checkpoint(args.checkpoint, source=args.source, prefix=args.prefix, zoo=args.zoo,
+                               name=args.name or Path(args.out_dir).name, padding=args.padding)
+    prov = model.config.provenance
+    print(f"read {args.checkpoint}: layout {prov['source_format']}"
+          f"{' (detected)' if prov['detected'] else ''}, {model.config.architecture}, {model.config.stem} stem")
+    print(prov["identity"])
+    model.save_pretrained(args.out_dir, onnx=args.onnx)
+    print(f"wrote {args.out_dir}/ (model.safetensors, config.json, README.md{', model.onnx' if args.onnx else ''})")
+    return 0
+
+
+def _card(args: argparse.Namespace) -> int:
+    from huggingface_hub import ModelCard
+
+    from hub.card import write_card
+
+    path = write_card(args.model_dir)
+    ModelCard.load(path)  # proves the front matter parses
+    print(f"wrote {path}")
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from hub.hub_io import upload_folder
+
+    url = upload_folder(args.model_dir, args.repo_id, token=args.token, private=args.private,
+                        revision=args.revision, commit_message=args.message)
+    print(f"pushed {args.model_dir} to {args.repo_id}: {url}")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from hub.hub_io import resolve_model
+
+    resolved = resolve_model(args.model, files=(), optional_files=(), revision=args.revision,
+                             local_files_only=args.offline)
+    cfg = resolved.config
+    if args.json:
+        print(json.dumps({"id": resolved.model_id, "revision": resolved.revision, "folder": str(resolved.folder),
+                          "config": cfg.to_dict()}, indent=2))
+        return 0
+    print(f"model     {resolved.model_id} @ {resolved.revision}" + ("  [DEMO MODEL]" if cfg.demo else ""))
+    print(f"folder    {resolved.folder}")
+    print(f"network   {cfg.architecture}, {cfg.stem} stem, padding {cfg.padding}, input {cfg.input_size}x{cfg.input_size}")
+    if cfg.provenance.get("identity"):
+        print(f"identity  {cfg.provenance['identity']}")
+    print("onnx      " + (f"yes (opset {cfg.onnx.get('opset')})" if cfg.onnx else "no"))
+    print("layer      gap     mhead")
+    for layer, dims in cfg.layer_dims().items():
+        print(f"{layer:<9}{dims['gap']:>6}{str(dims['mhead'] or 'n/a'):>10}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from hub.export import default_export_path, export
+    from hub.model import BYOLModel
+
+    model = BYOLModel.from_pretrained(args.model_dir)
+    out = Path(args.output) if args.output else default_export_path(args.model_dir, args.format,
+                                                                    model.config.architecture)
+    if args.format == "onnx" and out.parent.resolve() == Path(args.model_dir).resolve():
+        model.save_pretrained(args.model_dir, onnx=True)  # keeps config.json's onnx record in step
+    else:
+        export(model, args.format, out)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from hub.config import CHECKPOINT_SOURCES as SOURCES
+    from hub.config import EXPORT_FORMATS as FORMATS
+    from hub.zoo import ZOO
+
+    parser = argparse.ArgumentParser(prog="byol-hub", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="turn an existing checkpoint into a model folder")
+    p.add_argument("checkpoint", help="the checkpoint file (.pth, .ckpt, .pkl, .safetensors)")
+    p.add_argument("out_dir", help="model folder to write")
+    p.add_argument("--source", default="auto", choices=SOURCES,
+                   help="checkpoint layout; 'auto' detects it and says what it found (default: auto)")
+    p.add_argument("--prefix", default=None,
+                   help="key prefix of the backbone inside a custom wrapper, e.g. 'encoder.' (default: per source)")
+    p.add_argument("--zoo", default=None, choices=sorted(ZOO),
+                   help="seed zoo entry these weights belong to; its reported results go into the card")
+    p.add_argument("--name", default=None, help="model id shown in the card (default: the folder name)")
+    p.add_argument("--padding", default=None, choices=("torch", "tf_same"),
+                   help="convolution padding; DeepMind checkpoints default to tf_same (exact), others to torch")
+    p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True,
+                   help="also write model.onnx so the service can run without torch (default: on)")
+    p.set_defaults(func=_convert)
+
+    p = sub.add_parser("card", help="(re)write the model card README.md of a model folder")
+    p.add_argument("model_dir", help="model folder with config.json")
+    p.set_defaults(func=_card)
+
+    p = sub.add_parser("push", help="upload a model folder to the Hugging Face Hub (one commit)")
+    p.add_argument("model_dir", help="model folder with config.json and model.safetensors")
+    p.add_argument("repo_id", help="target repo, e.g. org/byol-r50-ep200")
+    p.add_argument("--token", default=None, help="Hub token (default: the logged-in one / HF_TOKEN)")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.add_argument("--revision", default=None, help="branch to commit to (default: main)")
+    p.add_argument("--message", default="Upload BYOL model", help="commit message")
+    p.set_defaults(func=_push)
+
+    p = sub.add_parser("info", help="describe a model folder or Hub repo (no torch needed)")
+    p.add_argument("model", help="model folder or Hub repo id")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
+    p.add_argument("--offline", action="store_true", help="use the local Hugging Face cache only")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("export", help="export a model folder to another format")
+    p.add_argument("model_dir", help="model folder with config.json and model.safetensors")
+    p.add_argument("--format", required=True, choices=FORMATS,
+                   help="onnx: model.onnx in the folder (the serving contract); torchvision/timm: resnet state "
+                        "dicts; detectron2: .pkl with MoCo renaming; mmdet: state_dict with backbone. keys")
+    p.add_argument("--output", default=None, help="where to write (default: MODEL_DIR/model.onnx or MODEL_DIR/exports/)")
+    p.set_defaults(func=_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except HubError as err:
+        print(f"byol-hub {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

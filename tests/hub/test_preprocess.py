@@ -1,0 +1,82 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hub.config import PreprocessConfig
+from hub.errors import ImageDecodeError
+from hub.preprocess import decode_image, preprocess
+
+
+def _bytes(img: Image.Image, fmt: str, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def test_matches_torchvision_eval_transform(photos):
+    from torchvision import transforms as T
+
+    tv = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
+                    T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    ours = preprocess(photos, PreprocessConfig())
+    assert ours.shape == (len(photos), 3, 224, 224) and ours.dtype == np.float32
+    for i, img in enumerate(photos):
+        assert np.abs(tv(img).numpy() - ours[i]).max() < 1e-5
+
+
+def test_exif_orientation_is_applied(photos):
+    img = photos[0].resize((300, 200))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise on display
+    decoded = decode_image(_bytes(img, "JPEG", exif=exif.tobytes(), quality=95))
+    assert decoded.size == (200, 300)
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGBA", "CMYK", "LA", "I;16", "1"])
+def test_unusual_modes_become_rgb(photos, mode):
+    base = photos[1].resize((64, 48))
+    if mode == "I;16":
+        arr = (np.asarray(base.convert("L"), dtype=np.uint16) * 257)
+        img = Image.fromarray(arr)
+        assert img.mode == "I;16"
+    else:
+        img = base.convert(mode)
+    fmt = "JPEG" if mode == "CMYK" else "PNG"
+    decoded = decode_image(_bytes(img, fmt))
+    assert decoded.mode == "RGB" and decoded.size == (64, 48)
+    if mode == "I;16":  # 16-bit is scaled down, not clipped to white
+        assert abs(np.asarray(decoded).mean() - np.asarray(base.convert("L")).mean()) < 2
+
+
+def test_animated_gif_gives_first_frame():
+    frames = [Image.new("RGB", (20, 20), c) for c in ((255, 0, 0), (0, 0, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "GIF", save_all=True, append_images=frames[1:])
+    decoded = decode_image(buf.getvalue())
+    assert decoded.getpixel((5, 5))[0] > 200
+
+
+@pytest.mark.parametrize("data, match", [
+    (b"", "0 bytes"),
+    (b"hello, I am text posing as a PNG", "not a decodable image"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not a decodable image"),
+    (b"<svg xmlns='http://www.w3.org/2000/svg'></svg>", "not a decodable image"),
+])
+def test_bad_bytes_raise_clear_errors(data, match):
+    with pytest.raises(ImageDecodeError, match=match):
+        decode_image(data)
+
+
+def test_truncated_jpeg_is_refused(photos):
+    data = _bytes(photos[0], "JPEG")
+    with pytest.raises(ImageDecodeError):
+        decode_image(data[: len(data) // 3])
+
+
+def test_pixel_limit_is_checked_before_decoding():
+    data = _bytes(Image.new("L", (4000, 4000)), "PNG")
+    with pytest.raises(ImageDecodeError, match="limit") as info:
+        decode_image(data, max_pixels=1_000_000)
+    assert info.value.too_large
