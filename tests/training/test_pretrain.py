@@ -1,0 +1,147 @@
+"""End-to-end pretraining on real photos, through the real launchers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from hub import BYOLModel
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = str(REPO / "training" / "pretrain.py")
+SMALL = ["--batch-size-per-device", "4", "--total-batch-size", "8", "--num-workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def photo_dir(tmp_path_factory, photo_paths):
+    """18 real photos (scikit-image's, shrunk, plus crops and rotations) in an ImageFolder-like tree, and one corrupt file."""
+    root = tmp_path_factory.mktemp("photos")
+    for i, path in enumerate(photo_paths):
+        img = Image.open(path).convert("RGB")
+        img.thumbnail((160, 160))
+        (root / f"class{i % 2}").mkdir(exist_ok=True)
+        img.save(root / f"class{i % 2}" / f"{path.stem}.jpg", quality=90)
+        w, h = img.size
+        img.crop((0, 0, w * 2 // 3, h * 2 // 3)).save(root / f"class{i % 2}" / f"{path.stem}_crop.png")
+        img.transpose(Image.Transpose.ROTATE_90).save(root / f"class{i % 2}" / f"{path.stem}_rot.png")
+    (root / "class0" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "notes.txt").write_text("not an image")
+    return root
+
+
+def run(args: list[str], launcher: list[str] | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    launcher = launcher or ["accelerate", "launch", "--cpu", "--num_processes", "1"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run([*launcher, SCRIPT, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_smoke_pretraining_publishes_a_loadable_model(tmp_path, photo_dir):
+    out = tmp_path / "run"
+    proc = run(["--config", "smoke", "--data", str(photo_dir), "--output", str(out), *SMALL])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "config.yaml").exists() and list((out / "logs").rglob("events.out.tfevents*"))
+    metrics = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["step"] == 4  # 19 files (1 corrupt) at 8 per step: 2 steps per epoch, 2 epochs
+    assert all({"loss", "lr", "tau", "images_per_s", "projection_std", "skipped_images"} <= set(m) for m in metrics)
+    model = BYOLModel.from_pretrained(out / "final")
+    assert model.config.architecture == "resnet18" and model.config.training["config_name"] == "smoke"
+    assert model.config.training["final_loss"] == pytest.approx(metrics[-1]["loss"], abs=1e-4)
+    assert (out / "final" / "model.onnx").exists()
+    card = (out / "final" / "README.md").read_text()
+    assert "smoke" in card and "final_loss" in card
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_2", "step_4"]  # epoch ends, 2 kept
+
+
+def test_two_cpu_ranks_under_torchrun(tmp_path, photo_dir):
+    out = tmp_path / "ddp"
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    proc = run(["--config", "smoke", "--data", str(photo_dir), "--output", str(out), "--batch-size-per-device", "2",
+                "--total-batch-size", "8", "--num-workers", "0", "--no-export-onnx"], launcher=launcher,
+               env={"ACCELERATE_USE_CPU": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[rank 0]" in proc.stderr and "[rank 1]" in proc.stderr
+    assert "cpu x 2 (DistributedType.MULTI_CPU)" in proc.stderr
+    record = (out / "config.yaml").read_text()
+    assert "world_size: 2" in record and "optimizer_batch: 8" in record
+    BYOLModel.from_pretrained(out / "final")
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, photo_dir):
+    common = ["--config", "smoke", "--data", str(photo_dir), *SMALL, "--epochs", "3", "--checkpoint-every", "2",
+              "--no-export-onnx", "--seed", "7"]
+    ref = tmp_path / "uninterrupted"
+    assert run([*common, "--output", str(ref)]).returncode == 0
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(["accelerate", "launch", "--cpu", "--num_processes", "1", SCRIPT, *common,
+                             "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 240
+    while not (out / "checkpoints" / "step_2" / "trainer_state.json").exists():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "final").exists()
+
+    resumed = run([*common, "--output", str(out), "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr
+    a = load_file(ref / "final" / "model.safetensors")
+    b = load_file(out / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
+    assert json.loads((out / "final" / "config.json").read_text())["training"]["optimizer_steps"] == 6
+
+
+def test_imagenet_config_validates_with_a_dry_run(tmp_path, photo_dir):
+    proc = run(["--config", "byol_r50_8xb64_accu8_cos_lr4_8_fp16_ep200", "--data", str(photo_dir), "--output",
+                str(tmp_path / "dry"), "--dry-run", "--batch-size-per-device", "4", "--num-workers", "0"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "dry run: one optimizer step done" in proc.stderr
+    assert "precision bf16 (config asked fp16)" in proc.stderr  # fp16 has no CPU autocast: mapped explicitly
+    assert not (tmp_path / "dry" / "final").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "nope"], "unknown config 'nope'; presets:"),
+    (["--config", "smoke", "--data", "/no/such/folder"], "does not exist"),
+    (["--config", "smoke", "--data", "EMPTY"], "the dataset is empty"),
+    (["--config", "smoke", "--batch-size-per-device", "3"], "not divisible"),
+    (["--config", "smoke", "--batch-size-per-device", "64", "--total-batch-size", "128"], "cannot fill one optimizer step"),
+])
+def test_clear_errors(tmp_path, photo_dir, args, message):
+    (tmp_path / "empty").mkdir()
+    args = [a.replace("EMPTY", str(tmp_path / "empty")) for a in args]
+    if "--data" not in args:
+        args += ["--data", str(photo_dir)]
+    proc = subprocess.run([sys.executable, SCRIPT, *args, "--output", str(tmp_path / "o")], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+
+
+def test_unknown_override_key_is_refused():
+    proc = subprocess.run([sys.executable, SCRIPT, "--config", "smoke", "--data", ".", "--output", "x",
+                           "--learning-rate", "1"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unrecognized arguments: --learning-rate" in proc.stderr
+
+
+def test_help_explains_every_option():
+    text = subprocess.run([sys.executable, SCRIPT, "--help"], capture_output=True, text=True, timeout=60).stdout
+    from dataclasses import fields
+
+    from training.config import TrainConfig
+
+    for f in fields(TrainConfig):
+        assert "--" + f.name.replace("_", "-") in text
+    assert "--resume" in text and "--dry-run" in text

@@ -1,0 +1,217 @@
+"""Unlabeled image sources, a resumable per-rank sampler, and batching of BYOL's two views.
+
+Sources: a folder of images (searched recursively, ImageFolder trees included, labels ignored), a
+text file listing image paths, or WebDataset-style ``.tar`` shards (indexed once, read by offset, so
+they are map-style and resumable). Unreadable images are skipped and counted, never a crash.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import logging
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from hub.preprocess import to_rgb
+from training.augment import AugmentConfig, sample_rng, two_views
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+
+
+class DataError(ValueError):
+    """A data source that does not exist, holds no images, or cannot be read."""
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+class ImageSource:
+    """Random access to encoded images: ``len()`` and ``read(i) -> bytes``."""
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def read(self, index: int) -> bytes:
+        raise NotImplementedError
+
+
+class FileSource(ImageSource):
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def read(self, index: int) -> bytes:
+        return self.paths[index].read_bytes()
+
+
+class TarSource(ImageSource):
+    """Image members of ``.tar`` shards, indexed once and read by (shard, offset, size)."""
+
+    def __init__(self, shards: list[Path]) -> None:
+        self.shards = shards
+        self.index: list[tuple[int, int, int]] = []
+        for s, shard in enumerate(shards):
+            with tarfile.open(shard) as tar:
+                for member in tar:
+                    if member.isfile() and _is_image(member.name):
+                        self.index.append((s, member.offset_data, member.size))
+        self._handles: dict[int, io.BufferedReader] = {}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def read(self, index: int) -> bytes:
+        shard, offset, size = self.index[index]
+        handle = self._handles.get(shard)
+        if handle is None:  # one handle per shard per worker process
+            handle = self._handles[shard] = open(self.shards[shard], "rb")  # noqa: SIM115
+        handle.seek(offset)
+        return handle.read(size)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_handles": {}}
+
+
+def open_source(spec: str) -> ImageSource:
+    """``spec``: a folder, a ``.txt`` list of paths (relative to the list's folder), or ``.tar`` shards
+    (a file, a folder of shards, or a glob such as ``shards/train-*.tar``)."""
+    path = Path(spec)
+    if any(ch in spec for ch in "*?["):
+        shards = sorted(Path(p) for p in glob.glob(spec))
+        if not shards:
+            raise DataError(f"no files match {spec!r}")
+        return TarSource(shards)
+    if not path.exists():
+        raise DataError(f"data path {spec} does not exist; give a folder of images, a .txt list or .tar shards")
+    if path.is_file() and path.suffix == ".tar":
+        return TarSource([path])
+    if path.is_file() and path.suffix in (".txt", ".lst", ".csv"):
+        paths = []
+        for line in path.read_text().splitlines():
+            entry = line.strip().split()[0] if line.strip() else ""
+            if entry and not entry.startswith("#"):
+                paths.append((path.parent / entry) if not Path(entry).is_absolute() else Path(entry))
+        return FileSource(paths)
+    if path.is_dir():
+        shards = sorted(path.glob("*.tar"))
+        if shards:
+            return TarSource(shards)
+        files = sorted(p for p in path.rglob("*") if p.is_file() and _is_image(p.name))
+        return FileSource(files)
+    raise DataError(f"cannot read {spec}: expected a folder, a .txt list of images, or .tar shards")
+
+
+class TwoViewDataset(Dataset):
+    """Item ``(epoch, index)`` -> ``(view1, view2, skipped)``: uint8 ``(H, W, 3)`` views.
+
+    An unreadable image is skipped and replaced by the next readable one (deterministically), so
+    every batch keeps its size: BatchNorm statistics and the ranks' collectives stay in step.
+    ``skipped`` counts the unreadable files passed over.
+    """
+
+    max_substitutes = 16
+
+    def __init__(self, source: ImageSource, augment: AugmentConfig, seed: int) -> None:
+        if len(source) == 0:
+            raise DataError("the dataset is empty: no images with extensions " + ", ".join(IMAGE_EXTENSIONS))
+        self.source, self.augment, self.seed = source, augment, seed
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def load(self, index: int) -> Image.Image | None:
+        try:
+            with Image.open(io.BytesIO(self.source.read(index))) as img:
+                img.load()
+                return to_rgb(img)
+        except Exception as err:  # a corrupt file costs one sample, not the run
+            logger.debug("skipping unreadable image %d: %s", index, err)
+            return None
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, int]:
+        epoch, index = key
+        for skipped in range(self.max_substitutes):
+            rgb = self.load((index + skipped) % len(self))
+            if rgb is not None:
+                v1, v2 = two_views(rgb, self.augment, sample_rng(self.seed, epoch, index))
+                return v1, v2, skipped
+        raise DataError(f"{self.max_substitutes} consecutive unreadable images from index {index}; is the data corrupt?")
+
+
+@dataclass
+class ResumableSampler(Sampler):
+    """Per-rank seeded shuffling over many epochs, startable mid-epoch: yields ``(epoch, index)``.
+
+    Epoch ``e`` draws one permutation from ``seed + e``; rank ``r`` of ``w`` takes every ``w``-th element
+    and keeps the first ``per_epoch`` of them (whole optimizer steps, the same count on every rank).
+    Iteration runs from ``start_epoch`` (skipping ``start`` samples there) to ``end_epoch``, so one
+    DataLoader with persistent workers serves the whole run.
+    """
+
+    size: int
+    per_epoch: int
+    rank: int = 0
+    world_size: int = 1
+    seed: int = 0
+    start_epoch: int = 0
+    start: int = 0
+    end_epoch: int = 1
+
+    def __len__(self) -> int:
+        return (self.end_epoch - self.start_epoch) * self.per_epoch - self.start
+
+    def epoch_indices(self, epoch: int) -> list[int]:
+        gen = torch.Generator().manual_seed(self.seed + epoch)
+        order = torch.randperm(self.size, generator=gen)
+        return order[self.rank::self.world_size][: self.per_epoch].tolist()
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for epoch in range(self.start_epoch, self.end_epoch):
+            indices = self.epoch_indices(epoch)
+            for index in indices[self.start if epoch == self.start_epoch else 0:]:
+                yield epoch, index
+
+
+def collate_views(items: list[tuple[np.ndarray, np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Stack the views as uint8 ``(B, 3, H, W)`` twice, and sum the skipped-file counts."""
+    v1 = torch.from_numpy(np.stack([item[0] for item in items])).permute(0, 3, 1, 2)
+    v2 = torch.from_numpy(np.stack([item[1] for item in items])).permute(0, 3, 1, 2)
+    return v1, v2, sum(item[2] for item in items)
+
+
+def to_device_views(view: torch.Tensor, device: torch.device, mean: tuple[float, ...], std: tuple[float, ...],
+                    channels_last: bool) -> torch.Tensor:
+    """uint8 ``(B, 3, H, W)`` -> normalized float32 on ``device`` (batched, so cheap)."""
+    x = view.to(device, non_blocking=True).float().div_(255.0)
+    m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    x = x.sub_(m).div_(s)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def steps_per_epoch(dataset_size: int, world_size: int, batch_per_device: int, accum: int) -> int:
+    per_rank = dataset_size // world_size
+    steps = per_rank // (batch_per_device * accum)
+    if steps == 0:
+        raise DataError(
+            f"{dataset_size} images cannot fill one optimizer step of {world_size} x {batch_per_device} x {accum} "
+            f"= {world_size * batch_per_device * accum} images; lower --batch-size-per-device or --grad-accum-steps"
+        )
+    return steps
+
+
+__all__ = ["DataError", "open_source", "TwoViewDataset", "ResumableSampler", "collate_views", "to_device_views",
+           "steps_per_epoch"]
