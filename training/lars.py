@@ -1,7 +1,8 @@
 """LARS (You et al., 2017), the textbook rule, vectorized with ``torch._foreach_*``.
 
 For a weight ``w`` with gradient ``g``: ``local_lr = eta * ||w|| / (||g|| + wd * ||w||)`` (1 where a norm
-is 0), ``d = local_lr * (g + wd * w)``, ``buf = momentum * buf + d``, ``w -= lr * buf``.
+is 0), ``d = local_lr * (g + wd * w)``, ``buf = momentum * buf + d``, ``w -= lr * buf``. The gradients are consumed: ``d`` is built in place in
+``p.grad`` (call ``zero_grad`` after ``step`` as usual).
 Parameters in a group with ``lars_exclude=True`` (biases and every BatchNorm parameter, including
 ResNet's ``downsample.1``) get neither weight decay nor the trust ratio: plain SGD with momentum.
 """
@@ -48,19 +49,20 @@ class LARS(Optimizer):
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
                 continue
+            # The update is built in the gradient buffers themselves (they are consumed by this step):
+            # one fewer pass over ~100 MB of memory per step on a ResNet-50.
             grads = [p.grad for p in params]
-            if group["lars_exclude"]:
-                updates = [g.clone() for g in grads]
-            else:
+            if not group["lars_exclude"]:
                 wd, eta = group["weight_decay"], group["eta"]
                 w_norm = torch.stack(torch._foreach_norm(params))
                 g_norm = torch.stack(torch._foreach_norm(grads))
                 trust = torch.where((w_norm > 0) & (g_norm > 0), eta * w_norm / (g_norm + wd * w_norm),
                                     torch.ones_like(w_norm))
-                updates = torch._foreach_add(grads, params, alpha=wd)
-                torch._foreach_mul_(updates, list(trust.to(updates[0].dtype).unbind()))
+                if wd:
+                    torch._foreach_add_(grads, params, alpha=wd)
+                torch._foreach_mul_(grads, trust.tolist())
             bufs = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in params]
             torch._foreach_mul_(bufs, group["momentum"])
-            torch._foreach_add_(bufs, updates)
+            torch._foreach_add_(bufs, grads)
             torch._foreach_add_(params, bufs, alpha=-group["lr"])
         return loss

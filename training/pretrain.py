@@ -144,8 +144,11 @@ def train(args: argparse.Namespace) -> Path | None:
     model_config = ModelConfig(architecture=cfg.architecture, stem=cfg.stem,
                                preprocessing=PreprocessConfig(resize_size=cfg.eval_resize, crop_size=cfg.image_size),
                                datasets=[cfg.dataset_name])
-    model = BYOL(model_config, cfg.projector_hidden, cfg.projector_out, cfg.predictor_hidden)
-    if world > 1 and cfg.sync_bn and device.type == "cuda":
+    sync = world > 1 and cfg.sync_bn and device.type == "cuda"
+    # SyncBatchNorm replaces the per-view BatchNorm: then views must go through one at a time
+    fuse = cfg.fuse_views and not sync and (device.type != "cpu" or precision != "no")
+    model = BYOL(model_config, cfg.projector_hidden, cfg.projector_out, cfg.predictor_hidden, fuse_views=fuse)
+    if sync:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         logger.info("SyncBatchNorm across %d GPU processes", world)
     elif world > 1 and cfg.sync_bn:

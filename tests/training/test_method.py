@@ -37,6 +37,27 @@ def test_target_gets_no_gradient_and_moves_by_ema():
         assert torch.allclose(t, 0.99 * b + 0.01 * o, atol=1e-6)
 
 
+def test_fused_views_are_the_same_method_as_one_forward_per_view():
+    import copy
+
+    from training.byol import set_bn_views
+
+    torch.manual_seed(0)
+    fused = BYOL(ModelConfig(architecture="resnet18"), 64, 32, 64, fuse_views=True)
+    plain = copy.deepcopy(fused)
+    plain.fuse_views = False
+    set_bn_views(plain, 1)
+    v1, v2 = torch.randn(6, 3, 64, 64), torch.randn(6, 3, 64, 64)
+    (la, za), (lb, zb) = fused(v1, v2), plain(v1, v2)
+    assert torch.allclose(la, lb, atol=1e-6) and torch.allclose(za, zb, atol=1e-5)
+    la.backward()
+    lb.backward()
+    for p, q in zip(fused.online.parameters(), plain.online.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=1e-4)
+    for (name, x), y in zip(fused.state_dict().items(), plain.state_dict().values()):
+        assert torch.allclose(x.float(), y.float(), atol=1e-6), name  # running stats updated per view, in order
+
+
 def test_heads_follow_the_recipe():
     head = mlp(2048, 4096, 256)
     assert [type(m).__name__ for m in head] == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
