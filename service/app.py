@@ -1,0 +1,137 @@
+"""The app factory: a lifespan that loads the model once, warms it up, and only then reports ready.
+
+    from service.app import create_app
+    app = create_app(ServiceSettings(model="models/byol-r50-ep200", backend="onnx"))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from hub.config import CARD_NAME, ONNX_INT8_NAME, ONNX_NAME, WEIGHTS_NAME
+from hub.hub_io import ResolvedModel, resolve_model
+from service.backends import Backend, build_backend
+from service.engine import BatchEngine
+from service.errors import error_response, install_error_handlers
+from service.routes_embed import router as embed_router
+from service.routes_ops import router as ops_router
+from service.settings import ServiceSettings
+from service.state import ServiceState
+
+logger = logging.getLogger("service")
+access_log = logging.getLogger("service.access")
+KNOWN_ROUTES = {"/embed", "/v1/embeddings", "/v1/models", "/info", "/health", "/ready", "/metrics"}
+
+
+def resolve_served_model(settings: ServiceSettings) -> ResolvedModel:
+    """The model folder, fetching from the Hub only what the backend needs (no weights if ONNX is there)."""
+    kwargs = dict(revision=settings.revision, cache_dir=settings.cache_dir, local_files_only=settings.local_files_only)
+    graph = ONNX_INT8_NAME if settings.precision == "int8" else ONNX_NAME
+    if settings.backend == "onnx":
+        resolved = resolve_model(settings.model, files=(), optional_files=(graph, CARD_NAME), **kwargs)
+        if (resolved.folder / graph).exists():
+            return resolved
+    return resolve_model(settings.model, files=(WEIGHTS_NAME,), optional_files=(CARD_NAME,), **kwargs)
+
+
+class RequestMiddleware:
+    """Request ids, the body size limit, metrics and structured access logs, as plain ASGI."""
+
+    def __init__(self, app, state: ServiceState) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        path = scope.get("path", "")
+        route = path if path in KNOWN_ROUTES else "other"
+        start, status = time.perf_counter(), 500
+        limit = self.state.settings.max_body_bytes
+
+        async def send_wrapper(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode("latin-1"))]
+            await send(message)
+
+        try:
+            length = int(headers.get(b"content-length", b"0") or 0)
+        except ValueError:
+            length = 0
+        if length > limit:
+            response = error_response(413, "body_too_large", f"request body is {length} bytes; the limit is {limit}")
+            await response(scope, receive, send_wrapper)
+        else:
+            received = 0
+
+            async def receive_limited():
+                nonlocal received
+                message = await receive()
+                received += len(message.get("body", b""))
+                if received > limit:
+                    from service.errors import ServiceError
+
+                    raise ServiceError(413, "body_too_large", f"request body exceeds the limit of {limit} bytes")
+                return message
+
+            await self.app(scope, receive_limited, send_wrapper)
+        elapsed = time.perf_counter() - start
+        metrics = self.state.metrics
+        metrics.requests.labels(route, str(status)).inc()
+        metrics.latency.labels(route).observe(elapsed)
+        if route not in ("/health", "/ready", "/metrics"):
+            access_log.info(json.dumps({"request_id": request_id, "method": scope.get("method"), "path": path,
+                                        "status": status, "ms": round(elapsed * 1000, 1)}))
+
+
+def create_app(settings: ServiceSettings | None = None, backend: Backend | None = None) -> FastAPI:
+    """Build the app; the model is loaded by the lifespan (``backend`` may be injected, e.g. by tests)."""
+    settings = settings or ServiceSettings()
+    state = ServiceState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        import asyncio
+
+        resolved = await asyncio.to_thread(resolve_served_model, settings)
+        state.config, state.model_id, state.revision = resolved.config, resolved.model_id, resolved.revision
+        state.backend = backend or await asyncio.to_thread(build_backend, resolved, settings)
+        await asyncio.to_thread(state.backend.warmup, resolved.config.input_size)
+        state.engine = BatchEngine(state.backend, max_batch_size=settings.max_batch_size,
+                                   max_wait_ms=settings.max_wait_ms, queue_size=settings.queue_size,
+                                   on_batch=state.metrics.observe_batch)
+        state.metrics.queue_depth.set_function(lambda: state.engine.depth if state.engine else 0)
+        await state.engine.start()
+        state.ready = True
+        demo = " -- DEMO MODEL (smoke-trained, weak features; not for real work)" if resolved.config.demo else ""
+        logger.info("serving %s @ %s with %s (%s), %s %s%s", state.model_id, state.revision, state.backend.name,
+                    state.backend.precision, resolved.config.architecture, resolved.folder, demo)
+        yield
+        state.ready = False
+        await state.engine.stop()
+        state.decode_pool.shutdown(wait=False)
+        logger.info("stopped after draining the queue")
+
+    app = FastAPI(title="BYOL embeddings", version="0.1.0", lifespan=lifespan,
+                  description="Multi-layer image embeddings (feature1..feature5, avgpool) from BYOL ResNets.")
+    app.state.service = state
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(ops_router)
+    app.include_router(embed_router)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["*"])
+    app.add_middleware(RequestMiddleware, state=state)
+    return app

@@ -1,0 +1,58 @@
+"""PyTorch backend: CPU or CUDA, optional channels_last and half precision."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hub.hub_io import ResolvedModel
+from hub.layers import FEATURE_LAYERS, LayerError, mhead_pool
+from service.backends.base import Backend
+
+
+class TorchBackend(Backend):
+    name = "torch"
+
+    def __init__(self, resolved: ResolvedModel, *, device: str = "cpu", precision: str = "fp32",
+                 channels_last: bool = True, threads: int = 0) -> None:
+        import torch
+
+        from hub.model import BYOLModel
+
+        if threads:
+            torch.set_num_threads(threads)
+        if precision == "int8":
+            raise ValueError("int8 is served through the ONNX backend (--backend onnx --precision int8)")
+        if precision == "fp16" and not device.startswith("cuda"):
+            raise ValueError("fp16 needs a CUDA device; on CPU serve fp32")
+        self.torch = torch
+        self.device = torch.device(device)
+        self.dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.precision = precision
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        model = BYOLModel.from_pretrained(resolved.folder)
+        self.model = model.to(self.device, self.dtype, memory_format=self.memory_format).eval()
+        from hub.layers import feature_sizes
+
+        sizes = feature_sizes(model.config.stem, model.config.input_size)
+        self.mhead_layers = []
+        for layer, side in zip(FEATURE_LAYERS, sizes, strict=True):
+            try:
+                mhead_pool(layer, side)
+                self.mhead_layers.append(layer)
+            except LayerError:
+                pass
+
+    @property
+    def outputs(self) -> list[str]:
+        return [*FEATURE_LAYERS, "avgpool", *(f"{name}.mhead" for name in self.mhead_layers)]
+
+    def run(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+        torch = self.torch
+        with torch.inference_mode():
+            x = torch.from_numpy(pixel_values).to(self.device, self.dtype, memory_format=self.memory_format)
+            maps = self.model.feature_maps(x, FEATURE_LAYERS)
+            out = {name: maps[name].mean(dim=(2, 3)) for name in FEATURE_LAYERS}
+            out["avgpool"] = out["feature5"]
+            for name in self.mhead_layers:
+                out[f"{name}.mhead"] = self.model.pool(name, maps[name], "mhead")
+            return {k: v.float().cpu().numpy() for k, v in out.items()}

@@ -1,0 +1,174 @@
+"""``POST /embed`` (multipart or JSON) and the OpenAI-compatible ``POST /v1/embeddings``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.datastructures import UploadFile
+
+from hub.layers import check_layers
+from service.embedding import (
+    EmbedOptions,
+    decode_and_preprocess,
+    decode_base64_image,
+    encode_vector,
+    make_options,
+    output_name,
+    parse_bool,
+    run_images,
+)
+from service.errors import ServiceError
+from service.state import Auth, ReadyState, ServiceState
+
+router = APIRouter()
+OPTION_NAMES = ("layers", "pooling", "normalize", "encoding")
+
+
+class EmbedBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    images: list[str]
+    layers: list[str] | str | None = None
+    pooling: str | None = None
+    normalize: bool | None = None
+    encoding: str | None = None
+
+
+class OpenAIEmbeddingsBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    input: str | list[str]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+
+
+def _malformed(err: ValidationError | ValueError) -> ServiceError:
+    if isinstance(err, ValidationError):
+        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors())
+    else:
+        detail = str(err)
+    return ServiceError(422, "malformed_request", f"malformed JSON body: {detail}")
+
+
+def _normalized(name: str, value: Any) -> Any:
+    if name == "layers":
+        return check_layers(value)
+    if name == "normalize":
+        return parse_bool(value, name)
+    return value
+
+
+async def _json_body(request: Request, schema: type[BaseModel]) -> BaseModel:
+    raw = await request.body()
+    try:
+        return schema.model_validate(json.loads(raw))
+    except json.JSONDecodeError as err:
+        raise _malformed(ValueError(f"not JSON ({err.msg} at position {err.pos})")) from None
+    except ValidationError as err:
+        raise _malformed(err) from None
+
+
+async def _embed_images(state: ServiceState, request: Request, blobs: list[bytes],
+                        options: EmbedOptions) -> list[dict[str, np.ndarray]]:
+    settings = state.settings
+    if not blobs:
+        raise ServiceError(400, "no_images", "no images in the request; send one or more 'images'")
+    if len(blobs) > settings.max_images:
+        raise ServiceError(413, "too_many_images", f"{len(blobs)} images; at most {settings.max_images} per request")
+    loop = asyncio.get_running_loop()
+    pixels = await loop.run_in_executor(state.decode_pool, decode_and_preprocess, blobs, state.config,
+                                        settings.max_pixels, state.metrics.decode_errors.inc)
+    return await run_images(state.engine, pixels, settings.request_timeout_s, request.is_disconnected)
+
+
+def _response(state: ServiceState, results: list[dict[str, np.ndarray]], options: EmbedOptions) -> JSONResponse:
+    names = {layer: output_name(layer, options.pooling) for layer in options.layers}
+    data = [{"index": i, "embeddings": {layer: encode_vector(row[name], options.normalize, options.encoding)
+                                        for layer, name in names.items()}}
+            for i, row in enumerate(results)]
+    dims = {layer: int(results[0][name].shape[0]) for layer, name in names.items()}
+    return JSONResponse({"model": state.model_id, "revision": state.revision, "backend": state.backend.name,
+                         "pooling": options.pooling, "normalized": options.normalize, "encoding": options.encoding,
+                         "dims": dims, "data": data})
+
+
+@router.post("/embed", summary="embed images from any layer",
+             description="multipart/form-data with one or more `images` files (options in the query string), "
+                         "or JSON `{images: [base64 | data URI], layers, pooling, normalize, encoding}`.")
+async def embed(request: Request, state: ReadyState, _: Auth,
+                layers: str | None = Query(None, description="comma-separated: feature1..feature5, avgpool"),
+                pooling: str | None = Query(None, description="gap (default) or mhead"),
+                normalize: str | None = Query(None, description="L2-normalize each embedding (default false)"),
+                encoding: str | None = Query(None, description="float (default) or base64 (little-endian float32)"),
+                ) -> JSONResponse:
+    query = {"layers": layers, "pooling": pooling, "normalize": normalize, "encoding": encoding}
+    outputs = state.backend.outputs
+    ctype = request.headers.get("content-type", "").lower()
+    if ctype.startswith("multipart/form-data"):
+        limit = state.settings.max_images
+        try:
+            form = await request.form(max_files=limit + 1, max_fields=limit + 8)
+        except ServiceError:
+            raise
+        except Exception as err:
+            raise ServiceError(400, "malformed_multipart", f"cannot parse the multipart body: {err}") from None
+        unknown = sorted({key for key in form.keys() if key != "images"})
+        if unknown:
+            raise ServiceError(400, "unknown_field", f"unknown form field(s) {unknown}: send files in 'images' fields "
+                               "and options in the query string")
+        items = form.getlist("images")
+        if len(items) > limit:
+            raise ServiceError(413, "too_many_images", f"{len(items)} images; at most {limit} per request")
+        blobs = []
+        for index, item in enumerate(items):
+            if not isinstance(item, UploadFile):
+                raise ServiceError(400, "invalid_image", f"image {index} is a text field, not a file", index=index)
+            blobs.append(await item.read())
+        options = make_options(layers, pooling, normalize, encoding, outputs)
+    elif ctype.startswith("application/json"):
+        body = await _json_body(request, EmbedBody)
+        given = body.model_dump(exclude_unset=True)
+        for name in OPTION_NAMES:
+            if query[name] is not None and name in given and \
+                    _normalized(name, query[name]) != _normalized(name, given[name]):
+                raise ServiceError(400, "conflicting_parameters",
+                                   f"{name} is {query[name]!r} in the query string but {given[name]!r} in the body")
+        merged = {name: given[name] if name in given else query[name] for name in OPTION_NAMES}
+        options = make_options(merged["layers"], merged["pooling"], merged["normalize"], merged["encoding"], outputs)
+        if len(body.images) > state.settings.max_images:
+            raise ServiceError(413, "too_many_images",
+                               f"{len(body.images)} images; at most {state.settings.max_images} per request")
+        blobs = [decode_base64_image(text, i) for i, text in enumerate(body.images)]
+    else:
+        raise ServiceError(415, "unsupported_media_type",
+                           "send multipart/form-data (images files) or application/json (base64 images)")
+    results = await _embed_images(state, request, blobs, options)
+    return _response(state, results, options)
+
+
+@router.post("/v1/embeddings", summary="OpenAI-compatible embeddings of images (avgpool, L2-normalized)",
+             description="`input`: a data:image/...;base64 URI or bare base64, or a list of them.")
+async def openai_embeddings(request: Request, state: ReadyState, _: Auth) -> JSONResponse:
+    body = await _json_body(request, OpenAIEmbeddingsBody)
+    if body.model is not None and body.model != state.model_id:
+        raise ServiceError(400, "model_not_found", f"this server serves {state.model_id!r}, not {body.model!r}")
+    size = state.config.num_features
+    if body.dimensions is not None and body.dimensions != size:
+        raise ServiceError(400, "invalid_parameter", f"dimensions must be {size} (the avgpool size) or omitted")
+    inputs = [body.input] if isinstance(body.input, str) else body.input
+    if len(inputs) > state.settings.max_images:
+        raise ServiceError(413, "too_many_images", f"{len(inputs)} inputs; at most {state.settings.max_images}")
+    blobs = [decode_base64_image(text, i) for i, text in enumerate(inputs)]
+    options = EmbedOptions(("avgpool",), "gap", True, body.encoding_format)
+    results = await _embed_images(state, request, blobs, options)
+    data: list[dict[str, Any]] = [
+        {"object": "embedding", "index": i, "embedding": encode_vector(row["avgpool"], True, body.encoding_format)}
+        for i, row in enumerate(results)]
+    return JSONResponse({"object": "list", "data": data, "model": state.model_id,
+                         "usage": {"prompt_tokens": 0, "total_tokens": 0}})

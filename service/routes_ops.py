@@ -1,0 +1,56 @@
+"""Operational routes: health, readiness, metrics, model information, OpenAI model list."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.state import Auth, State
+
+router = APIRouter()
+
+
+@router.get("/health", summary="the process is alive")
+async def health() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/ready", summary="model loaded, warmed up, inference worker answering (503 otherwise)")
+async def ready(state: State) -> JSONResponse:
+    engine = state.engine
+    ok = state.ready and engine is not None and engine.accepting
+    body = {"status": "ready" if ok else "not_ready", "queue_depth": engine.depth if engine else 0}
+    return JSONResponse(body, status_code=200 if ok else 503, headers=None if ok else {"Retry-After": "5"})
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def metrics(state: State) -> Response:
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/info", summary="what is served and how")
+async def info(state: State, _: Auth) -> dict:
+    cfg = state.config
+    if cfg is None:
+        return {"status": "loading"}
+    outputs = state.backend.outputs if state.backend else []
+    dims = {pooling: {layer: d for layer, d in cfg.dims(pooling).items()
+                      if layer == "avgpool" or pooling == "gap" or f"{layer}.mhead" in outputs}
+            for pooling in ("gap", "mhead")}
+    s = state.settings
+    return {
+        "model": state.model_id, "revision": state.revision, "backend": state.backend.name if state.backend else None,
+        "precision": state.backend.precision if state.backend else None, "demo": cfg.demo,
+        "architecture": cfg.architecture, "stem": cfg.stem, "layers": list(dims["gap"]), "poolings": ["gap", "mhead"],
+        "dims": dims, "preprocessing": cfg.to_dict()["preprocessing"],
+        "max_batch_size": s.max_batch_size, "max_wait_ms": s.max_wait_ms,
+        "limits": {"max_images": s.max_images, "max_body_bytes": s.max_body_bytes, "max_pixels": s.max_pixels},
+        "provenance": {k: v for k, v in cfg.provenance.items() if k in ("identity", "source_file", "source_sha256")},
+    }
+
+
+@router.get("/v1/models", summary="OpenAI-compatible model list")
+async def models(state: State, _: Auth) -> dict:
+    return {"object": "list", "data": [{"id": state.model_id, "object": "model", "created": state.started,
+                                        "owned_by": "byol", "demo": bool(state.config and state.config.demo)}]}

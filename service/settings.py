@@ -1,0 +1,37 @@
+"""All service settings in one place: ``BYOL_*`` environment variables or ``byol-serve`` options."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Settings of the embedding server. Each field reads ``BYOL_<NAME>`` (e.g. ``BYOL_MODEL``)."""
+
+    model_config = SettingsConfigDict(env_prefix="BYOL_", extra="ignore")
+
+    model: str = Field("models/default", description="model folder or Hub repo id (org/name)")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit)")
+    cache_dir: str | None = Field(None, description="Hugging Face cache folder (default: HF_HOME's)")
+    local_files_only: bool = Field(False, description="never contact the Hub; use the cache only")
+    backend: Literal["onnx", "torch"] = Field("onnx", description="onnx (ONNX Runtime, no torch needed) or torch")
+    device: str = Field("cpu", description="torch backend: cpu, cuda or cuda:N; onnx: cpu or cuda")
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        "fp32", description="fp32; int8 (ONNX, needs model.int8.onnx); fp16 (torch on CUDA)")
+    channels_last: bool = Field(True, description="torch backend: channels_last memory format")
+    threads: int = Field(0, description="inference threads (0: all cores)")
+    max_batch_size: int = Field(32, ge=1, description="images per inference batch")
+    max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits for more images")
+    queue_size: int = Field(256, ge=1, description="images waiting at most; beyond, 503 with Retry-After")
+    max_images: int = Field(32, ge=1, description="images per request")
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1, description="request body size limit")
+    max_pixels: int = Field(40_000_000, ge=1, description="pixels per image, checked before decoding")
+    request_timeout_s: float = Field(60.0, gt=0, description="per-request timeout")
+    api_keys: list[str] = Field(default_factory=list, description="accepted Bearer keys (empty: no auth)")
+    cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS")
+    host: str = Field("127.0.0.1", description="bind address")
+    port: int = Field(8000, description="port")
+    log_level: str = Field("info", description="debug, info, warning, error")

@@ -1,0 +1,64 @@
+"""What the app holds while it serves: settings, the model's description, backend, engine, metrics."""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from hub.config import ModelConfig
+from service.backends.base import Backend
+from service.engine import BatchEngine
+from service.errors import ServiceError
+from service.metrics import Metrics
+from service.settings import ServiceSettings
+
+
+@dataclass
+class ServiceState:
+    settings: ServiceSettings
+    metrics: Metrics = field(default_factory=Metrics)
+    config: ModelConfig | None = None
+    model_id: str = ""
+    revision: str = ""
+    backend: Backend | None = None
+    engine: BatchEngine | None = None
+    ready: bool = False
+    started: int = field(default_factory=lambda: int(time.time()))
+    decode_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2),
+                                                   thread_name_prefix="byol-decode"))
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+def ready_state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.service
+    if not state.ready or state.engine is None or not state.engine.accepting:
+        raise ServiceError(503, "not_ready", "the model is not loaded yet or the server is shutting down",
+                           headers={"Retry-After": "5"})
+    return state
+
+
+def check_api_key(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
+    """Bearer API keys, compared in constant time; no keys configured means no authentication."""
+    import hmac
+
+    keys = request.app.state.service.settings.api_keys
+    if not keys:
+        return
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
+        raise ServiceError(401, "unauthorized", "missing or invalid API key; send 'Authorization: Bearer <key>'",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+
+State = Annotated[ServiceState, Depends(get_state)]
+ReadyState = Annotated[ServiceState, Depends(ready_state)]
+Auth = Annotated[None, Depends(check_api_key)]
