@@ -1,0 +1,65 @@
+"""A model trained here (a short BYOL run on real photos) and in-process apps for both backends."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory, photo_paths) -> Path:
+    """ResNet-18 at 64x64 after a short BYOL run on scikit-image's photos, published with model.onnx."""
+    root = tmp_path_factory.mktemp("trained")
+    data = root / "photos"
+    data.mkdir()
+    for i, path in enumerate(photo_paths):
+        img = Image.open(path).convert("RGB")
+        img.thumbnail((160, 160))
+        img.save(data / f"{i}.jpg")
+        img.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(data / f"{i}_flip.jpg")
+        img.crop((0, 0, img.width * 3 // 4, img.height * 3 // 4)).save(data / f"{i}_crop.png")
+    out = root / "run"
+    proc = subprocess.run([sys.executable, str(REPO / "training" / "pretrain.py"), "--config", "smoke", "--data",
+                           str(data), "--output", str(out), "--epochs", "3", "--batch-size-per-device", "4",
+                           "--total-batch-size", "8", "--num-workers", "0", "--model-name", "org/byol-test"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out / "final"
+
+
+def image_bytes(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def photo_bytes(photos) -> list[bytes]:
+    return [image_bytes(img, "JPEG", quality=92) for img in photos[:4]]
+
+
+def make_client(model: Path, **settings) -> TestClient:
+    from service.app import create_app
+    from service.settings import ServiceSettings
+
+    return TestClient(create_app(ServiceSettings(model=str(model), **settings)))
+
+
+@pytest.fixture(scope="module")
+def onnx_client(trained_model):
+    with make_client(trained_model, backend="onnx", max_wait_ms=2) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def torch_client(trained_model):
+    with make_client(trained_model, backend="torch", max_wait_ms=2) as client:
+        yield client

@@ -1,0 +1,142 @@
+"""The real thing: ``byol-serve`` as a uvicorn process on loopback, called over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from service.client import AsyncEmbeddingClient, EmbeddingClient, EmbeddingError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(model, *extra: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--model", str(model), "--port", str(port),
+                             "--max-wait-ms", "2", *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {proc.stdout.read()[-3000:]}")
+        try:
+            if httpx.get(url + "/ready", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("server did not become ready")
+
+
+@pytest.fixture(scope="module")
+def server(trained_model):
+    proc, url = start_server(trained_model)
+    yield proc, url
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_onnx_server_process_does_not_load_torch(server):
+    proc, url = server
+    maps = open(f"/proc/{proc.pid}/maps").read()
+    assert "libtorch" not in maps and "onnxruntime" in maps
+
+
+def test_openai_client(server, photo_bytes):
+    import openai
+
+    _, url = server
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused")
+    uris = ["data:image/jpeg;base64," + base64.b64encode(b).decode() for b in photo_bytes[:3]]
+    response = client.embeddings.create(model="org/byol-test", input=uris)  # asks for base64 by default
+    vectors = np.array([d.embedding for d in response.data], dtype=np.float32)
+    assert vectors.shape == (3, 512) and response.model == "org/byol-test"
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    as_float = client.embeddings.create(model="org/byol-test", input=uris[0], encoding_format="float")
+    assert np.allclose(as_float.data[0].embedding, vectors[0], atol=1e-6)
+    raw = httpx.post(url + "/embed?layers=avgpool&normalize=true",
+                     files=[("images", ("a.jpg", photo_bytes[0], "image/jpeg"))]).json()
+    assert np.allclose(raw["data"][0]["embeddings"]["avgpool"], vectors[0], atol=1e-5)
+    assert client.models.list().data[0].id == "org/byol-test"
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model="org/byol-test", input=uris[0], dimensions=128)
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model="someone/else", input=uris[0])
+
+
+def test_python_clients(server, photo_bytes):
+    _, url = server
+    with EmbeddingClient(url) as client:
+        result = client.embed(photo_bytes[:2], layers=("feature5", "avgpool"), normalize=True)
+        assert result.embeddings["feature5"].shape == (2, 512) and result.model == "org/byol-test"
+        with pytest.raises(EmbeddingError) as info:
+            client.embed([photo_bytes[0], b"junk"])
+        assert info.value.status == 415 and info.value.index == 1
+
+    async def run():
+        async with AsyncEmbeddingClient(url) as client:
+            return await asyncio.gather(*(client.embed([b]) for b in photo_bytes[:3]))
+
+    rows = asyncio.run(run())
+    assert np.allclose(rows[0].embeddings["avgpool"][0], EmbeddingClient(url).embed(photo_bytes[:1]).embeddings[
+        "avgpool"][0], atol=1e-5)
+
+
+def test_client_retries_after_503(monkeypatch):
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if len(calls) < 3:
+            return httpx.Response(503, headers={"Retry-After": "0"}, json={"error": {"code": "overloaded"}})
+        body = {"model": "m", "revision": "r", "backend": "onnx", "dims": {"avgpool": 2},
+                "data": [{"index": 0, "embeddings": {"avgpool": base64.b64encode(
+                    np.array([1, 2], "<f4").tobytes()).decode()}}]}
+        return httpx.Response(200, json=body)
+
+    client = EmbeddingClient("http://test", retries=3)
+    client._http = httpx.Client(base_url="http://test", transport=httpx.MockTransport(handler))
+    result = client.embed([b"img"])
+    assert len(calls) == 3 and result.embeddings["avgpool"].tolist() == [[1.0, 2.0]]
+
+
+def test_sigterm_drains_in_flight_requests(trained_model, photo_bytes):
+    proc, url = start_server(trained_model, "--max-batch-size", "8")
+    files = [("images", (f"{i}.jpg", photo_bytes[i % 4], "image/jpeg")) for i in range(32)]
+    statuses: list[int] = []
+
+    def call() -> None:
+        try:
+            statuses.append(httpx.post(url + "/embed?layers=feature1&pooling=mhead", files=files, timeout=60).status_code)
+        except httpx.HTTPError as err:
+            statuses.append(repr(err))
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    os.kill(proc.pid, signal.SIGTERM)
+    for t in threads:
+        t.join(60)
+    # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status says what stopped it
+    assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
+    log = proc.stdout.read()
+    assert statuses == [200, 200, 200, 200], (statuses, log[-2000:])
+    assert "stopped after draining the queue" in log
