@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hub.errors import HubError
+from hub.errors import ExportError, HubError
 
 logger = logging.getLogger("byol-hub")
 
@@ -85,11 +85,19 @@ def _export(args: argparse.Namespace) -> int:
     model = BYOLModel.from_pretrained(args.model_dir)
     out = Path(args.output) if args.output else default_export_path(args.model_dir, args.format,
                                                                     model.config.architecture)
+    if args.int8 and args.format != "onnx":
+        raise ExportError("--int8 applies to --format onnx only")
     if args.format == "onnx" and out.parent.resolve() == Path(args.model_dir).resolve():
         model.save_pretrained(args.model_dir, onnx=True)  # keeps config.json's onnx record in step
     else:
         export(model, args.format, out)
     print(f"wrote {out}")
+    if args.int8:
+        from hub.quantize import load_calibration_images, quantize_int8
+
+        if out.parent.resolve() != Path(args.model_dir).resolve():
+            raise ExportError("--int8 writes model.int8.onnx beside the folder's own model.onnx; drop --output")
+        print(f"wrote {quantize_int8(args.model_dir, load_calibration_images(args.calibration))}")
     return 0
 
 
@@ -145,6 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnx: model.onnx in the folder (the serving contract); torchvision/timm: resnet state "
                         "dicts; detectron2: .pkl with MoCo renaming; mmdet: state_dict with backbone. keys")
     p.add_argument("--output", default=None, help="where to write (default: MODEL_DIR/model.onnx or MODEL_DIR/exports/)")
+    p.add_argument("--int8", action="store_true",
+                   help="onnx only: also write model.int8.onnx (static QDQ quantization, per-channel weights)")
+    p.add_argument("--calibration", default=None,
+                   help="folder of sample images to calibrate int8 on (default: scikit-image's photos if installed)")
     p.set_defaults(func=_export)
     return parser
 

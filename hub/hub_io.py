@@ -146,6 +146,8 @@ class HubIOMixin:
         if not self.config.onnx:
             for stale in (ONNX_NAME, ONNX_INT8_NAME):
                 (target / stale).unlink(missing_ok=True)
+        elif onnx:
+            (target / ONNX_INT8_NAME).unlink(missing_ok=True)  # quantized from the previous graph
         return target
 
     @classmethod

@@ -166,3 +166,26 @@ def test_api_keys(trained_model, photo_bytes):
         assert client.post("/embed", files=_multipart(photo_bytes[:1]),
                            headers={"Authorization": "Bearer other"}).status_code == 200
         assert client.get("/health").status_code == 200 and client.get("/ready").status_code == 200
+
+
+def test_int8_precision_serves_the_quantized_graph(tmp_path, trained_model, photos, photo_bytes, onnx_client):
+    import shutil
+
+    from hub.config import ModelConfig
+    from hub.quantize import quantize_int8
+
+    folder = tmp_path / "m"
+    shutil.copytree(trained_model, folder)
+    quantize_int8(folder, photos)
+    assert ModelConfig.load(folder).onnx["int8"]["method"].startswith("static QDQ")
+    with make_client(folder, precision="int8") as client:
+        assert client.get("/info").json()["precision"] == "int8"
+        got = _vectors(client.post("/embed?layers=avgpool", files=_multipart(photo_bytes)).json(), "avgpool")
+    ref = _vectors(onnx_client.post("/embed?layers=avgpool", files=_multipart(photo_bytes)).json(), "avgpool")
+    cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
+    assert cos.min() > 0.97, cos
+    from service.backends.onnx import OnnxRuntimeError
+
+    with pytest.raises(OnnxRuntimeError, match="no model.int8.onnx; make one with `byol-hub export"):
+        with make_client(trained_model, precision="int8"):  # no int8 graph there: a clear error at start
+            pass
