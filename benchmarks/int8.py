@@ -65,7 +65,7 @@ def main() -> None:
                for name, s in sessions.items()}
     batch = pixels[: args.batch]
     speed = {}
-    for name, session in sessions.items():
+    for session in sessions.values():
         for _ in range(3):
             session.run(None, {"pixel_values": batch})
     times = {name: [] for name in sessions}
