@@ -1,0 +1,247 @@
+"""Load test on loopback: this server vs the raw engine, a naive FastAPI + torch endpoint, and LitServe.
+
+    python benchmarks/serve_load.py [--model DIR] [--concurrency 1 4 8 16] [--seconds 8]
+
+Every server runs in its own process on 127.0.0.1 and gets JPEG uploads (one image per request) from
+a bounded asyncio load generator; it reports images/s and p50/p99 latency per concurrency. In the same
+run: the raw engine (in-process ONNX Runtime on the same graph, already-preprocessed tensors, at the
+server's max batch size), a naive FastAPI endpoint with one torch forward per request (written here),
+and LitServe serving the same ONNX graph with its dynamic batching (``pip install -e ".[bench]"``).
+Without --model, a ResNet-50 with random weights is built for timing only (speed does not depend on weights).
+"""
+
+import argparse
+import asyncio
+import io
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np
+
+MAX_BATCH, WAIT_MS = 8, 10
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def jpegs(count: int = 16) -> list[bytes]:
+    import skimage
+    from PIL import Image
+
+    root = Path(skimage.__file__).parent / "data"
+    out = []
+    for name in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "retina.jpg"):
+        img = Image.open(root / name).convert("RGB")
+        img.thumbnail((500, 500))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return (out * (count // len(out) + 1))[:count]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Peers, each started as `python benchmarks/serve_load.py --serve KIND --model DIR --port N`
+
+def serve_naive(model: str, port: int) -> None:
+    """One request, one decode, one torch forward: what people write by hand."""
+    import torch
+    import uvicorn
+    from fastapi import FastAPI, UploadFile
+
+    from hub import BYOLModel
+    from hub.preprocess import decode_image
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    net = BYOLModel.from_pretrained(model)
+    app = FastAPI()
+
+    @app.post("/embed")
+    async def embed(images: UploadFile) -> dict:
+        img = decode_image(await images.read())
+        with torch.inference_mode():
+            vec = net(net.preprocess([img]))[0]
+        return {"embedding": vec.tolist()}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+try:
+    import litserve as ls
+except ImportError:
+    ls = None
+
+if ls is not None:
+
+    class OnnxLitAPI(ls.LitAPI):
+        """The same ONNX graph and preprocessing as the server, with LitServe's batching (module level, so
+        LitServe's worker processes can unpickle it)."""
+
+        def __init__(self, model: str, **kwargs):
+            super().__init__(**kwargs)
+            self.model = model
+
+        def setup(self, device):
+            import onnxruntime as ort
+
+            from hub.config import ModelConfig
+
+            self.cfg = ModelConfig.load(self.model)
+            self.session = ort.InferenceSession(str(Path(self.model) / "model.onnx"),
+                                                providers=["CPUExecutionProvider"])
+
+        def decode_request(self, request):
+            from hub.preprocess import decode_image, preprocess_one
+
+            return preprocess_one(decode_image(request["images"].file.read()), self.cfg.preprocessing)
+
+        def batch(self, inputs):
+            return np.stack(inputs)
+
+        def predict(self, x):
+            return self.session.run(["avgpool"], {"pixel_values": x})[0]
+
+        def unbatch(self, output):
+            return list(output)
+
+        def encode_response(self, output):
+            return {"embedding": output.tolist()}
+
+
+def serve_litserve(model: str, port: int) -> None:
+    api = OnnxLitAPI(model, max_batch_size=MAX_BATCH, batch_timeout=WAIT_MS / 1000, api_path="/embed")
+    ls.LitServer(api, accelerator="cpu", workers_per_device=1).run(port=port, generate_client_file=False)
+
+
+def start(kind: str, model: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    if kind == "ours":
+        cmd = [sys.executable, "-m", "service.cli", "--model", model, "--port", str(port), "--max-batch-size",
+               str(MAX_BATCH), "--max-wait-ms", str(WAIT_MS), "--log-level", "warning"]
+    else:
+        cmd = [sys.executable, __file__, "--serve", kind, "--model", model, "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+
+    deadline = time.time() + 180
+    probe = "/ready" if kind == "ours" else "/docs" if kind == "naive" else "/health"
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{kind} server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(url + probe, timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError(f"{kind} server did not start")
+
+
+async def load(url: str, images: list[bytes], concurrency: int, seconds: float) -> tuple[float, float, float]:
+    import httpx
+
+    latencies: list[float] = []
+    stop = time.perf_counter() + seconds
+    errors = 0
+
+    async def worker(i: int, client: httpx.AsyncClient) -> None:
+        nonlocal errors
+        n = i
+        while time.perf_counter() < stop:
+            start = time.perf_counter()
+            r = await client.post(url + "/embed", files={"images": ("x.jpg", images[n % len(images)], "image/jpeg")})
+            if r.status_code != 200:
+                errors += 1
+                if errors == 1:
+                    print(f"    first error: {r.status_code} {r.text[:200]}")
+            else:
+                latencies.append(time.perf_counter() - start)
+            n += concurrency
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+        await worker(0, client)  # warm-up request
+        latencies.clear()
+        begin = time.perf_counter()
+        stop = begin + seconds
+        await asyncio.gather(*(worker(i, client) for i in range(concurrency)))
+        elapsed = time.perf_counter() - begin
+    if errors:
+        print(f"    ({errors} errors)")
+    lat = sorted(latencies)
+    return len(lat) / elapsed, lat[len(lat) // 2] * 1000, lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000
+
+
+def raw_engine(model: str, images: list[bytes], seconds: float) -> float:
+    import onnxruntime as ort
+
+    from hub.config import ModelConfig
+    from hub.preprocess import decode_image, preprocess
+
+    cfg = ModelConfig.load(model)
+    x = preprocess([decode_image(b) for b in images[:MAX_BATCH]], cfg.preprocessing)
+    session = ort.InferenceSession(str(Path(model) / "model.onnx"), providers=["CPUExecutionProvider"])
+    session.run(None, {"pixel_values": x})
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        session.run(None, {"pixel_values": x})
+        done += len(x)
+    return done / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model folder with model.onnx (default: random ResNet-50)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16], help="clients (default 1 4 8 16)")
+    parser.add_argument("--seconds", type=float, default=8, help="seconds per measurement (default 8)")
+    parser.add_argument("--peers", nargs="+", default=["naive", "litserve"], choices=["naive", "litserve"])
+    parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        {"naive": serve_naive, "litserve": serve_litserve}[args.serve](args.model, args.port)
+        return
+    tmp = None
+    model = args.model
+    if model is None:
+        from hub import BYOLModel, ModelConfig
+
+        tmp = tempfile.TemporaryDirectory()
+        model = str(Path(tmp.name) / "r50")
+        BYOLModel(ModelConfig(architecture="resnet50", name="random-r50-for-timing")).save_pretrained(model, onnx=True)
+    images = jpegs()
+    raw = raw_engine(model, images, args.seconds)
+    print(f"raw engine (ONNX Runtime in-process, batch {MAX_BATCH}, preprocessed): {raw:.1f} img/s")
+    best: dict[str, float] = {}
+    for kind in ["ours", *args.peers]:
+        try:
+            proc, url = start(kind, model)
+        except (RuntimeError, ImportError) as err:
+            print(f"{kind}: skipped ({str(err)[-300:]})")
+            continue
+        try:
+            for c in args.concurrency:
+                ips, p50, p99 = asyncio.run(load(url, images, c, args.seconds))
+                best[kind] = max(best.get(kind, 0), ips)
+                print(f"{kind:<9} c={c:<3} {ips:7.1f} img/s  p50 {p50:7.1f} ms  p99 {p99:7.1f} ms")
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+    for kind, value in best.items():
+        print(f"best {kind:<9} {value:7.1f} img/s = {value / raw:.2f}x raw engine"
+              + (f", {best['ours'] / value:.2f}x ours/{kind}" if kind != "ours" and "ours" in best else ""))
+
+
+if __name__ == "__main__":
+    main()
