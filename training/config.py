@@ -77,6 +77,9 @@ class TrainConfig:
     log_every: int = field(default=10, metadata={"help": "optimizer steps between log lines"})
     checkpoint_every: int = field(default=500, metadata={"help": "optimizer steps between checkpoints (and every epoch end)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "complete checkpoints kept"})
+    knn_monitor: str = field(default="", metadata={
+        "help": "folder with train/ and val/ ImageFolder trees: weighted kNN (k=20) of the online encoder at "
+                "every epoch end, logged as knn_top1 (main process; empty: off)"})
     export_onnx: bool = field(default=True, metadata={"help": "write model.onnx into the final folder"})
     demo: bool = field(default=False, metadata={"help": "mark the published model as a demo model"})
 

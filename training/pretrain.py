@@ -183,6 +183,7 @@ def train(args: argparse.Namespace) -> Path | None:
     sampler = ResumableSampler(len(dataset), spe * accum * batch, accelerator.process_index, world, cfg.seed,
                                start_epoch=step // spe, start=(step % spe) * accum * batch,
                                end_epoch=math.ceil(total_steps / spe))
+    knn = KnnMonitor(cfg.knn_monitor) if cfg.knn_monitor and main else None
     workers = cfg.num_workers
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers,
                                          collate_fn=collate_views, pin_memory=device.type == "cuda",
@@ -234,6 +235,12 @@ def train(args: argparse.Namespace) -> Path | None:
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
                 bar.set_postfix(loss=f"{last_loss:.3f}", ips=f"{record['images_per_s']:.1f}")
+        if knn is not None and (step % spe == 0 or step == total_steps):
+            with accelerator.autocast():
+                top1 = knn(byol.online.backbone)
+            accelerator.log({"knn_top1": top1, "epoch": step / spe}, step=step)
+            metrics_file.write(json.dumps({"step": step, "epoch": step / spe, "knn_top1": top1}) + "\n")
+            logger.info("epoch %.0f: kNN top-1 %.2f%% on %s", step / spe, top1, cfg.knn_monitor)
         if not args.dry_run and (step % cfg.checkpoint_every == 0 or step % spe == 0) and step < total_steps:
             save_checkpoint(accelerator, output, step, cfg.keep_checkpoints)
     bar.close()
@@ -253,6 +260,28 @@ def train(args: argparse.Namespace) -> Path | None:
     if metrics_file:
         metrics_file.close()
     return final
+
+
+class KnnMonitor:
+    """Weighted kNN (k=20, T=0.07) of the online encoder on a labeled folder (train/ and val/ ImageFolders)."""
+
+    def __init__(self, folder: str) -> None:
+        from training.evaluation.data import image_folder
+
+        self.train, self.val = image_folder(Path(folder) / "train"), image_folder(Path(folder) / "val")
+
+    def __call__(self, backbone: BYOLModel) -> float:
+        from training.evaluation.features import features_of
+        from training.evaluation.knn import weighted_knn
+
+        was_training = backbone.training
+        backbone.eval()
+        try:
+            train = features_of(backbone, self.train.paths, ("avgpool",), "gap")["avgpool"]
+            val = features_of(backbone, self.val.paths, ("avgpool",), "gap")["avgpool"]
+        finally:
+            backbone.train(was_training)
+        return weighted_knn(train, self.train.labels, val, self.val.labels, ks=(20,))[20]
 
 
 def save_checkpoint(accelerator, output: Path, step: int, keep: int) -> None:

@@ -62,6 +62,22 @@ def test_smoke_pretraining_publishes_a_loadable_model(tmp_path, photo_dir):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_2", "step_4"]  # epoch ends, 2 kept
 
 
+def test_knn_monitor_logs_at_epoch_ends(tmp_path, photo_dir):
+    labeled = tmp_path / "labeled"
+    for split in ("train", "val"):
+        for cls in ("class0", "class1"):
+            (labeled / split / cls).mkdir(parents=True)
+            for i, path in enumerate(sorted((photo_dir / cls).glob("*"))):
+                if path.name != "broken.jpg" and (i % 2 == 0) == (split == "train"):
+                    (labeled / split / cls / path.name).write_bytes(path.read_bytes())
+    out = tmp_path / "knn"
+    proc = run(["--config", "smoke", "--data", str(photo_dir), "--output", str(out), *SMALL, "--no-export-onnx",
+                "--knn-monitor", str(labeled)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    knn = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines() if "knn_top1" in line]
+    assert [r["step"] for r in knn] == [2, 4] and all(0 <= r["knn_top1"] <= 100 for r in knn)
+
+
 def test_two_cpu_ranks_under_torchrun(tmp_path, photo_dir):
     out = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]

@@ -47,10 +47,24 @@ def check_fits(model: BYOLModel, layers: tuple[str, ...], pooling: str, count: i
             "or raise --max-cache-gb")
 
 
-def _load(path: Path, size: int | None = None) -> Image.Image:
+def _load(path: Path) -> Image.Image:
     with Image.open(path) as img:
         img.load()
         return to_rgb(img)
+
+
+@torch.inference_mode()
+def features_of(model: BYOLModel, paths: list[Path], layers: tuple[str, ...], pooling: str,
+                batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Center-crop features of ``paths`` without caching (e.g. the training-time kNN monitor)."""
+    parts: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+    param = next(model.parameters())
+    for start in range(0, len(paths), batch_size):
+        pixels = np.stack([preprocess_one(_load(p), model.config.preprocessing) for p in paths[start:start + batch_size]])
+        out = model.features(torch.from_numpy(pixels).to(param.device, param.dtype), layers, pooling)
+        for layer in layers:
+            parts[layer].append(out[layer].float().cpu().numpy())
+    return {layer: np.concatenate(v) for layer, v in parts.items()}
 
 
 @torch.inference_mode()
@@ -72,16 +86,10 @@ def extract(model: BYOLModel, data: LabeledImages, layers: tuple[str, ...], pool
         if done.exists():
             bar.update(len(paths))
             continue
-        parts: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
-        for start in range(0, len(paths), batch_size):
-            batch = paths[start:start + batch_size]
-            pixels = np.stack([preprocess_one(_load(p), model.config.preprocessing) for p in batch])
-            out = model.features(torch.from_numpy(pixels), layers, pooling)
-            for layer in layers:
-                parts[layer].append(out[layer].float().numpy())
-            bar.update(len(batch))
+        part = features_of(model, paths, layers, pooling, batch_size)
+        bar.update(len(paths))
         tmp = folder / f".chunk_{c:05d}.tmp.npz"
-        np.savez(tmp, **{layer: np.concatenate(v) for layer, v in parts.items()})
+        np.savez(tmp, **part)
         os.replace(tmp, done)
     bar.close()
     loaded = [np.load(folder / f"chunk_{c:05d}.npz") for c in range(chunks)]
