@@ -53,6 +53,8 @@ class TrainConfig:
                 "linearly (base_lr x actual batch / 256) and a warning says so"})
     epochs: int = field(default=200, metadata={"help": "training epochs"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0: run all epochs)"})
+    time_budget_min: float = field(default=0.0, metadata={
+        "help": "stop after this many minutes of training (at an optimizer step; 0: no limit) and publish"})
     # optimizer
     base_lr: float = field(default=0.3, metadata={"help": "lr per 256 images (lr = base_lr x batch / 256)"})
     momentum: float = field(default=0.9, metadata={"help": "LARS momentum"})

@@ -84,6 +84,8 @@ def run_heads(args, model, protocol: str) -> tuple[str, list[dict], dict]:
     fval = extract(model, val, layers, pooling, **kw)
     dims = {layer: fval[layer].shape[1] for layer in layers}
     ftrain = extract(model, train, layers, pooling, **kw) if args.mode == "fast" else None
+    if args.seeds is None:
+        args.seeds = 3 if args.mode == "fast" and len(train.paths) <= 20_000 else 1
     scores: dict[str, list[float]] = {layer: [] for layer in layers}
     for seed in range(args.seeds):
         batches = (cached_batches(ftrain, train.labels, recipe.batch_size, seed) if args.mode == "fast" else
@@ -168,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     heads.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     heads.add_argument("--lr", type=float, default=None, help="override the recipe's lr")
     heads.add_argument("--head-batch-size", type=int, default=None, help="override the recipe's batch size")
-    heads.add_argument("--seeds", type=int, default=1, help="repeat with this many seeds, report mean ± std")
+    heads.add_argument("--seeds", type=int, default=None,
+                       help="repeat with this many seeds and report mean ± std (default: 3 in fast mode on up to "
+                            "20,000 training images, where it is cheap; else 1)")
     p = sub.add_parser("linear", parents=[common, labeled, heads], help="AvgPool linear protocol")
     p.add_argument("--recipe", choices=("sgd", "lars"), default="sgd",
                    help="sgd: the seed's lr 30 / steps 60,80 / 100 epochs; lars: MMSelfSup's lr 1.6, batch 4096, "
@@ -203,13 +207,13 @@ def main(argv: list[str] | None = None) -> int:
         protocol = "voc07-lowshot-svm" if getattr(args, "low_shot", False) else args.protocol
         mode = getattr(args, "mode", "features")
         path = save_results(out, protocol, dataset, mode, entries, model=model, splits=splits,
-                            seeds=list(range(getattr(args, "seeds", 1))), git_commit=git_commit())
+                            seeds=list(range(getattr(args, "seeds", None) or 1)), git_commit=git_commit())
         print(f"wrote {path}")
         if args.update_card is not None:
             card_dir = Path(args.update_card or out)
             if card_dir != out:
                 save_results(card_dir, protocol, dataset, mode, entries, model=model, splits=splits,
-                             seeds=list(range(getattr(args, "seeds", 1))), git_commit=git_commit())
+                             seeds=list(range(getattr(args, "seeds", None) or 1)), git_commit=git_commit())
             print(f"updated {update_card(card_dir)}")
     except (HubError, DataError, ValueError) as err:
         print(f"evaluate: error: {err}", file=sys.stderr)

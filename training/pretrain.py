@@ -200,7 +200,12 @@ def train(args: argparse.Namespace) -> Path | None:
     metrics_file = open(output / "logs" / "metrics.jsonl", "a") if main else None  # noqa: SIM115
     skipped_total, last_loss, t_last, images_since = 0, float("nan"), time.perf_counter(), 0
     model.train()
+    budget_end = time.monotonic() + cfg.time_budget_min * 60 if cfg.time_budget_min else None
     while step < total_steps:
+        if budget_end is not None and accelerator.gather(torch.tensor(float(time.monotonic() >= budget_end),
+                                                                        device=device)).max() > 0:
+            logger.info("time budget of %g min reached at step %d", cfg.time_budget_min, step)
+            break
         lr_now = lr_at(step, peak_lr=lr, warmup_steps=warmup_steps, total_steps=total_steps)
         tau = tau_at(step, tau_base=cfg.tau_base, total_steps=total_steps, hold_fraction=cfg.tau_hold_fraction)
         for group in optimizer.param_groups:
