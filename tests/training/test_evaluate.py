@@ -141,6 +141,22 @@ def test_fast_mode_is_refused_where_the_cache_would_not_fit(model_dir, digits_tr
     assert code == 2 and "use --mode faithful" in capsys.readouterr().err
 
 
+def test_onnx_extraction_matches_torch(tmp_path, model_dir, digits_tree):
+    from training.evaluation.features import features_of, onnx_session
+
+    folder = tmp_path / "with-onnx"
+    BYOLModel.from_pretrained(model_dir).save_pretrained(folder, onnx=True)
+    model = BYOLModel.from_pretrained(folder)
+    session = onnx_session(model)
+    assert session is not None and onnx_session(BYOLModel.from_pretrained(model_dir)) is None
+    paths = sorted((digits_tree / "val").rglob("*.png"))[:8]
+    for pooling, layers in (("gap", ("feature2", "avgpool")), ("mhead", ("feature4", "feature5"))):
+        a = features_of(model, paths, layers, pooling, session=session)
+        b = features_of(model, paths, layers, pooling)
+        for layer in layers:
+            assert np.abs(a[layer] - b[layer]).max() <= 1e-4 * np.abs(b[layer]).max(), (pooling, layer)
+
+
 def test_features_are_cached_and_reused(model_dir, digits_tree, monkeypatch):
     from training.evaluation import features
     from training.evaluation.data import image_folder

@@ -53,14 +53,43 @@ def _load(path: Path) -> Image.Image:
         return to_rgb(img)
 
 
+def onnx_session(model: BYOLModel):
+    """An ONNX Runtime session on the model folder's ``model.onnx`` when it was exported from these exact
+    weights (faster than torch on CPU: ~3x for a ResNet-50), else ``None``."""
+    folder = getattr(model, "source", {}).get("folder")
+    onnx = model.config.onnx
+    if not folder or not onnx or onnx.get("weights_sha256") != model.config.weights_sha256:
+        return None
+    path = Path(folder) / onnx.get("file", "model.onnx")
+    if not path.exists() or next(model.parameters()).device.type != "cpu":
+        return None
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
 @torch.inference_mode()
 def features_of(model: BYOLModel, paths: list[Path], layers: tuple[str, ...], pooling: str,
-                batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Center-crop features of ``paths`` without caching (e.g. the training-time kNN monitor)."""
+                batch_size: int = 64, session=None) -> dict[str, np.ndarray]:
+    """Center-crop features of ``paths`` without caching (e.g. the training-time kNN monitor).
+
+    With an ONNX Runtime ``session`` (see :func:`onnx_session`) the graph's ``gap`` / ``.mhead`` outputs
+    are used; otherwise the torch model."""
     parts: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
     param = next(model.parameters())
+    names = {layer: layer if pooling == "gap" or layer == "avgpool" else f"{layer}.mhead" for layer in layers}
+    if session is not None and (pooling not in ("gap", "mhead") or
+                                not set(names.values()) <= {o.name for o in session.get_outputs()}):
+        session = None
     for start in range(0, len(paths), batch_size):
         pixels = np.stack([preprocess_one(_load(p), model.config.preprocessing) for p in paths[start:start + batch_size]])
+        if session is not None:
+            values = session.run(list(names.values()), {"pixel_values": pixels})
+            for layer, value in zip(layers, values):
+                parts[layer].append(value)
+            continue
         out = model.features(torch.from_numpy(pixels).to(param.device, param.dtype), layers, pooling)
         for layer in layers:
             parts[layer].append(out[layer].float().cpu().numpy())
@@ -79,14 +108,16 @@ def extract(model: BYOLModel, data: LabeledImages, layers: tuple[str, ...], pool
     check_fits(model, layers, pooling, len(data.paths), folder, max_cache_gb)
     model.eval()
     chunks = (len(data.paths) + CHUNK - 1) // CHUNK
-    bar = tqdm(total=len(data.paths), desc=f"features {data.name}", unit="img", disable=not progress)
+    session = onnx_session(model)
+    bar = tqdm(total=len(data.paths), desc=f"features {data.name}" + (" (onnx)" if session else ""), unit="img",
+               disable=not progress)
     for c in range(chunks):
         done = folder / f"chunk_{c:05d}.npz"
         paths = data.paths[c * CHUNK:(c + 1) * CHUNK]
         if done.exists():
             bar.update(len(paths))
             continue
-        part = features_of(model, paths, layers, pooling, batch_size)
+        part = features_of(model, paths, layers, pooling, batch_size, session)
         bar.update(len(paths))
         tmp = folder / f".chunk_{c:05d}.tmp.npz"
         np.savez(tmp, **part)
