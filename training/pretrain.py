@@ -210,7 +210,7 @@ def train(args: argparse.Namespace) -> Path | None:
         tau = tau_at(step, tau_base=cfg.tau_base, total_steps=total_steps, hold_fraction=cfg.tau_hold_fraction)
         for group in optimizer.param_groups:
             group["lr"] = lr_now
-        step_loss, z_last = 0.0, None
+        step_loss, z_last = torch.zeros((), device=device), None
         for micro in range(accum):
             v1, v2, skipped = next(micro_batches)
             skipped_total += skipped
@@ -220,15 +220,15 @@ def train(args: argparse.Namespace) -> Path | None:
             with (nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
                 loss, z_last = model(v1, v2)
                 accelerator.backward(loss / accum)
-            step_loss += float(accelerator.reduce(loss.detach(), reduction="mean")) / accum
+            step_loss += loss.detach().float() / accum  # stays on the device: no sync per micro-batch
             images_since += v1.shape[0] * world
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         byol.update_target(tau)  # once per optimizer step, on the unwrapped model
         step += 1
-        last_loss = step_loss
         bar.update(1)
         if step % cfg.log_every == 0 or step == total_steps:
+            last_loss = float(accelerator.reduce(step_loss, reduction="mean"))  # the mean over ranks
             now = time.perf_counter()
             record = {"step": step, "epoch": step / spe, "loss": last_loss, "lr": lr_now, "tau": tau,
                       "images_per_s": images_since / max(now - t_last, 1e-9),
