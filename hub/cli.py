@@ -87,6 +87,8 @@ def _export(args: argparse.Namespace) -> int:
                                                                     model.config.architecture)
     if args.int8 and args.format != "onnx":
         raise ExportError("--int8 applies to --format onnx only")
+    if args.int8 and out.parent.resolve() != Path(args.model_dir).resolve():
+        raise ExportError("--int8 writes model.int8.onnx beside the folder's own model.onnx; drop --output")
     if args.format == "onnx" and out.parent.resolve() == Path(args.model_dir).resolve():
         model.save_pretrained(args.model_dir, onnx=True)  # keeps config.json's onnx record in step
     else:
@@ -95,8 +97,6 @@ def _export(args: argparse.Namespace) -> int:
     if args.int8:
         from hub.quantize import load_calibration_images, quantize_int8
 
-        if out.parent.resolve() != Path(args.model_dir).resolve():
-            raise ExportError("--int8 writes model.int8.onnx beside the folder's own model.onnx; drop --output")
         print(f"wrote {quantize_int8(args.model_dir, load_calibration_images(args.calibration))}")
     return 0
 

@@ -29,7 +29,7 @@ from hub.config import EXPORT_FORMATS as FORMATS
 from hub.config import ONNX_NAME
 from hub.errors import ExportError
 from hub.files import atomic_write, sha256_file
-from hub.layers import FEATURE_LAYERS, LayerError, mhead_pool
+from hub.layers import serving_outputs
 from hub.provenance import package_versions
 
 logger = logging.getLogger(__name__)
@@ -38,43 +38,20 @@ ONNX_OPSET = 17
 INPUT_NAME = "pixel_values"
 
 
-def onnx_output_names(model: Any) -> tuple[list[str], list[str]]:
-    """(gap outputs, mhead layers) that the ONNX graph of ``model`` carries."""
-    sizes = _feature_sizes(model)
-    mhead = []
-    for layer, side in zip(FEATURE_LAYERS, sizes):
-        try:
-            mhead_pool(layer, side)
-            mhead.append(layer)
-        except LayerError:
-            pass
-    return [*FEATURE_LAYERS, "avgpool"], mhead
-
-
-def _feature_sizes(model: Any) -> tuple[int, ...]:
-    from hub.layers import feature_sizes
-
-    return feature_sizes(model.config.stem, model.config.input_size)
-
-
 class _OnnxGraph(nn.Module):
-    def __init__(self, model: nn.Module, mhead_layers: list[str]) -> None:
+    def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.model, self.mhead_layers = model, mhead_layers
+        self.model = model
 
     def forward(self, pixel_values: Tensor) -> tuple[Tensor, ...]:
-        maps = self.model.feature_maps(pixel_values, FEATURE_LAYERS)
-        gap = [maps[name].mean(dim=(2, 3)) for name in FEATURE_LAYERS]
-        mhead = [self.model.pool(name, maps[name], "mhead") for name in self.mhead_layers]
-        return (*gap, gap[-1], *mhead)
+        return tuple(self.model.serving_outputs(pixel_values).values())
 
 
 def export_onnx(model: Any, path: str | Path, *, opset: int = ONNX_OPSET) -> Path:
     """Write the serving graph to ``path`` and record it in ``model.config.onnx``."""
-    gap_names, mhead_layers = onnx_output_names(model)
-    outputs = gap_names + [f"{name}.mhead" for name in mhead_layers]
+    outputs = serving_outputs(model.config.stem, model.config.input_size)
     size = model.config.input_size
-    graph = _OnnxGraph(model, mhead_layers).eval()
+    graph = _OnnxGraph(model).eval()
     dummy = torch.zeros(1, 3, size, size)
 
     def write(tmp: str) -> None:

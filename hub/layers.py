@@ -123,6 +123,24 @@ def mhead_pool(layer: str, map_size: int) -> tuple[int, int, int]:
     return (map_size - stride * (grid - 1), stride, 0)
 
 
+def output_name(layer: str, pooling: str) -> str:
+    """Name of a served output: ``featureK`` / ``avgpool`` (gap) or ``featureK.mhead``."""
+    return layer if pooling == "gap" or layer == "avgpool" else f"{layer}.mhead"
+
+
+def serving_outputs(stem: str, input_size: int) -> list[str]:
+    """Outputs of the serving graph (ONNX and the torch backend), in order: ``feature1``..``feature5`` and
+    ``avgpool`` (gap), then ``featureK.mhead`` for every layer where the mhead rule applies."""
+    mhead = []
+    for layer, side in zip(FEATURE_LAYERS, feature_sizes(stem, input_size)):
+        try:
+            mhead_pool(layer, side)
+            mhead.append(output_name(layer, "mhead"))
+        except LayerError:
+            pass
+    return [*FEATURE_LAYERS, "avgpool", *mhead]
+
+
 def layer_dims(architecture: str, stem: str, input_size: int) -> dict[str, dict[str, int | None]]:
     """Embedding size of every layer under every pooling: ``{layer: {"gap": C, "mhead": C*G*G, ...}}``.
 

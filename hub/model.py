@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from hub.config import ModelConfig
 from hub.hub_io import HubIOMixin
-from hub.layers import FEATURE_LAYERS, check_layers, check_pooling, mhead_pool
+from hub.layers import FEATURE_LAYERS, check_layers, check_pooling, mhead_pool, serving_outputs
 from hub.preprocess import preprocess
 
 logger = logging.getLogger(__name__)
@@ -152,6 +152,18 @@ class BYOLModel(HubIOMixin, nn.Module):
                 out[name] = maps["feature5"].mean(dim=(2, 3))
             else:
                 out[name] = self.pool(name, maps[name], pooling)
+        return out
+
+    def serving_outputs(self, pixel_values: Tensor) -> dict[str, Tensor]:
+        """Every served output, named and ordered as :func:`hub.layers.serving_outputs` says (the ONNX
+        graph's outputs): gap of each stage, ``avgpool``, then the ``.mhead`` poolings that apply."""
+        names = serving_outputs(self.config.stem, self.config.input_size)
+        maps = self.feature_maps(pixel_values, FEATURE_LAYERS)
+        out = {name: maps[name].mean(dim=(2, 3)) for name in FEATURE_LAYERS}
+        out["avgpool"] = out["feature5"]
+        for name in names[len(out):]:
+            layer = name.removesuffix(".mhead")
+            out[name] = self.pool(layer, maps[layer], "mhead")
         return out
 
     def forward(self, pixel_values: Tensor) -> Tensor:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import re
+import subprocess
+from pathlib import Path
 from typing import Any
 
 # OpenMMLab names released files NAME_YYYYMMDD-<first 8 hex of the file's sha256>.pth
@@ -50,3 +52,13 @@ def package_versions(names: tuple[str, ...] = ("torch", "torchvision", "accelera
     except importlib.metadata.PackageNotFoundError:
         pass
     return versions
+
+
+def git_commit() -> str | None:
+    """The commit of this project's checkout, recorded with runs and results (None outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None

@@ -15,7 +15,7 @@ import numpy as np
 
 from hub.config import ModelConfig
 from hub.errors import ImageDecodeError, LayerError
-from hub.layers import check_layers
+from hub.layers import check_layers, output_name
 from hub.preprocess import decode_image, preprocess_one
 from service.engine import BatchEngine
 from service.errors import ServiceError, image_error
@@ -30,10 +30,6 @@ class EmbedOptions:
     pooling: str = "gap"
     normalize: bool = False
     encoding: str = "float"
-
-
-def output_name(layer: str, pooling: str) -> str:
-    return layer if pooling == "gap" or layer == "avgpool" else f"{layer}.mhead"
 
 
 def parse_bool(value: Any, name: str) -> bool:

@@ -12,14 +12,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.datastructures import UploadFile
 
-from hub.layers import check_layers
+from hub.layers import check_layers, output_name
 from service.embedding import (
     EmbedOptions,
     decode_and_preprocess,
     decode_base64_image,
     encode_vector,
     make_options,
-    output_name,
     parse_bool,
     run_images,
 )
@@ -74,13 +73,18 @@ async def _json_body(request: Request, schema: type[BaseModel]) -> BaseModel:
         raise _malformed(err) from None
 
 
+def _check_count(count: int, state: ServiceState) -> None:
+    """Refuse empty and oversized requests before any image is read or decoded."""
+    if count == 0:
+        raise ServiceError(400, "no_images", "no images in the request; send one or more 'images'")
+    limit = state.settings.max_images
+    if count > limit:
+        raise ServiceError(413, "too_many_images", f"{count} images; at most {limit} per request")
+
+
 async def _embed_images(state: ServiceState, request: Request, blobs: list[bytes],
                         options: EmbedOptions) -> list[dict[str, np.ndarray]]:
     settings = state.settings
-    if not blobs:
-        raise ServiceError(400, "no_images", "no images in the request; send one or more 'images'")
-    if len(blobs) > settings.max_images:
-        raise ServiceError(413, "too_many_images", f"{len(blobs)} images; at most {settings.max_images} per request")
     loop = asyncio.get_running_loop()
     pixels = await loop.run_in_executor(state.decode_pool, decode_and_preprocess, blobs, state.config,
                                         settings.max_pixels, state.metrics.decode_errors.inc)
@@ -114,7 +118,7 @@ async def embed(request: Request, state: ReadyState, _: Auth,
         limit = state.settings.max_images
         try:
             form = await request.form(max_files=limit + 1, max_fields=limit + 8)
-        except ServiceError:
+        except ServiceError:  # the body limit (413), raised while the form streams in
             raise
         except Exception as err:
             raise ServiceError(400, "malformed_multipart", f"cannot parse the multipart body: {err}") from None
@@ -123,8 +127,7 @@ async def embed(request: Request, state: ReadyState, _: Auth,
             raise ServiceError(400, "unknown_field", f"unknown form field(s) {unknown}: send files in 'images' fields "
                                "and options in the query string")
         items = form.getlist("images")
-        if len(items) > limit:
-            raise ServiceError(413, "too_many_images", f"{len(items)} images; at most {limit} per request")
+        _check_count(len(items), state)
         blobs = []
         for index, item in enumerate(items):
             if not isinstance(item, UploadFile):
@@ -141,9 +144,7 @@ async def embed(request: Request, state: ReadyState, _: Auth,
                                    f"{name} is {query[name]!r} in the query string but {given[name]!r} in the body")
         merged = {name: given[name] if name in given else query[name] for name in OPTION_NAMES}
         options = make_options(merged["layers"], merged["pooling"], merged["normalize"], merged["encoding"], outputs)
-        if len(body.images) > state.settings.max_images:
-            raise ServiceError(413, "too_many_images",
-                               f"{len(body.images)} images; at most {state.settings.max_images} per request")
+        _check_count(len(body.images), state)
         blobs = [decode_base64_image(text, i) for i, text in enumerate(body.images)]
     else:
         raise ServiceError(415, "unsupported_media_type",
@@ -162,8 +163,7 @@ async def openai_embeddings(request: Request, state: ReadyState, _: Auth) -> JSO
     if body.dimensions is not None and body.dimensions != size:
         raise ServiceError(400, "invalid_parameter", f"dimensions must be {size} (the avgpool size) or omitted")
     inputs = [body.input] if isinstance(body.input, str) else body.input
-    if len(inputs) > state.settings.max_images:
-        raise ServiceError(413, "too_many_images", f"{len(inputs)} inputs; at most {state.settings.max_images}")
+    _check_count(len(inputs), state)
     blobs = [decode_base64_image(text, i) for i, text in enumerate(inputs)]
     options = EmbedOptions(("avgpool",), "gap", True, body.encoding_format)
     results = await _embed_images(state, request, blobs, options)

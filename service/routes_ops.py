@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from hub.layers import output_name
 from service.state import Auth, State
 
 router = APIRouter()
@@ -36,7 +37,7 @@ async def info(state: State, _: Auth) -> dict:
         return {"status": "loading"}
     outputs = state.backend.outputs if state.backend else []
     dims = {pooling: {layer: d for layer, d in cfg.dims(pooling).items()
-                      if layer == "avgpool" or pooling == "gap" or f"{layer}.mhead" in outputs}
+                      if output_name(layer, pooling) in outputs}
             for pooling in ("gap", "mhead")}
     s = state.settings
     return {

@@ -31,13 +31,6 @@ from training.data import DataError
 logger = logging.getLogger("training.evaluate")
 
 
-def _load_model(args: argparse.Namespace):
-    from hub import BYOLModel
-
-    model = BYOLModel.from_pretrained(args.model, revision=args.revision)
-    return model
-
-
 def _results_dir(args: argparse.Namespace) -> Path:
     if args.results:
         return Path(args.results)
@@ -192,11 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from hub.provenance import git_commit
     from training.evaluation.results import save_results, update_card
-    from training.pretrain import git_commit
 
     try:
-        model = _load_model(args)
+        from hub import BYOLModel
+
+        model = BYOLModel.from_pretrained(args.model, revision=args.revision)
         out = _results_dir(args)
         if args.protocol == "knn":
             dataset, entries, splits = run_knn(args, model)
@@ -206,14 +201,12 @@ def main(argv: list[str] | None = None) -> int:
             dataset, entries, splits = run_svm(args, model)
         protocol = "voc07-lowshot-svm" if getattr(args, "low_shot", False) else args.protocol
         mode = getattr(args, "mode", "features")
-        path = save_results(out, protocol, dataset, mode, entries, model=model, splits=splits,
-                            seeds=list(range(getattr(args, "seeds", None) or 1)), git_commit=git_commit())
-        print(f"wrote {path}")
-        if args.update_card is not None:
-            card_dir = Path(args.update_card or out)
-            if card_dir != out:
-                save_results(card_dir, protocol, dataset, mode, entries, model=model, splits=splits,
-                             seeds=list(range(getattr(args, "seeds", None) or 1)), git_commit=git_commit())
+        card_dir = None if args.update_card is None else Path(args.update_card or out)
+        record = dict(model=model, splits=splits, seeds=list(range(getattr(args, "seeds", None) or 1)),
+                      git_commit=git_commit())
+        for folder in dict.fromkeys(f for f in (out, card_dir) if f is not None):
+            print(f"wrote {save_results(folder, protocol, dataset, mode, entries, **record)}")
+        if card_dir is not None:
             print(f"updated {update_card(card_dir)}")
     except (HubError, DataError, ValueError) as err:
         print(f"evaluate: error: {err}", file=sys.stderr)

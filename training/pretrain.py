@@ -19,7 +19,6 @@ import logging
 import math
 import os
 import shutil
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
@@ -33,7 +32,7 @@ import torch
 import yaml
 
 from hub import BYOLModel, ModelConfig, PreprocessConfig
-from hub.provenance import package_versions
+from hub.provenance import git_commit, package_versions
 from training.augment import AugmentConfig, ViewParams
 from training.byol import BYOL, projection_std
 from training.config import ConfigError, TrainConfig, add_config_arguments, resolve_config
@@ -51,15 +50,6 @@ from training.schedules import lr_at, tau_at
 
 logger = logging.getLogger("training.pretrain")
 STATE_FILE = "trainer_state.json"
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).parent)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def latest_checkpoint(output: Path) -> Path | None:

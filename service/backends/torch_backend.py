@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from hub.hub_io import ResolvedModel
-from hub.layers import FEATURE_LAYERS, LayerError, mhead_pool
+from hub.layers import serving_outputs
 from service.backends.base import Backend
 
 
@@ -31,28 +31,15 @@ class TorchBackend(Backend):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         model = BYOLModel.from_pretrained(resolved.folder)
         self.model = model.to(self.device, self.dtype, memory_format=self.memory_format).eval()
-        from hub.layers import feature_sizes
-
-        sizes = feature_sizes(model.config.stem, model.config.input_size)
-        self.mhead_layers = []
-        for layer, side in zip(FEATURE_LAYERS, sizes, strict=True):
-            try:
-                mhead_pool(layer, side)
-                self.mhead_layers.append(layer)
-            except LayerError:
-                pass
+        self._outputs = serving_outputs(model.config.stem, model.config.input_size)
 
     @property
     def outputs(self) -> list[str]:
-        return [*FEATURE_LAYERS, "avgpool", *(f"{name}.mhead" for name in self.mhead_layers)]
+        return self._outputs
 
     def run(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
         torch = self.torch
         with torch.inference_mode():
             x = torch.from_numpy(pixel_values).to(self.device, self.dtype, memory_format=self.memory_format)
-            maps = self.model.feature_maps(x, FEATURE_LAYERS)
-            out = {name: maps[name].mean(dim=(2, 3)) for name in FEATURE_LAYERS}
-            out["avgpool"] = out["feature5"]
-            for name in self.mhead_layers:
-                out[f"{name}.mhead"] = self.model.pool(name, maps[name], "mhead")
+            out = self.model.serving_outputs(x)
             return {k: v.float().cpu().numpy() for k, v in out.items()}

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hub.layers import output_name
 from hub.model import BYOLModel
 from hub.preprocess import preprocess_one, to_rgb
 from training.evaluation.data import LabeledImages
@@ -79,7 +80,7 @@ def features_of(model: BYOLModel, paths: list[Path], layers: tuple[str, ...], po
     are used; otherwise the torch model."""
     parts: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
     param = next(model.parameters())
-    names = {layer: layer if pooling == "gap" or layer == "avgpool" else f"{layer}.mhead" for layer in layers}
+    names = {layer: output_name(layer, pooling) for layer in layers}
     if session is not None and (pooling not in ("gap", "mhead") or
                                 not set(names.values()) <= {o.name for o in session.get_outputs()}):
         session = None
