@@ -89,7 +89,9 @@ def main() -> None:
             except ImportError as err:
                 print(f"{name} skipped: {err} (pip install -e '.[bench]')")
                 times[name] = []
-    print(f"two-view augmentation at 224x224, {args.images} JPEGs of ~500x375, one thread")
+    from hub.hardware import cpu_summary
+
+    print(f"two-view augmentation at 224x224, {args.images} JPEGs of ~500x375, one thread; CPU: {cpu_summary()}")
     ips = {name: args.images / statistics.median(ts) for name, ts in times.items() if ts}
     for name, value in ips.items():
         print(f"  {name:<8} {value:7.1f} images/s per core")

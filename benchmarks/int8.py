@@ -76,6 +76,9 @@ def main() -> None:
             times[name].append(time.perf_counter() - start)
     for name in sessions:
         speed[name] = len(batch) / statistics.median(times[name])
+    from hub.hardware import cpu_summary
+
+    print(f"CPU: {cpu_summary()}")
     print(f"{folder.name} ({cfg.architecture} at {cfg.input_size}x{cfg.input_size}{', DEMO weights' if cfg.demo else ''}),"
           f" {len(evaluation)} evaluation photos, batch {len(batch)}")
     print(f"  fp32 {speed['fp32']:.1f} img/s, int8 {speed['int8']:.1f} img/s: speed-up {speed['int8'] / speed['fp32']:.2f}x")

@@ -222,6 +222,9 @@ def main() -> None:
         BYOLModel(ModelConfig(architecture="resnet50", name="random-r50-for-timing")).save_pretrained(model, onnx=True)
     images = jpegs()
     raw = raw_engine(model, images, args.seconds)
+    from hub.hardware import cpu_summary
+
+    print(f"CPU: {cpu_summary()}")
     print(f"raw engine (ONNX Runtime in-process, batch {MAX_BATCH}, preprocessed): {raw:.1f} img/s")
     best: dict[str, float] = {}
     for kind in ["ours", *args.peers]:

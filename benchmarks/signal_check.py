@@ -5,7 +5,9 @@ linear evaluation of both and of a random-init model of the same architecture, s
 
 Data: crops of the real photos that ship with scikit-image, labeled by their source photo (pretraining
 ignores the labels). Same backbone (ResNet-18), resolution, batch and wall time for both trainers; no blur
-(as in the calibration run of the issue), bf16 autocast + channels_last for both. Evaluation: weighted kNN
+(as in the calibration run of the issue), channels_last for both, and the same precision for both: bf16
+autocast where the CPU has native bf16, fp32 otherwise (``--precision``). Our trainer plans its schedule to
+the budget (``--time-budget-min``); lightly's example runs its loop until the time is up. Evaluation: weighted kNN
 (k=20, 200) and the linear protocol (fast mode, cached center-crop features) through `training.evaluate`.
 """
 
@@ -54,19 +56,19 @@ def make_data(root: Path, size: int, per_photo: int) -> tuple[Path, Path, Path]:
     return root / "unlabeled", root / "train", root / "val"
 
 
-def train_ours(data: Path, out: Path, minutes: float, batch: int, size: int, epochs: int) -> Path:
+def train_ours(data: Path, out: Path, minutes: float, batch: int, size: int, epochs: int, bf16: bool) -> Path:
     cmd = [sys.executable, str(REPO / "training" / "pretrain.py"), "--config", "smoke", "--data", str(data),
            "--output", str(out), "--image-size", str(size), "--eval-resize", str(int(size * 1.14)),
            "--batch-size-per-device", str(batch), "--grad-accum-steps", "1", "--total-batch-size", str(batch),
            "--projector-hidden", "1024", "--projector-out", "256", "--predictor-hidden", "1024",
            "--blur-probs", "0", "0", "--epochs", str(epochs), "--warmup-epochs", "2", "--base-lr", "0.3",
-           "--mixed-precision", "bf16", "--num-workers", "2", "--time-budget-min", str(minutes),
+           "--mixed-precision", "bf16" if bf16 else "no", "--num-workers", "2", "--time-budget-min", str(minutes),
            "--checkpoint-every", "100000", "--log-every", "20", "--no-export-onnx"]
     subprocess.run(cmd, check=True, cwd=REPO)
     return out / "final"
 
 
-def train_lightly(data: Path, out: Path, minutes: float, batch: int, size: int) -> Path:
+def train_lightly(data: Path, out: Path, minutes: float, batch: int, size: int, bf16: bool) -> Path:
     """lightly's documented BYOL example, same backbone/resolution/batch/precision/time, then converted."""
     import torchvision
     from lightly.data import LightlyDataset
@@ -102,7 +104,7 @@ def train_lightly(data: Path, out: Path, minutes: float, batch: int, size: int) 
             update_momentum(backbone, backbone_m, m=m)
             update_momentum(proj, proj_m, m=m)
             x0, x1 = (x.contiguous(memory_format=torch.channels_last) for x in (x0, x1))
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 p0 = pred(proj(backbone(x0).flatten(1)))
                 z0 = proj_m(backbone_m(x0).flatten(1)).detach()
                 p1 = pred(proj(backbone(x1).flatten(1)))
@@ -151,8 +153,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128, help="batch (default 128)")
     parser.add_argument("--size", type=int, default=64, help="crop size (default 64)")
     parser.add_argument("--per-photo", type=int, default=96, help="unlabeled crops per photo (default 96)")
-    parser.add_argument("--epochs", type=int, default=60, help="our schedule's length; the budget may stop it first")
+    parser.add_argument("--epochs", type=int, default=60,
+                        help="our config's schedule length; the time budget plans it down to fit (default 60)")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                        help="both trainers' precision; auto: bf16 where the CPU has native bf16, else fp32")
     args = parser.parse_args()
+    from hub.hardware import cpu_summary, native_bf16
+
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16())
+    print(f"CPU: {cpu_summary()}; precision {'bf16' if bf16 else 'fp32'} for both trainers", flush=True)
     torch.set_num_threads(os.cpu_count() or 2)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -160,16 +169,17 @@ def main() -> None:
         unlabeled, train, val = make_data(root / "data", args.size, args.per_photo)
         classes = len(list(train.iterdir()))
         print(f"data: {len(list(unlabeled.iterdir()))} unlabeled crops of {classes} photos; chance {100 / classes:.1f}%")
-        models = {"ours": train_ours(unlabeled, root / "ours", args.minutes, args.batch, args.size, args.epochs)}
+        models = {"ours": train_ours(unlabeled, root / "ours", args.minutes, args.batch, args.size, args.epochs,
+                                     bf16)}
         try:
-            models["lightly"] = train_lightly(unlabeled, root / "lightly", args.minutes, args.batch, args.size)
+            models["lightly"] = train_lightly(unlabeled, root / "lightly", args.minutes, args.batch, args.size, bf16)
         except ImportError as err:
             print(f"lightly skipped: {err} (pip install -e '.[bench]')")
         models["random init"] = random_model(root / "random", args.size)
         table = {name: evaluate(path, train, val) for name, path in models.items()}
     columns = list(next(iter(table.values())))
-    print(f"\nsignal check: ResNet-18, {args.size}x{args.size}, batch {args.batch}, {args.minutes:g} min each on "
-          f"{os.cpu_count()} cores")
+    print(f"\nsignal check: ResNet-18, {args.size}x{args.size}, batch {args.batch}, {args.minutes:g} min each, "
+          f"{'bf16' if bf16 else 'fp32'}; CPU: {cpu_summary()}")
     print(f"{'':<12}" + "".join(f"{c:>12}" for c in columns))
     for name, scores in table.items():
         print(f"{name:<12}" + "".join(f"{scores[c]:>12.2f}" for c in columns))

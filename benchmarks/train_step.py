@@ -174,9 +174,16 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    from hub.hardware import cpu_summary, native_bf16
+
     print(f"BYOL step, {args.arch} at {args.size}x{args.size}, batch {args.batch}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
+    print(f"CPU: {cpu_summary()}")
     for precision in args.precision:
+        if precision == "bf16" and not native_bf16():
+            print("[bf16 + channels_last] skipped: this CPU has no native bf16 (emulated bf16 measured 7x slower "
+                  "than fp32; the trainer uses fp32 here)")
+            continue
         print(f"[{precision}{' + channels_last' if precision == 'bf16' else ''}]")
         results = measure(["ours", *args.peers], args.arch, args.batch, args.size, precision, args.steps,
                           args.warmup)

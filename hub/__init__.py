@@ -18,6 +18,7 @@ from hub.errors import (
     ImageDecodeError,
     LayerError,
     ModelNotFoundError,
+    WeightsIntegrityError,
     WeightsMismatchError,
 )
 from hub.layers import FEATURE_LAYERS, LAYERS, POOLINGS
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BYOLModel", "ModelConfig", "PreprocessConfig", "FEATURE_LAYERS", "LAYERS", "POOLINGS", "HubError",
     "ConfigError", "LayerError", "WeightsMismatchError", "CheckpointFormatError", "ModelNotFoundError",
-    "ExportError", "ImageDecodeError",
+    "ExportError", "ImageDecodeError", "WeightsIntegrityError",
 ]
 
 

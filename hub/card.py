@@ -114,10 +114,14 @@ def _metadata(config: ModelConfig, results: list[dict[str, Any]]) -> str:
             metric_name=f"{r['metric']} {_column(r)} ({_row(r)})", metric_config=r.get("layer"),
             source_name=SEED_SOURCE if seed else None, source_url=r.get("source_url") if seed else None,
         ))
+    from hub.interop import unsupported_reason
+
+    native = unsupported_reason(config) is None
+    # library_name is what the Hub's "use this model" widget keys on: timm where timm can load the folder
     data = ModelCardData(
-        library_name="byol", pipeline_tag="image-feature-extraction", license=config.license,
-        tags=["self-supervised", "byol", "resnet", "image-feature-extraction", config.architecture]
-        + (["demo"] if config.demo else []),
+        library_name="timm" if native else "byol", pipeline_tag="image-feature-extraction", license=config.license,
+        tags=["self-supervised", "byol", "resnet", "image-feature-extraction", config.architecture, "byol-hub"]
+        + (["timm", "transformers", "safetensors"] if native else ["safetensors"]) + (["demo"] if config.demo else []),
         datasets=config.datasets, model_name=config.name or "byol", eval_results=eval_results or None,
     )
     return data.to_yaml()
@@ -135,12 +139,49 @@ def _layers_table(config: ModelConfig) -> str:
     return "\n".join(lines)
 
 
+def _use_it_with(config: ModelConfig) -> str:
+    """The loaders that work on this folder, each snippet tested (tests/hub/test_interop.py)."""
+    from hub.interop import TRANSFORMERS_DIR, unsupported_reason
+
+    repo = config.name or "ORG/NAME"
+    reason = unsupported_reason(config)
+    if reason is not None:
+        return ("## Use it with other libraries\n\ntimm and transformers cannot load this model: " + reason +
+                ". Loaders that work: `BYOLModel.from_pretrained` (this project), `byol-serve`, and ONNX Runtime on "
+                "`model.onnx`.")
+    lines = ["## Use it with timm and transformers", "",
+             "The folder loads natively, with no `trust_remote_code`:", "", "```python", "import timm", "",
+             f'backbone = timm.create_model("hf-hub:{repo}", pretrained=True, num_classes=0)   # avgpool features',
+             f'stages = timm.create_model("hf-hub:{repo}", pretrained=True, features_only=True)  # feature1..feature5',
+             f'classifier = timm.create_model("hf-hub:{repo}", pretrained=True, num_classes=10)  # a new head',
+             "", "from transformers import AutoModel, ResNetModel, pipeline", "",
+             f'model = AutoModel.from_pretrained("{repo}")                 # timm wrapper: pooler_output = avgpool']
+    if config.transformers:
+        lines += [f'resnet = ResNetModel.from_pretrained("{repo}", subfolder="{TRANSFORMERS_DIR}")  # no timm needed;'
+                  " hidden_states[1:] = feature2..feature5",
+                  f'extract = pipeline("image-feature-extraction", model="{repo}", '
+                  f'model_kwargs={{"subfolder": "{TRANSFORMERS_DIR}"}})',
+                  "vector = extract(image, pool=True)   # avgpool; without pool=True: the last feature map"]
+    lines += ["```"]
+    if not config.transformers:
+        lines += ["", "This folder was saved without the `transformers/` subfolder (`save_pretrained(..., "
+                  "transformers=False)`), so transformers' own `ResNetModel` cannot load it; the timm route works."]
+    return "\n".join(lines)
+
+
 def _recipe(config: ModelConfig, entry: ZooEntry | None) -> str:
     lines: list[str] = []
     if entry is not None:
         lines.append(f"Seed config: [`{entry.config_name}`]({entry.config_url}).")
         lines += [f"- {k}: {v}" for k, v in entry.recipe.items()]
     if config.training:
+        budget = config.training.get("time_budget")
+        if budget:
+            lines += ["", f"Trained under a time budget of {budget['budget_min']:g} min: the schedule (warmup, cosine lr, "
+                      f"tau) was planned to {budget['planned_steps']} optimizer steps ({budget['planned_epochs']:g} "
+                      f"epochs; the config's full schedule is {budget['full_steps']} steps) from a measured "
+                      f"{budget['step_s']:g} s per step; {budget.get('done_steps', '?')} steps were done in "
+                      f"{budget.get('wall_min', '?')} min."]
         lines.append("")
         lines.append("Training run recorded with these weights:")
         lines.append("")
@@ -184,6 +225,7 @@ def render_card(config: ModelConfig, folder: str | Path | None = None,
         "pixel_values = model.preprocess(pil_images)           # (N, 3, 224, 224)",
         'feats = model.features(pixel_values, layers=("feature5", "avgpool"), pooling="gap")', "```", "",
         "Serve it over HTTP with `byol-serve --model <id or folder>`.", "",
+        _use_it_with(config), "",
         "## Layers and embedding sizes", "", f"At {config.input_size}×{config.input_size} input:", "",
         _layers_table(config), "",
         "`mhead` is the seed's multi-head benchmark pooling (AvgPool to 12², 6², 4², 3², 2² grids).", "",

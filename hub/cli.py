@@ -31,9 +31,22 @@ def _convert(args: argparse.Namespace) -> int:
     print(f"read {args.checkpoint}: layout {prov['source_format']}"
           f"{' (detected)' if prov['detected'] else ''}, {model.config.architecture}, {model.config.stem} stem")
     print(prov["identity"])
-    model.save_pretrained(args.out_dir, onnx=args.onnx)
-    print(f"wrote {args.out_dir}/ (model.safetensors, config.json, README.md{', model.onnx' if args.onnx else ''})")
+    model.save_pretrained(args.out_dir, onnx=args.onnx, transformers=args.transformers)
+    extras = (", model.onnx" if args.onnx else "") + (", transformers/" if model.config.transformers else "")
+    print(f"wrote {args.out_dir}/ (model.safetensors, config.json, README.md{extras})")
+    _print_loaders(model.config)
     return 0
+
+
+def _print_loaders(cfg) -> None:
+    from hub.interop import unsupported_reason
+
+    reason = unsupported_reason(cfg)
+    if reason is not None:
+        print(f"loaders   byol only: {reason}")
+    else:
+        print("loaders   byol, timm (hf-hub:/local-dir:), transformers AutoModel"
+              + (", transformers ResNetModel (subfolder='transformers')" if cfg.transformers else ""))
 
 
 def _card(args: argparse.Namespace) -> int:
@@ -72,6 +85,7 @@ def _info(args: argparse.Namespace) -> int:
     if cfg.provenance.get("identity"):
         print(f"identity  {cfg.provenance['identity']}")
     print("onnx      " + (f"yes (opset {cfg.onnx.get('opset')})" if cfg.onnx else "no"))
+    _print_loaders(cfg)
     print("layer      gap     mhead")
     for layer, dims in cfg.layer_dims().items():
         print(f"{layer:<9}{dims['gap']:>6}{str(dims['mhead'] or 'n/a'):>10}")
@@ -90,7 +104,8 @@ def _export(args: argparse.Namespace) -> int:
     if args.int8 and out.parent.resolve() != Path(args.model_dir).resolve():
         raise ExportError("--int8 writes model.int8.onnx beside the folder's own model.onnx; drop --output")
     if args.format == "onnx" and out.parent.resolve() == Path(args.model_dir).resolve():
-        model.save_pretrained(args.model_dir, onnx=True)  # keeps config.json's onnx record in step
+        # keeps config.json's onnx record in step (and the transformers/ folder as it was)
+        model.save_pretrained(args.model_dir, onnx=True, transformers=bool(model.config.transformers))
     else:
         export(model, args.format, out)
     print(f"wrote {out}")
@@ -102,7 +117,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hub.config import CHECKPOINT_SOURCES as SOURCES
+    from hub.checkpoint_layouts import LAYOUTS, SOURCES
     from hub.config import EXPORT_FORMATS as FORMATS
     from hub.zoo import ZOO
 
@@ -115,9 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="the checkpoint file (.pth, .ckpt, .pkl, .safetensors)")
     p.add_argument("out_dir", help="model folder to write")
     p.add_argument("--source", default="auto", choices=SOURCES,
-                   help="checkpoint layout; 'auto' detects it and says what it found (default: auto)")
+                   help="checkpoint layout; 'auto' detects it and says what it found (default: auto). Layouts: " +
+                   "; ".join(f"{entry.name}: {entry.reads}" for entry in LAYOUTS))
     p.add_argument("--prefix", default=None,
-                   help="key prefix of the backbone inside a custom wrapper, e.g. 'encoder.' (default: per source)")
+                   help="key prefix of the backbone inside a custom wrapper, e.g. 'net.' or 'encoder.'; with "
+                        "--source auto it is stripped first and what is under it is detected (default: per source)")
     p.add_argument("--zoo", default=None, choices=sorted(ZOO),
                    help="seed zoo entry these weights belong to; its reported results go into the card")
     p.add_argument("--name", default=None, help="model id shown in the card (default: the folder name)")
@@ -125,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="convolution padding; DeepMind checkpoints default to tf_same (exact), others to torch")
     p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=True,
                    help="also write model.onnx so the service can run without torch (default: on)")
+    p.add_argument("--transformers", action=argparse.BooleanOptionalAction, default=True,
+                   help="also write the transformers/ subfolder so transformers' own ResNetModel loads the folder "
+                        "(doubles its size; timm and AutoModel load it either way) (default: on)")
     p.set_defaults(func=_convert)
 
     p = sub.add_parser("card", help="(re)write the model card README.md of a model folder")

@@ -22,9 +22,7 @@ ONNX_NAME = "model.onnx"
 ONNX_INT8_NAME = "model.int8.onnx"
 CARD_NAME = "README.md"
 PADDINGS = ("torch", "tf_same")
-# Checkpoint layouts hub.convert reads and formats hub.export writes (named here so torch-free code can list them).
-CHECKPOINT_SOURCES = ("auto", "mmselfsup", "openmixup", "solo-learn", "lightly", "byol-pytorch", "deepmind",
-                      "torchvision", "timm")
+# Formats hub.export writes (named here so torch-free code can list them; checkpoint layouts: hub.checkpoint_layouts).
 EXPORT_FORMATS = ("onnx", "torchvision", "timm", "detectron2", "mmdet")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
@@ -76,6 +74,8 @@ class ModelConfig:
     training: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str | None = None
     onnx: dict[str, Any] = field(default_factory=dict)
+    # the transformers/ subfolder (ResNetModel): {"subfolder": ..., "sha256": {file: sha256}}; empty when absent
+    transformers: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -109,6 +109,7 @@ class ModelConfig:
         return {layer: d[pooling] for layer, d in self.layer_dims().items()}
 
     def to_dict(self) -> dict[str, Any]:
+        """Our own fields (what ``from_dict`` reads back); ``save`` adds timm's keys beside them."""
         data = asdict(self)
         data["preprocessing"]["mean"] = list(self.preprocessing.mean)
         data["preprocessing"]["std"] = list(self.preprocessing.std)
@@ -117,8 +118,11 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        from hub.interop import TIMM_KEYS, check_timm_keys
+
         data = dict(data)
         data.pop("layers", None)
+        timm = {key: data.pop(key) for key in TIMM_KEYS if key in data}  # written by save() for timm/transformers
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -131,13 +135,18 @@ class ModelConfig:
                 data["preprocessing"] = PreprocessConfig(**pre)
             except TypeError as err:
                 raise ConfigError(f"bad 'preprocessing' in config.json: {err}") from None
-        return cls(**data)
+        config = cls(**data)
+        check_timm_keys(timm, config)
+        return config
 
     def save(self, folder: str | Path) -> Path:
         from hub.files import atomic_write_text
+        from hub.interop import timm_keys
 
         path = Path(folder) / CONFIG_NAME
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
+        data = self.to_dict()
+        data.update(timm_keys(self))  # timm (and transformers' timm wrapper) read these; the architecture is shared
+        atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
         return path
 
     @classmethod

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from hub.config import CHECKPOINT_SOURCES as SOURCES
+from hub.checkpoint_layouts import SOURCES, detect_layout, is_sequential, key_prefixes, layout
 from hub.config import ModelConfig
 from hub.errors import CheckpointFormatError
 from hub.files import sha256_file
@@ -135,20 +135,9 @@ def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tenso
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def _prefixes(keys: list[str]) -> list[str]:
-    return sorted({k.split(".")[0] + "." for k in keys})
-
-
-def _is_torchvision(keys: set[str]) -> bool:
-    return "conv1.weight" in keys and any(k.startswith("layer1.0.") for k in keys)
-
-
-def _is_sequential(keys: set[str]) -> bool:
-    return "0.weight" in keys and any(k.startswith("4.0.") for k in keys)
-
-
 def detect_source(obj: Any) -> str:
-    """Name the layout of a loaded checkpoint, or raise listing what was found."""
+    """Name the layout of a loaded checkpoint (from :data:`hub.checkpoint_layouts.LAYOUTS`), or raise listing
+    what was found."""
     if _find_haiku_params(obj) is not None:
         return "deepmind"
     state = _tensor_dict(obj)
@@ -158,22 +147,14 @@ def detect_source(obj: Any) -> str:
         raise CheckpointFormatError(f"no tensor state dict found (top level: {kind} with keys {keys}); "
                                     f"known layouts: {', '.join(SOURCES[1:])}")
     keys = {k.removeprefix("module.") for k in state}
-    if any(k.startswith("momentum_backbone.") for k in keys):
-        return "solo-learn"
-    if any(k.startswith("online_encoder.net.") for k in keys):
-        return "byol-pytorch"
-    backbone = {k.removeprefix("backbone.") for k in keys if k.startswith("backbone.")}
-    if backbone:
-        return "lightly" if _is_sequential(backbone) else "mmselfsup"
-    if _is_torchvision(keys):
-        return "torchvision"
-    if _is_sequential(keys):
-        return "lightly"
-    raise CheckpointFormatError(
-        f"unknown checkpoint layout: {len(keys)} tensors under prefixes {_prefixes(sorted(keys))[:12]}; expected "
-        "torchvision ResNet names (conv1.weight, layer1.0...), optionally under backbone./online_encoder.net., "
-        "or pass --source and --prefix"
-    )
+    found = detect_layout(keys)
+    if found is None:
+        raise CheckpointFormatError(
+            f"unknown checkpoint layout: {len(keys)} tensors under prefixes {key_prefixes(sorted(keys))[:12]}; "
+            "expected torchvision ResNet names (conv1.weight, layer1.0...), optionally under backbone./"
+            "online_encoder.net.; for another wrapper pass --prefix (e.g. --prefix net.), or --source"
+        )
+    return found.name
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -189,6 +170,15 @@ def _remap_sequential(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
+def strip_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors under ``prefix``, renamed without it; none there is an error listing the prefixes seen."""
+    stripped = _strip(state, prefix)
+    if not stripped:
+        raise CheckpointFormatError(f"no key starts with prefix {prefix!r}; prefixes found: "
+                                    f"{key_prefixes(sorted(state))[:12]}")
+    return stripped
+
+
 def extract_backbone(obj: Any, source: str, prefix: str | None = None) -> dict[str, torch.Tensor]:
     """Torchvision-named backbone tensors (no ``fc``) from a loaded checkpoint of ``source``."""
     if source == "deepmind":
@@ -198,17 +188,12 @@ def extract_backbone(obj: Any, source: str, prefix: str | None = None) -> dict[s
         raise CheckpointFormatError(f"no tensor state dict found in this {source} checkpoint")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if prefix is None:
-        prefix = {"mmselfsup": "backbone.", "openmixup": "backbone.", "solo-learn": "backbone.",
-                  "lightly": "backbone.", "byol-pytorch": "online_encoder.net."}.get(source, "")
+        prefix = layout(source).prefix
         if prefix and not any(k.startswith(prefix) for k in state):
             prefix = ""  # a plain extracted backbone of that source
     if prefix:
-        stripped = _strip(state, prefix)
-        if not stripped:
-            raise CheckpointFormatError(f"no key starts with prefix {prefix!r}; prefixes found: "
-                                        f"{_prefixes(sorted(state))[:12]}")
-        state = stripped
-    if _is_sequential(set(state)):
+        state = strip_prefix(state, prefix)
+    if is_sequential(set(state)):
         state = _remap_sequential(state)
     dropped = sorted(k for k in state if k.startswith("fc."))
     if dropped:
@@ -343,10 +328,16 @@ def convert_checkpoint(path: str | Path, *, source: str = "auto", prefix: str | 
     from hub.hub_io import load_strict
     from hub.model import BYOLModel
 
-    if source not in SOURCES:
-        raise CheckpointFormatError(f"unknown source {source!r}; accepted: {', '.join(SOURCES)}")
+    if source != "auto":
+        layout(source)  # refuse an unknown name before reading anything
     path = Path(path)
     obj = read_checkpoint(path)
+    if prefix and source == "auto":
+        # a given prefix is stripped before detection: what is under it is then recognised on its own
+        state = _tensor_dict(obj)
+        if state is None:
+            raise CheckpointFormatError(f"--prefix {prefix!r}: no tensor state dict found in {path.name}")
+        obj, prefix = strip_prefix({k.removeprefix("module."): v for k, v in state.items()}, prefix), None
     detected = detect_source(obj) if source == "auto" else source
     if source == "auto":
         logger.info("detected checkpoint layout: %s", detected)

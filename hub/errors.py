@@ -32,6 +32,16 @@ class WeightsMismatchError(HubError):
         super().__init__("weights do not match the model config; " + "; ".join(parts))
 
 
+class WeightsIntegrityError(HubError):
+    """A file's sha256 differs from the one ``config.json`` records (an interrupted save, or a changed file)."""
+
+    def __init__(self, name: str, actual: str, expected: str) -> None:
+        self.name, self.actual, self.expected = name, actual, expected
+        super().__init__(f"{name} has sha256 {actual[:12]}... but config.json records {expected[:12]}...: the file "
+                         "was changed or an interrupted save left it; save the model again (or pass "
+                         "verify_sha256=False to load it anyway)")
+
+
 class CheckpointFormatError(HubError):
     """A checkpoint's layout is not one the converters know, or it cannot be read safely."""
 

@@ -7,7 +7,9 @@
   plain, well-optimized graph for a ResNet. Opset, outputs and the weights' sha256 go into
   ``config.json``.
 - ``torchvision`` / ``timm``: ``resnetXX`` state dicts (no ``fc``: load with ``strict=False`` into
-  torchvision, or ``timm.create_model(arch, num_classes=0)`` strictly).
+  torchvision); the ``timm`` folder is what ``timm.create_model("local-dir:<folder>", pretrained=True)`` loads
+  (``num_classes=0``, ``features_only=True`` or a new head with ``num_classes=N``). A model folder written by
+  ``save_pretrained`` already loads in timm itself; this export is the bare timm folder.
 - ``detectron2``: a ``.pkl`` with MoCo's renaming (``stem.conv1``, ``res2``..``res5``, ``conv1.norm``,
   ``shortcut``), numpy arrays, ``matching_heuristics``.
 - ``mmdet`` (also for mmseg): ``{"state_dict": {"backbone.conv1.weight", ...}, "meta": ...}``.
@@ -114,13 +116,11 @@ def export(model: Any, fmt: str, out: str | Path) -> Path:
     elif fmt == "timm":
         from safetensors.torch import save_file
 
+        from hub.interop import timm_keys
+
         out.mkdir(parents=True, exist_ok=True)
-        pre = model.config.preprocessing
-        timm_cfg = {"architecture": arch, "num_classes": 0, "num_features": model.config.num_features,
-                    "pretrained_cfg": {"tag": "byol", "input_size": [3, pre.crop_size, pre.crop_size],
-                                       "interpolation": pre.interpolation, "mean": list(pre.mean),
-                                       "std": list(pre.std), "crop_pct": pre.crop_size / pre.resize_size,
-                                       "num_classes": 0, "license": model.config.license}}
+        # the same keys a model folder carries (classifier and first_conv included, so num_classes=N works)
+        timm_cfg = {"architecture": arch, **timm_keys(model.config)}
         atomic_write(out / "model.safetensors", lambda tmp: save_file(state, tmp))
         (out / "config.json").write_text(json.dumps(timm_cfg, indent=2) + "\n")
     elif fmt == "detectron2":

@@ -9,6 +9,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def cache_root() -> Path:
+    """This project's cache folder: ``$BYOL_CACHE``, else ``~/.cache/byol`` (ONNX exports, features, demo model)."""
+    return Path(os.environ.get("BYOL_CACHE") or Path.home() / ".cache" / "byol")
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -25,8 +25,9 @@ DEMO_EPOCHS = 40
 
 
 def demo_folder() -> Path:
-    root = Path(os.environ.get("BYOL_CACHE") or Path.home() / ".cache" / "byol")
-    return root / "demo-resnet18"
+    from hub.files import cache_root
+
+    return cache_root() / "demo-resnet18"
 
 
 def write_demo_photos(folder: Path) -> int:

@@ -12,12 +12,10 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI  # noqa: F401  (the type create_app returns)
 from fastapi.middleware.cors import CORSMiddleware
 
-from hub.config import CARD_NAME, ONNX_INT8_NAME, ONNX_NAME, WEIGHTS_NAME
-from hub.hub_io import ResolvedModel, resolve_model
-from service.backends import Backend, build_backend
+from service.backends import Backend, build_backend, resolve_for_backend
 from service.engine import BatchEngine
 from service.errors import error_response, install_error_handlers
 from service.routes_embed import router as embed_router
@@ -28,17 +26,7 @@ from service.state import ServiceState
 logger = logging.getLogger("service")
 access_log = logging.getLogger("service.access")
 KNOWN_ROUTES = {"/embed", "/v1/embeddings", "/v1/models", "/info", "/health", "/ready", "/metrics"}
-
-
-def resolve_served_model(settings: ServiceSettings) -> ResolvedModel:
-    """The model folder, fetching from the Hub only what the backend needs (no weights if ONNX is there)."""
-    kwargs = dict(revision=settings.revision, cache_dir=settings.cache_dir, local_files_only=settings.local_files_only)
-    graph = ONNX_INT8_NAME if settings.precision == "int8" else ONNX_NAME
-    if settings.backend == "onnx":
-        resolved = resolve_model(settings.model, files=(), optional_files=(graph, CARD_NAME), **kwargs)
-        if (resolved.folder / graph).exists():
-            return resolved
-    return resolve_model(settings.model, files=(WEIGHTS_NAME,), optional_files=(CARD_NAME,), **kwargs)
+DOCS_STATIC = "/docs-static"
 
 
 class RequestMiddleware:
@@ -104,7 +92,7 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
     async def lifespan(app: FastAPI):
         import asyncio
 
-        resolved = await asyncio.to_thread(resolve_served_model, settings)
+        resolved = await asyncio.to_thread(resolve_for_backend, settings)
         state.config, state.model_id, state.revision = resolved.config, resolved.model_id, resolved.revision
         state.backend = backend or await asyncio.to_thread(build_backend, resolved, settings)
         await asyncio.to_thread(state.backend.warmup, resolved.config.input_size)
@@ -123,8 +111,13 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
         state.decode_pool.shutdown(wait=False)
         logger.info("stopped after draining the queue")
 
-    app = FastAPI(title="BYOL embeddings", version="0.1.0", lifespan=lifespan,
-                  description="Multi-layer image embeddings (feature1..feature5, avgpool) from BYOL ResNets.")
+    # /docs and /redoc from assets installed with the package (fastapi-offline ships swagger-ui-dist and redoc):
+    # the deployments this image is made for have no internet, so no CDN, no web fonts, no validator badge.
+    from fastapi_offline import FastAPIOffline
+
+    app = FastAPIOffline(title="BYOL embeddings", version="0.1.0", lifespan=lifespan, static_url=DOCS_STATIC,
+                         swagger_ui_parameters={"validatorUrl": None},
+                         description="Multi-layer image embeddings (feature1..feature5, avgpool) from BYOL ResNets.")
     app.state.service = state
     app.state.settings = settings
     install_error_handlers(app)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
 from hub.layers import check_layers, output_name
@@ -23,28 +23,19 @@ from service.embedding import (
     run_images,
 )
 from service.errors import ServiceError
+from service.schemas import (
+    EMBED_ERRORS,
+    MULTIPART_EMBED_SCHEMA,
+    EmbedBody,
+    EmbedResponse,
+    OpenAIEmbeddingsBody,
+    OpenAIEmbeddingsResponse,
+    request_body,
+)
 from service.state import Auth, ReadyState, ServiceState
 
 router = APIRouter()
 OPTION_NAMES = ("layers", "pooling", "normalize", "encoding")
-
-
-class EmbedBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    images: list[str]
-    layers: list[str] | str | None = None
-    pooling: str | None = None
-    normalize: bool | None = None
-    encoding: str | None = None
-
-
-class OpenAIEmbeddingsBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    input: str | list[str]
-    model: str | None = None
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = None
-    user: str | None = None
 
 
 def _malformed(err: ValidationError | ValueError) -> ServiceError:
@@ -102,7 +93,8 @@ def _response(state: ServiceState, results: list[dict[str, np.ndarray]], options
                          "dims": dims, "data": data})
 
 
-@router.post("/embed", summary="embed images from any layer",
+@router.post("/embed", summary="embed images from any layer", response_model=EmbedResponse, responses=EMBED_ERRORS,
+             openapi_extra=request_body(json_model=EmbedBody, multipart=MULTIPART_EMBED_SCHEMA),
              description="multipart/form-data with one or more `images` files (options in the query string), "
                          "or JSON `{images: [base64 | data URI], layers, pooling, normalize, encoding}`.")
 async def embed(request: Request, state: ReadyState, _: Auth,
@@ -154,6 +146,8 @@ async def embed(request: Request, state: ReadyState, _: Auth,
 
 
 @router.post("/v1/embeddings", summary="OpenAI-compatible embeddings of images (avgpool, L2-normalized)",
+             response_model=OpenAIEmbeddingsResponse, responses=EMBED_ERRORS,
+             openapi_extra=request_body(json_model=OpenAIEmbeddingsBody),
              description="`input`: a data:image/...;base64 URI or bare base64, or a list of them.")
 async def openai_embeddings(request: Request, state: ReadyState, _: Auth) -> JSONResponse:
     body = await _json_body(request, OpenAIEmbeddingsBody)

@@ -7,17 +7,25 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hub.layers import output_name
+from service.schemas import (
+    HealthResponse,
+    InfoResponse,
+    OpenAIModelList,
+    ReadyResponse,
+    error_responses,
+)
 from service.state import Auth, State
 
 router = APIRouter()
 
 
-@router.get("/health", summary="the process is alive")
+@router.get("/health", summary="the process is alive", response_model=HealthResponse)
 async def health() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/ready", summary="model loaded, warmed up, inference worker answering (503 otherwise)")
+@router.get("/ready", summary="model loaded, warmed up, inference worker answering (503 otherwise)",
+            response_model=ReadyResponse, responses={503: {"model": ReadyResponse, "description": "not ready"}})
 async def ready(state: State) -> JSONResponse:
     engine = state.engine
     ok = state.ready and engine is not None and engine.accepting
@@ -30,7 +38,8 @@ async def metrics(state: State) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/info", summary="what is served and how")
+@router.get("/info", summary="what is served and how", response_model=InfoResponse,
+            response_model_exclude_none=True, responses=error_responses(401, 422))
 async def info(state: State, _: Auth) -> dict:
     cfg = state.config
     if cfg is None:
@@ -51,7 +60,8 @@ async def info(state: State, _: Auth) -> dict:
     }
 
 
-@router.get("/v1/models", summary="OpenAI-compatible model list")
+@router.get("/v1/models", summary="OpenAI-compatible model list", response_model=OpenAIModelList,
+            responses=error_responses(401, 422))
 async def models(state: State, _: Auth) -> dict:
     return {"object": "list", "data": [{"id": state.model_id, "object": "model", "created": state.started,
                                         "owned_by": "byol", "demo": bool(state.config and state.config.demo)}]}

@@ -15,15 +15,11 @@ from typing import Any
 
 import yaml
 
+from hub.errors import ConfigError  # one ConfigError for the whole project (unknown preset, key or value)
+from training.precision import CPU_PRECISIONS
+
+__all__ = ["ConfigError", "TrainConfig", "add_config_arguments", "load_preset", "preset_names", "resolve_config"]
 CONFIG_DIR = Path(__file__).parent / "configs"
-
-
-class ConfigError(ValueError):
-    """Unknown preset, unknown key, or an invalid value."""
-
-
-def _help(text: str) -> Any:
-    return field(default=None, metadata={"help": text})
 
 
 @dataclass
@@ -54,7 +50,10 @@ class TrainConfig:
     epochs: int = field(default=200, metadata={"help": "training epochs"})
     max_steps: int = field(default=0, metadata={"help": "stop after this many optimizer steps (0: run all epochs)"})
     time_budget_min: float = field(default=0.0, metadata={
-        "help": "stop after this many minutes of training (at an optimizer step; 0: no limit) and publish"})
+        "help": "plan the run to fit this many wall-clock minutes (0: no budget): the step time is measured over "
+                "the first steps, then warmup, cosine lr and tau are compressed to end inside the budget, checkpoints, "
+                "kNN monitor and final export counted; the plan is kept in the checkpoints (a resume does not re-plan) "
+                "and recorded in the run and the card"})
     # optimizer
     base_lr: float = field(default=0.3, metadata={"help": "lr per 256 images (lr = base_lr x batch / 256)"})
     momentum: float = field(default=0.9, metadata={"help": "LARS momentum"})
@@ -67,7 +66,9 @@ class TrainConfig:
     # precision and devices
     mixed_precision: str = field(default="fp16", metadata={
         "help": "fp16 | bf16 | no on GPUs; on CPU fp16 maps to cpu_precision"})
-    cpu_precision: str = field(default="bf16", metadata={"help": "bf16 or no (fp32): what fp16 becomes on CPU"})
+    cpu_precision: str = field(default="auto", metadata={
+        "help": "auto | bf16 | no (fp32): what fp16 becomes on CPU; auto picks bf16 only where the CPU has native "
+                "bf16 (avx512_bf16 or AMX), fp32 otherwise (emulated bf16 measured 7x slower)"})
     channels_last: bool = field(default=True, metadata={"help": "channels_last memory format"})
     sync_bn: bool = field(default=True, metadata={"help": "SyncBatchNorm across GPU processes (CUDA only)"})
     fuse_views: bool = field(default=True, metadata={
@@ -83,6 +84,8 @@ class TrainConfig:
         "help": "folder with train/ and val/ ImageFolder trees: weighted kNN (k=20) of the online encoder at "
                 "every epoch end, logged as knn_top1 (main process; empty: off)"})
     export_onnx: bool = field(default=True, metadata={"help": "write model.onnx into the final folder"})
+    export_transformers: bool = field(default=True, metadata={
+        "help": "write the transformers/ subfolder (transformers' ResNetModel) into the final folder; doubles its size"})
     demo: bool = field(default=False, metadata={"help": "mark the published model as a demo model"})
 
     def __post_init__(self) -> None:
@@ -93,8 +96,10 @@ class TrainConfig:
             raise ConfigError(
                 f"total_batch_size {self.total_batch_size} is not divisible by batch_size_per_device x grad_accum_steps "
                 f"= {self.batch_size_per_device * self.grad_accum_steps}")
-        if self.mixed_precision not in ("fp16", "bf16", "no") or self.cpu_precision not in ("bf16", "no"):
-            raise ConfigError("mixed_precision: fp16|bf16|no; cpu_precision: bf16|no")
+        if self.mixed_precision not in ("fp16", "bf16", "no"):
+            raise ConfigError(f"mixed_precision {self.mixed_precision!r}; accepted: fp16, bf16, no")
+        if self.cpu_precision not in CPU_PRECISIONS:
+            raise ConfigError(f"cpu_precision {self.cpu_precision!r}; accepted: {', '.join(CPU_PRECISIONS)}")
         if len(self.blur_probs) != 2 or len(self.solarize_probs) != 2:
             raise ConfigError("blur_probs and solarize_probs take two values (view 1, view 2)")
 

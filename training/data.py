@@ -1,19 +1,17 @@
-"""Unlabeled image sources, a resumable per-rank sampler, and batching of BYOL's two views.
+"""BYOL's two-view dataset, a resumable per-rank sampler, and batching of the views.
 
-Sources: a folder of images (searched recursively, ImageFolder trees included, labels ignored), a
-text file listing image paths, or WebDataset-style ``.tar`` shards (indexed once, read by offset, so
-they are map-style and resumable). Unreadable images are skipped and counted, never a crash.
+Sources (``hub.sources``, shared with ``byol-embed``): a folder of images (searched recursively, ImageFolder
+trees included, labels ignored), a text file listing image paths, WebDataset-style ``.tar`` shards (indexed
+once, read by offset, so they are map-style and resumable), or a Parquet path column. Unreadable images are
+skipped and counted, never a crash.
 """
 
 from __future__ import annotations
 
-import glob
 import io
 import logging
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,98 +19,10 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from hub.preprocess import to_rgb
+from hub.sources import IMAGE_EXTENSIONS, DataError, ImageSource, open_source  # one home for listing inputs
 from training.augment import AugmentConfig, sample_rng, two_views
 
 logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
-
-
-class DataError(ValueError):
-    """A data source that does not exist, holds no images, or cannot be read."""
-
-
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
-
-
-class ImageSource:
-    """Random access to encoded images: ``len()`` and ``read(i) -> bytes``."""
-
-    def __len__(self) -> int:
-        raise NotImplementedError
-
-    def read(self, index: int) -> bytes:
-        raise NotImplementedError
-
-
-class FileSource(ImageSource):
-    def __init__(self, paths: list[Path]) -> None:
-        self.paths = paths
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def read(self, index: int) -> bytes:
-        return self.paths[index].read_bytes()
-
-
-class TarSource(ImageSource):
-    """Image members of ``.tar`` shards, indexed once and read by (shard, offset, size)."""
-
-    def __init__(self, shards: list[Path]) -> None:
-        self.shards = shards
-        self.index: list[tuple[int, int, int]] = []
-        for s, shard in enumerate(shards):
-            with tarfile.open(shard) as tar:
-                for member in tar:
-                    if member.isfile() and _is_image(member.name):
-                        self.index.append((s, member.offset_data, member.size))
-        self._handles: dict[int, io.BufferedReader] = {}
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def read(self, index: int) -> bytes:
-        shard, offset, size = self.index[index]
-        handle = self._handles.get(shard)
-        if handle is None:  # one handle per shard per worker process
-            handle = self._handles[shard] = open(self.shards[shard], "rb")  # noqa: SIM115
-        handle.seek(offset)
-        return handle.read(size)
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_handles": {}}
-
-
-def open_source(spec: str) -> ImageSource:
-    """``spec``: a folder, a ``.txt`` list of paths (relative to the list's folder), or ``.tar`` shards
-    (a file, a folder of shards, or a glob such as ``shards/train-*.tar``)."""
-    path = Path(spec)
-    if any(ch in spec for ch in "*?["):
-        shards = sorted(Path(p) for p in glob.glob(spec))
-        if not shards:
-            raise DataError(f"no files match {spec!r}")
-        return TarSource(shards)
-    if not path.exists():
-        raise DataError(f"data path {spec} does not exist; give a folder of images, a .txt list or .tar shards")
-    if path.is_file() and path.suffix == ".tar":
-        return TarSource([path])
-    if path.is_file() and path.suffix in (".txt", ".lst", ".csv"):
-        paths = []
-        for line in path.read_text().splitlines():
-            entry = line.strip().split()[0] if line.strip() else ""
-            if entry and not entry.startswith("#"):
-                paths.append((path.parent / entry) if not Path(entry).is_absolute() else Path(entry))
-        return FileSource(paths)
-    if path.is_dir():
-        shards = sorted(path.glob("*.tar"))
-        if shards:
-            return TarSource(shards)
-        files = sorted(p for p in path.rglob("*") if p.is_file() and _is_image(p.name))
-        return FileSource(files)
-    raise DataError(f"cannot read {spec}: expected a folder, a .txt list of images, or .tar shards")
-
 
 class TwoViewDataset(Dataset):
     """Item ``(epoch, index)`` -> ``(view1, view2, skipped)``: uint8 ``(H, W, 3)`` views.

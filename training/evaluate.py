@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,19 @@ def _mean_std(values: list[float]) -> tuple[float, float | None]:
     return float(np.mean(values)), (float(np.std(values)) if len(values) > 1 else None)
 
 
-def run_knn(args, model) -> tuple[str, list[dict], dict]:
+@dataclass
+class Outcome:
+    """What a protocol measured: the result file's protocol name, dataset and mode, entries, splits and seeds."""
+
+    protocol: str
+    dataset: str
+    entries: list[dict[str, Any]]
+    splits: dict[str, int]
+    mode: str = "features"
+    seeds: int = 1
+
+
+def run_knn(args, model) -> Outcome:
     from training.evaluation.data import image_folder
     from training.evaluation.features import extract
     from training.evaluation.knn import weighted_knn
@@ -59,10 +73,10 @@ def run_knn(args, model) -> tuple[str, list[dict], dict]:
                         temperature=args.temperature) for k, v in acc.items()]
     for k, v in acc.items():
         print(f"kNN k={k}: top-1 {v:.2f}%")
-    return dataset, entries, {"train": len(train.paths), "val": len(val.paths)}
+    return Outcome("knn", dataset, entries, {"train": len(train.paths), "val": len(val.paths)})
 
 
-def run_heads(args, model, protocol: str) -> tuple[str, list[dict], dict]:
+def run_heads(args, model, protocol: str) -> Outcome:
     from training.evaluation.data import image_folder
     from training.evaluation.features import extract
     from training.evaluation.heads import RECIPES, augmented_batches, cached_batches, top1, train_heads
@@ -77,10 +91,11 @@ def run_heads(args, model, protocol: str) -> tuple[str, list[dict], dict]:
     fval = extract(model, val, layers, pooling, **kw)
     dims = {layer: fval[layer].shape[1] for layer in layers}
     ftrain = extract(model, train, layers, pooling, **kw) if args.mode == "fast" else None
-    if args.seeds is None:
-        args.seeds = 3 if args.mode == "fast" and len(train.paths) <= 20_000 else 1
+    seeds = args.seeds
+    if seeds is None:  # cheap protocols default to 3 seeds
+        seeds = 3 if args.mode == "fast" and len(train.paths) <= 20_000 else 1
     scores: dict[str, list[float]] = {layer: [] for layer in layers}
-    for seed in range(args.seeds):
+    for seed in range(seeds):
         batches = (cached_batches(ftrain, train.labels, recipe.batch_size, seed) if args.mode == "fast" else
                    augmented_batches(model, train.paths, train.labels, layers, pooling, recipe.batch_size, seed))
         heads = train_heads(dims, len(train.classes), batches, recipe, bn=protocol == "mhead", seed=seed,
@@ -95,10 +110,10 @@ def run_heads(args, model, protocol: str) -> tuple[str, list[dict], dict]:
               + f" ({args.mode}, {recipe.optimizer} lr {recipe.lr:g}, {recipe.epochs} epochs, {len(values)} seeds)")
         entries.append(measured(protocol, dataset, "top1", mean, layer=layer, mode=args.mode, std=std,
                                 recipe=recipe.__dict__))
-    return dataset, entries, {"train": len(train.paths), "val": len(val.paths)}
+    return Outcome(protocol, dataset, entries, {"train": len(train.paths), "val": len(val.paths)}, args.mode, seeds)
 
 
-def run_svm(args, model) -> tuple[str, list[dict], dict]:
+def run_svm(args, model) -> Outcome:
     from training.evaluation.data import voc
     from training.evaluation.features import extract
     from training.evaluation.results import measured
@@ -131,7 +146,53 @@ def run_svm(args, model) -> tuple[str, list[dict], dict]:
                 best = (layer, out["mAP"])
     if best:
         print(f"best layer: {best[0]} (mAP {best[1]:.2f})")
-    return dataset, entries, {"trainval": len(trainval.paths), "test": len(test.paths)}
+    return Outcome("voc07-lowshot-svm" if args.low_shot else "voc07-svm", dataset, entries,
+                   {"trainval": len(trainval.paths), "test": len(test.paths)})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The protocols: one table that the command line and the dispatch read
+
+
+def _knn_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--k", type=int, nargs="+", default=[20, 200], help="neighbors (default 20 200)")
+    p.add_argument("--temperature", type=float, default=0.07, help="vote temperature (default 0.07)")
+
+
+def _linear_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", choices=("sgd", "lars"), default="sgd",
+                   help="sgd: the seed's lr 30 / steps 60,80 / 100 epochs; lars: MMSelfSup's lr 1.6, batch 4096, "
+                        "cosine, 90 epochs")
+
+
+def _layers_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layers", default=",".join(FEATURE_LAYERS), help="layers (default feature1..feature5)")
+
+
+def _svm_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--voc", required=True, help="VOCdevkit/VOC2007 folder")
+    _layers_argument(p)
+    p.add_argument("--low-shot", action="store_true", help="low-shot SVM instead of the full SVM")
+    p.add_argument("--k", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 96], help="low-shot positives")
+    p.add_argument("--draws", type=int, default=5, help="low-shot seeded draws per k (default 5)")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    help: str
+    run: Callable[[argparse.Namespace, Any], Outcome]
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    parents: tuple[str, ...] = field(default=("labeled",))  # shared option groups: "labeled", "heads"
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "knn": Protocol("weighted kNN on avgpool features", run_knn, _knn_arguments),
+    "linear": Protocol("AvgPool linear protocol", lambda args, model: run_heads(args, model, "linear"),
+                       _linear_arguments, ("labeled", "heads")),
+    "mhead": Protocol("Feature1-5 multi-head protocol", lambda args, model: run_heads(args, model, "mhead"),
+                      _layers_argument, ("labeled", "heads")),
+    "voc07-svm": Protocol("VOC07 SVM / low-shot SVM per layer", run_svm, _svm_arguments, ()),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,10 +214,6 @@ def build_parser() -> argparse.ArgumentParser:
     labeled.add_argument("--train", required=True, help="ImageFolder tree (root/CLASS/images) for training")
     labeled.add_argument("--val", required=True, help="ImageFolder tree for evaluation")
 
-    p = sub.add_parser("knn", parents=[common, labeled], help="weighted kNN on avgpool features")
-    p.add_argument("--k", type=int, nargs="+", default=[20, 200], help="neighbors (default 20 200)")
-    p.add_argument("--temperature", type=float, default=0.07, help="vote temperature (default 0.07)")
-
     heads = argparse.ArgumentParser(add_help=False)
     heads.add_argument("--mode", choices=("fast", "faithful"), default="fast",
                        help="fast: cached center-crop features; faithful: the seed's augmentation, streamed")
@@ -166,19 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     heads.add_argument("--seeds", type=int, default=None,
                        help="repeat with this many seeds and report mean ± std (default: 3 in fast mode on up to "
                             "20,000 training images, where it is cheap; else 1)")
-    p = sub.add_parser("linear", parents=[common, labeled, heads], help="AvgPool linear protocol")
-    p.add_argument("--recipe", choices=("sgd", "lars"), default="sgd",
-                   help="sgd: the seed's lr 30 / steps 60,80 / 100 epochs; lars: MMSelfSup's lr 1.6, batch 4096, "
-                        "cosine, 90 epochs")
-    p = sub.add_parser("mhead", parents=[common, labeled, heads], help="Feature1-5 multi-head protocol")
-    p.add_argument("--layers", default=",".join(FEATURE_LAYERS), help="layers (default feature1..feature5)")
-
-    p = sub.add_parser("voc07-svm", parents=[common], help="VOC07 SVM / low-shot SVM per layer")
-    p.add_argument("--voc", required=True, help="VOCdevkit/VOC2007 folder")
-    p.add_argument("--layers", default=",".join(FEATURE_LAYERS), help="layers (default feature1..feature5)")
-    p.add_argument("--low-shot", action="store_true", help="low-shot SVM instead of the full SVM")
-    p.add_argument("--k", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 96], help="low-shot positives")
-    p.add_argument("--draws", type=int, default=5, help="low-shot seeded draws per k (default 5)")
+    groups = {"labeled": labeled, "heads": heads}
+    for name, protocol in PROTOCOLS.items():
+        p = sub.add_parser(name, parents=[common, *(groups[g] for g in protocol.parents)], help=protocol.help)
+        protocol.add_arguments(p)
     return parser
 
 
@@ -193,19 +241,12 @@ def main(argv: list[str] | None = None) -> int:
 
         model = BYOLModel.from_pretrained(args.model, revision=args.revision)
         out = _results_dir(args)
-        if args.protocol == "knn":
-            dataset, entries, splits = run_knn(args, model)
-        elif args.protocol in ("linear", "mhead"):
-            dataset, entries, splits = run_heads(args, model, args.protocol)
-        else:
-            dataset, entries, splits = run_svm(args, model)
-        protocol = "voc07-lowshot-svm" if getattr(args, "low_shot", False) else args.protocol
-        mode = getattr(args, "mode", "features")
+        outcome = PROTOCOLS[args.protocol].run(args, model)
         card_dir = None if args.update_card is None else Path(args.update_card or out)
-        record = dict(model=model, splits=splits, seeds=list(range(getattr(args, "seeds", None) or 1)),
-                      git_commit=git_commit())
+        record = dict(model=model, splits=outcome.splits, seeds=list(range(outcome.seeds)), git_commit=git_commit())
         for folder in dict.fromkeys(f for f in (out, card_dir) if f is not None):
-            print(f"wrote {save_results(folder, protocol, dataset, mode, entries, **record)}")
+            path = save_results(folder, outcome.protocol, outcome.dataset, outcome.mode, outcome.entries, **record)
+            print(f"wrote {path}")
         if card_dir is not None:
             print(f"updated {update_card(card_dir)}")
     except (HubError, DataError, ValueError) as err:

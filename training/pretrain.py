@@ -4,24 +4,27 @@
         --data /data/imagenet/train --output runs/byol-r50-ep200
     accelerate launch --cpu training/pretrain.py --config smoke --data photos/ --output runs/smoke
     ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 training/pretrain.py --config smoke ...
-    accelerate launch training/pretrain.py --config ... --output runs/x --resume     # continue
+    accelerate launch training/pretrain.py --config ... --output runs/x --resume           # continue runs/x
+    accelerate launch training/pretrain.py --config ... --output runs/x --resume runs/x/checkpoints/step_500
 
 Run folder: OUTPUT/config.yaml (resolved config + reproducibility record), OUTPUT/checkpoints/step_N/
 (complete checkpoints only; written under a temporary name and renamed), OUTPUT/logs/ (TensorBoard and
 metrics.jsonl), OUTPUT/final/ (a hub model folder: BYOLModel.from_pretrained / byol-hub push work on it).
+
+Precision on CPU: the presets ask for fp16, which on CPU becomes cpu_precision (auto: bf16 where the CPU
+has native bf16, fp32 otherwise). A time budget (--time-budget-min) plans the schedule to end inside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
-import math
-import os
-import shutil
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +35,19 @@ import torch
 import yaml
 
 from hub import BYOLModel, ModelConfig, PreprocessConfig
+from hub.files import atomic_write_text
 from hub.provenance import git_commit, package_versions
 from training.augment import AugmentConfig, ViewParams
 from training.byol import BYOL, projection_std
+from training.checkpoints import (
+    RUN_RECORD,
+    STATE_FILE,
+    check_same_method,
+    find_resume_checkpoint,
+    read_state,
+    save_checkpoint,
+    update_state,
+)
 from training.config import ConfigError, TrainConfig, add_config_arguments, resolve_config
 from training.data import (
     DataError,
@@ -46,16 +59,17 @@ from training.data import (
     to_device_views,
 )
 from training.lars import LARS, lars_param_groups
-from training.schedules import lr_at, tau_at
+from training.precision import precision_label, resolve_precision
+from training.schedule_plan import (
+    CALIBRATION_STEPS,
+    StepPlan,
+    ceil_epochs,
+    config_plan,
+    estimate_export_s,
+    plan_for_budget,
+)
 
 logger = logging.getLogger("training.pretrain")
-STATE_FILE = "trainer_state.json"
-
-
-def latest_checkpoint(output: Path) -> Path | None:
-    """The newest complete checkpoint (one with its trainer state written last)."""
-    done = [p for p in (output / "checkpoints").glob("step_*") if (p / STATE_FILE).exists()]
-    return max(done, key=lambda p: int(p.name.split("_")[1]), default=None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,13 +78,65 @@ def build_parser() -> argparse.ArgumentParser:
                         "byol_r50_8xb64_accu8_cos_lr4_8_fp16_ep200) or a .yaml path")
     parser.add_argument("--data", required=True, help="folder of images (recursive), .txt list of paths, or .tar shards")
     parser.add_argument("--output", required=True, help="run folder (config.yaml, checkpoints/, logs/, final/)")
-    parser.add_argument("--resume", nargs="?", const="auto", default=None,
-                        help="continue from the newest complete checkpoint in OUTPUT (or the given checkpoint folder)")
+    parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="RUN_OR_CHECKPOINT",
+                        help="continue a run: no value = the newest complete checkpoint in OUTPUT; a run folder = its "
+                             "newest complete checkpoint; a checkpoint folder (checkpoints/step_N) = that one. No "
+                             "complete checkpoint, or a config that changes the method, is an error")
     parser.add_argument("--dry-run", action="store_true",
-                        help="build everything, run one optimizer step on one micro-batch, print timings, exit")
+                        help="build everything, run one optimizer step on one micro-batch, print timings, exit "
+                             "(no checkpoint, no published model)")
     parser.add_argument("--model-name", default=None, help="model id recorded in the final card (default: run folder name)")
     add_config_arguments(parser)
     return parser
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stage 1: build the run
+
+
+@dataclass
+class Run:
+    """Everything the loop needs, built once."""
+
+    cfg: TrainConfig
+    output: Path
+    accelerator: Any
+    precision: str
+    dataset: TwoViewDataset
+    model_config: ModelConfig
+    model: torch.nn.Module  # prepared (maybe DDP-wrapped)
+    byol: BYOL  # the unwrapped model: EMA and publishing act on it
+    optimizer: LARS
+    peak_lr: float
+    plan: StepPlan
+    record: dict[str, Any]
+    step: int = 0
+    started: float = 0.0  # time.monotonic() at start
+    budget_spent_s: float = 0.0  # wall seconds a resumed run had already spent
+    last_loss: float = float("nan")  # the last logged loss (kept in checkpoints: a resumed card keeps it)
+    dry_run: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def trainer_state(self) -> dict[str, Any]:
+        return {"plan": self.plan.to_dict(), "budget_spent_s": self.budget_spent_s + time.monotonic() - self.started,
+                "last_loss": self.last_loss}
+
+    def save(self) -> None:
+        save_checkpoint(self.accelerator, self.output, self.step, self.cfg.keep_checkpoints, self.trainer_state())
+
+    def write_record(self) -> None:
+        if self.main:
+            self.output.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.output / RUN_RECORD, yaml.safe_dump(self.record, sort_keys=False))
+
+
+def dry_run_overrides(cfg: TrainConfig) -> TrainConfig:
+    """A dry run is one optimizer step on one micro-batch, with nothing that outlives it."""
+    return dataclasses.replace(cfg, grad_accum_steps=1, total_batch_size=cfg.batch_size_per_device, max_steps=1,
+                               epochs=1, time_budget_min=0.0, knn_monitor="", export_onnx=False)
 
 
 def make_accelerator(cfg: TrainConfig, output: Path):
@@ -82,52 +148,44 @@ def make_accelerator(cfg: TrainConfig, output: Path):
     # machine with no GPU would give N independent single-process runs instead of N MULTI_CPU ranks.
     cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
     state = PartialState(cpu=cpu)
-    precision = cfg.mixed_precision
-    if state.device.type == "cpu" and precision == "fp16":
-        precision = cfg.cpu_precision  # fp16 autocast is not what Accelerate does on CPU: map it explicitly
+    precision, reason = resolve_precision(cfg.mixed_precision, cfg.cpu_precision, state.device.type)
     accelerator = Accelerator(cpu=cpu, mixed_precision=precision, log_with="tensorboard",
                               project_config=ProjectConfiguration(project_dir=str(output),
                                                                   logging_dir=str(output / "logs")))
-    return accelerator, precision
+    return accelerator, precision, reason
 
 
-def train(args: argparse.Namespace) -> Path | None:
+def build_run(args: argparse.Namespace) -> Run:
+    started = time.monotonic()
     cfg = resolve_config(args.config, args)
+    if args.dry_run:
+        cfg = dry_run_overrides(cfg)
     output = Path(args.output)
-    accelerator, precision = make_accelerator(cfg, output)
-    main = accelerator.is_main_process
-    logging.basicConfig(level=logging.INFO if main else logging.WARNING,
+    accelerator, precision, reason = make_accelerator(cfg, output)
+    logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
                         format=f"%(asctime)s [rank {accelerator.process_index}] %(levelname)s %(message)s")
     device, world = accelerator.device, accelerator.num_processes
-    logger.info("%s on %s x %d (%s), precision %s (config asked %s)", cfg.name, device.type, world,
-                accelerator.distributed_type, precision, cfg.mixed_precision)
+    logger.info("%s on %s x %d (%s), precision %s (%s; config asked %s)", cfg.name, device.type, world,
+                accelerator.distributed_type, precision_label(precision), reason, cfg.mixed_precision)
 
-    # ---- data
-    source = open_source(args.data)
+    # data: two augmented views per image, randomness from (seed, epoch, index)
     augment = AugmentConfig(size=cfg.image_size, scale=(cfg.crop_scale_min, 1.0),
                             view1=ViewParams(cfg.blur_probs[0], cfg.solarize_probs[0]),
                             view2=ViewParams(cfg.blur_probs[1], cfg.solarize_probs[1]))
-    dataset = TwoViewDataset(source, augment, cfg.seed)
+    dataset = TwoViewDataset(open_source(args.data), augment, cfg.seed)
     batch, accum = cfg.batch_size_per_device, cfg.grad_accum_steps
-    if args.dry_run:
-        accum = 1
-        if len(dataset) < batch * world:
-            raise DataError(f"--dry-run needs {batch * world} images for one micro-batch; {len(dataset)} found")
-        spe = 1
-    else:
-        spe = steps_per_epoch(len(dataset), world, batch, accum)
+    spe = steps_per_epoch(len(dataset), world, batch, accum)
+    plan = config_plan(spe, cfg.epochs, cfg.warmup_epochs, cfg.max_steps)
+
+    # lr scaled linearly with the optimizer batch actually used
     actual_batch = world * batch * accum
-    lr = cfg.base_lr * actual_batch / 256
+    peak_lr = cfg.base_lr * actual_batch / 256
     if actual_batch != cfg.total_batch_size:
         logger.warning("optimizer batch is %d x %d x %d = %d, not the config's %d: lr scaled linearly to "
                        "base_lr %.3g x %d / 256 = %.4g", world, batch, accum, actual_batch, cfg.total_batch_size,
-                       cfg.base_lr, actual_batch, lr)
-    total_steps = 1 if args.dry_run else spe * cfg.epochs
-    if cfg.max_steps and not args.dry_run:
-        total_steps = min(total_steps, cfg.max_steps)
-    warmup_steps = int(round(cfg.warmup_epochs * spe))
+                       cfg.base_lr, actual_batch, peak_lr)
 
-    # ---- model and optimizer
+    # model and optimizer
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)
@@ -145,181 +203,270 @@ def train(args: argparse.Namespace) -> Path | None:
         logger.warning("SyncBatchNorm runs only on CUDA: %d CPU processes use per-process BatchNorm", world)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = LARS(lars_param_groups([model.online, model.predictor]), lr=lr, momentum=cfg.momentum,
+    optimizer = LARS(lars_param_groups([model.online, model.predictor]), lr=peak_lr, momentum=cfg.momentum,
                      weight_decay=cfg.weight_decay, eta=cfg.lars_eta)
     model, optimizer = accelerator.prepare(model, optimizer)
-    byol = accelerator.unwrap_model(model)
 
-    # ---- resume
-    step = 0
+    record = {"config": cfg.to_dict(), "data": str(args.data), "dataset_size": len(dataset), "world_size": world,
+              "optimizer_batch": actual_batch, "lr": peak_lr, "precision": precision, "precision_reason": reason,
+              "steps_per_epoch": spe, "total_steps": plan.total_steps, "git_commit": git_commit(),
+              "versions": package_versions()}
+    run = Run(cfg, output, accelerator, precision, dataset, model_config, model, accelerator.unwrap_model(model),
+              optimizer, peak_lr, plan, record, started=started, dry_run=args.dry_run)
     if args.resume:
-        ckpt = latest_checkpoint(output) if args.resume == "auto" else Path(args.resume)
-        if ckpt is None:
-            logger.warning("--resume: no complete checkpoint in %s; starting from scratch", output / "checkpoints")
-        else:
-            accelerator.load_state(str(ckpt))
-            step = json.loads((ckpt / STATE_FILE).read_text())["step"]
-            logger.info("resumed from %s at step %d", ckpt, step)
+        resume(run, args.resume)
+    run.write_record()
+    return run
 
-    run_record = {"config": cfg.to_dict(), "data": str(args.data), "dataset_size": len(dataset), "world_size": world,
-                  "optimizer_batch": actual_batch, "lr": lr, "precision": precision, "steps_per_epoch": spe,
-                  "total_steps": total_steps, "git_commit": git_commit(), "versions": package_versions()}
-    if main:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "config.yaml").write_text(yaml.safe_dump(run_record, sort_keys=False))
-        accelerator.init_trackers("byol", config={k: v for k, v in cfg.to_dict().items()
-                                                  if isinstance(v, (int, float, str, bool))})
 
-    sampler = ResumableSampler(len(dataset), spe * accum * batch, accelerator.process_index, world, cfg.seed,
-                               start_epoch=step // spe, start=(step % spe) * accum * batch,
-                               end_epoch=math.ceil(total_steps / spe))
-    knn = KnnMonitor(cfg.knn_monitor) if cfg.knn_monitor and main else None
+def resume(run: Run, resume_arg: str) -> None:
+    """Load the checkpoint ``--resume`` names, after checking that it is the same method."""
+    checkpoint = find_resume_checkpoint(resume_arg, run.output)
+    check_same_method(checkpoint, run.cfg.to_dict(), run.record)
+    run.accelerator.load_state(str(checkpoint))
+    state = read_state(checkpoint)
+    run.step = state["step"]
+    if "plan" in state:  # a budgeted run keeps the plan it made: no re-planning on resume
+        run.plan = StepPlan.from_dict(state["plan"])
+        run.record["total_steps"] = run.plan.total_steps
+        if run.plan.budget:
+            run.record["time_budget"] = run.plan.budget
+    run.budget_spent_s = state.get("budget_spent_s", 0.0)
+    run.last_loss = state.get("last_loss", float("nan"))
+    logger.info("resumed from %s at step %d of %d", checkpoint, run.step, run.plan.total_steps)
+
+
+def make_loader(run: Run) -> torch.utils.data.DataLoader:
+    cfg, plan = run.cfg, run.plan
+    batch, world = cfg.batch_size_per_device, run.accelerator.num_processes
+    per_epoch = plan.steps_per_epoch * cfg.grad_accum_steps * batch
+    # the sampler covers the config's whole schedule; a budget plan just stops consuming it earlier
+    full_steps = config_plan(plan.steps_per_epoch, cfg.epochs, cfg.warmup_epochs, cfg.max_steps).total_steps
+    sampler = ResumableSampler(len(run.dataset), per_epoch, run.accelerator.process_index, world, cfg.seed,
+                               start_epoch=run.step // plan.steps_per_epoch,
+                               start=(run.step % plan.steps_per_epoch) * cfg.grad_accum_steps * batch,
+                               end_epoch=ceil_epochs(max(full_steps, plan.total_steps), plan.steps_per_epoch))
     workers = cfg.num_workers
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, sampler=sampler, num_workers=workers,
-                                         collate_fn=collate_views, pin_memory=device.type == "cuda",
-                                         persistent_workers=workers > 0, drop_last=True,
-                                         prefetch_factor=4 if workers > 0 else None)
-    micro_batches = iter(loader)
-    mean, std = model_config.preprocessing.mean, model_config.preprocessing.std
+    return torch.utils.data.DataLoader(run.dataset, batch_size=batch, sampler=sampler, num_workers=workers,
+                                       collate_fn=collate_views, pin_memory=run.accelerator.device.type == "cuda",
+                                       persistent_workers=workers > 0, drop_last=True,
+                                       prefetch_factor=4 if workers > 0 else None)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stage 2: the loop
+
+
+class Budget:
+    """The time budget: calibrate over the first steps, plan once, and stop as a safety net if the plan overruns."""
+
+    def __init__(self, run: Run, monitor_images: int) -> None:
+        self.run = run
+        self.seconds = run.cfg.time_budget_min * 60
+        self.monitor_images = monitor_images
+        self.active = self.seconds > 0
+        self.planned = bool(run.plan.budget)
+        self.calibration_start = run.step
+        self.t_first: float | None = None
+
+    def deadline_passed(self) -> bool:
+        if not self.active:
+            return False
+        spent = self.run.budget_spent_s + time.monotonic() - self.run.started
+        flag = torch.tensor(float(spent >= self.seconds), device=self.run.accelerator.device)
+        return bool(self.run.accelerator.gather(flag).max() > 0)
+
+    def after_step(self) -> None:
+        """Time the calibration steps; after the last one, measure a checkpoint and plan the schedule."""
+        run = self.run
+        if not self.active or self.planned:
+            return
+        done = run.step - self.calibration_start
+        if done == 1:
+            _sync(run.accelerator.device)
+            self.t_first = time.monotonic()
+        if done < CALIBRATION_STEPS:
+            return
+        _sync(run.accelerator.device)
+        step_s = (time.monotonic() - self.t_first) / (CALIBRATION_STEPS - 1)
+        t0 = time.monotonic()
+        run.save()
+        checkpoint_s = time.monotonic() - t0
+        # every rank plans from the slowest rank's figures, so all agree
+        measured = run.accelerator.gather(torch.tensor([step_s, checkpoint_s], device=run.accelerator.device)
+                                          .view(1, 2)).view(-1, 2).max(dim=0).values.tolist()
+        step_s, checkpoint_s = measured
+        images_per_step = run.cfg.batch_size_per_device * run.cfg.grad_accum_steps
+        # one training image = two views forward + backward, about 6 forward passes; evaluation decodes too: x2
+        monitor_s = self.monitor_images * step_s / max(images_per_step * 6, 1) * 2
+        elapsed = run.budget_spent_s + time.monotonic() - run.started
+        run.plan = plan_for_budget(run.plan, budget_s=self.seconds, elapsed_s=elapsed, done_steps=run.step,
+                                   step_s=step_s, checkpoint_s=checkpoint_s,
+                                   checkpoint_every=run.cfg.checkpoint_every, monitor_s=monitor_s,
+                                   export_s=estimate_export_s(checkpoint_s, run.cfg.export_onnx))
+        self.planned = True
+        budget = run.plan.budget
+        logger.info("time budget %.3g min: %.3f s/step measured over %d steps, checkpoint %.2f s; planned %d "
+                    "optimizer steps (%.3g epochs, warmup %d) of the config's %d", run.cfg.time_budget_min, step_s,
+                    CALIBRATION_STEPS - 1, checkpoint_s, run.plan.total_steps, run.plan.epochs,
+                    run.plan.warmup_steps, budget["full_steps"])
+        run.record.update(total_steps=run.plan.total_steps, time_budget=budget)
+        run.write_record()
+        # the calibration checkpoint now carries the plan: a resume follows it instead of re-planning
+        update_state(run.accelerator, run.output, run.step, run.trainer_state())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class LoopResult:
+    last_loss: float = float("nan")
+    skipped: int = 0
+    stopped_by_budget: bool = False
+
+
+def train_loop(run: Run) -> LoopResult:
+    cfg, accelerator, model, optimizer = run.cfg, run.accelerator, run.model, run.optimizer
+    device, world, main = accelerator.device, accelerator.num_processes, run.main
+    knn = None
+    if cfg.knn_monitor and main:
+        from training.evaluation.monitor import KnnMonitor
+
+        knn = KnnMonitor(cfg.knn_monitor)
+    budget = Budget(run, len(knn) if knn is not None else 0)
+    micro_batches = iter(make_loader(run))
+    mean, std = run.model_config.preprocessing.mean, run.model_config.preprocessing.std
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total_steps, initial=step, disable=not main, desc=cfg.name, unit="step", dynamic_ncols=True)
-    if main:
-        (output / "logs").mkdir(parents=True, exist_ok=True)
-    metrics_file = open(output / "logs" / "metrics.jsonl", "a") if main else None  # noqa: SIM115
-    skipped_total, last_loss, t_last, images_since = 0, float("nan"), time.perf_counter(), 0
-    model.train()
-    budget_end = time.monotonic() + cfg.time_budget_min * 60 if cfg.time_budget_min else None
-    while step < total_steps:
-        if budget_end is not None and accelerator.gather(torch.tensor(float(time.monotonic() >= budget_end),
-                                                                        device=device)).max() > 0:
-            logger.info("time budget of %g min reached at step %d", cfg.time_budget_min, step)
-            break
-        lr_now = lr_at(step, peak_lr=lr, warmup_steps=warmup_steps, total_steps=total_steps)
-        tau = tau_at(step, tau_base=cfg.tau_base, total_steps=total_steps, hold_fraction=cfg.tau_hold_fraction)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_now
-        step_loss, z_last = torch.zeros((), device=device), None
-        for micro in range(accum):
-            v1, v2, skipped = next(micro_batches)
-            skipped_total += skipped
-            v1 = to_device_views(v1, device, mean, std, cfg.channels_last)
-            v2 = to_device_views(v2, device, mean, std, cfg.channels_last)
-            sync = micro == accum - 1
-            with (nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
-                loss, z_last = model(v1, v2)
-                accelerator.backward(loss / accum)
-            step_loss += loss.detach().float() / accum  # stays on the device: no sync per micro-batch
-            images_since += v1.shape[0] * world
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        byol.update_target(tau)  # once per optimizer step, on the unwrapped model
-        step += 1
-        bar.update(1)
-        if step % cfg.log_every == 0 or step == total_steps:
-            last_loss = float(accelerator.reduce(step_loss, reduction="mean"))  # the mean over ranks
-            now = time.perf_counter()
-            record = {"step": step, "epoch": step / spe, "loss": last_loss, "lr": lr_now, "tau": tau,
-                      "images_per_s": images_since / max(now - t_last, 1e-9),
-                      "projection_std": projection_std(z_last) if z_last is not None else float("nan"),
-                      "skipped_images": skipped_total}
-            t_last, images_since = now, 0
-            accelerator.log(record, step=step)
-            if main:
+    bar = tqdm(total=run.plan.total_steps, initial=run.step, disable=not main, desc=cfg.name, unit="step",
+               dynamic_ncols=True)
+    result = LoopResult(last_loss=run.last_loss)
+    (run.output / "logs").mkdir(parents=True, exist_ok=True)
+    t_last, images_since = time.perf_counter(), 0
+    metrics_path = run.output / "logs" / "metrics.jsonl"
+    with open(metrics_path, "a") if main else nullcontext() as metrics_file:
+
+        def log(record: dict[str, Any]) -> None:
+            accelerator.log(record, step=run.step)
+            if metrics_file is not None:
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
-                bar.set_postfix(loss=f"{last_loss:.3f}", ips=f"{record['images_per_s']:.1f}")
-        if knn is not None and (step % spe == 0 or step == total_steps):
-            with accelerator.autocast():
-                top1 = knn(byol.online.backbone)
-            accelerator.log({"knn_top1": top1, "epoch": step / spe}, step=step)
-            metrics_file.write(json.dumps({"step": step, "epoch": step / spe, "knn_top1": top1}) + "\n")
-            logger.info("epoch %.0f: kNN top-1 %.2f%% on %s", step / spe, top1, cfg.knn_monitor)
-        if not args.dry_run and (step % cfg.checkpoint_every == 0 or step % spe == 0) and step < total_steps:
-            save_checkpoint(accelerator, output, step, cfg.keep_checkpoints)
+
+        model.train()
+        while run.step < run.plan.total_steps:
+            if budget.deadline_passed():
+                logger.warning("time budget of %g min reached at step %d of the planned %d: the plan overran",
+                               cfg.time_budget_min, run.step, run.plan.total_steps)
+                result.stopped_by_budget = True
+                break
+            spe = run.plan.steps_per_epoch
+            lr_now = run.plan.lr(run.step, run.peak_lr)
+            tau = run.plan.tau(run.step, cfg.tau_base, cfg.tau_hold_fraction)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_now
+            step_loss, z_last = torch.zeros((), device=device), None
+            for micro in range(cfg.grad_accum_steps):
+                v1, v2, skipped = next(micro_batches)
+                result.skipped += skipped
+                v1 = to_device_views(v1, device, mean, std, cfg.channels_last)
+                v2 = to_device_views(v2, device, mean, std, cfg.channels_last)
+                last_micro = micro == cfg.grad_accum_steps - 1
+                with (nullcontext() if last_micro else accelerator.no_sync(model)), accelerator.autocast():
+                    loss, z_last = model(v1, v2)
+                    accelerator.backward(loss / cfg.grad_accum_steps)
+                step_loss += loss.detach().float() / cfg.grad_accum_steps  # stays on the device: no sync here
+                images_since += v1.shape[0] * world
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            run.byol.update_target(tau)  # once per optimizer step, on the unwrapped model
+            run.step += 1
+            bar.update(1)
+            budget.after_step()
+            if bar.total != run.plan.total_steps:
+                bar.total = run.plan.total_steps
+                bar.refresh()
+            if run.step % cfg.log_every == 0 or run.step == run.plan.total_steps:
+                result.last_loss = float(accelerator.reduce(step_loss, reduction="mean"))  # the mean over ranks
+                run.last_loss = result.last_loss
+                now = time.perf_counter()
+                record = {"step": run.step, "epoch": run.step / spe, "loss": result.last_loss, "lr": lr_now,
+                          "tau": tau, "images_per_s": images_since / max(now - t_last, 1e-9),
+                          "projection_std": projection_std(z_last) if z_last is not None else float("nan"),
+                          "skipped_images": result.skipped}
+                t_last, images_since = now, 0
+                log(record)
+                bar.set_postfix(loss=f"{result.last_loss:.3f}", ips=f"{record['images_per_s']:.1f}")
+            if knn is not None and (run.step % spe == 0 or run.step == run.plan.total_steps):
+                with accelerator.autocast():
+                    top1 = knn(run.byol.online.backbone)
+                log({"step": run.step, "epoch": run.step / spe, "knn_top1": top1})
+                logger.info("epoch %.3g: kNN top-1 %.2f%% on %s", run.step / spe, top1, cfg.knn_monitor)
+            at_epoch_end = run.step % spe == 0
+            if not run.dry_run and (run.step % cfg.checkpoint_every == 0 or at_epoch_end) \
+                    and run.step < run.plan.total_steps:
+                run.save()
     bar.close()
-    if skipped_total:
-        logger.warning("%d unreadable images were skipped", skipped_total)
-    if args.dry_run:
-        logger.info("dry run: one optimizer step done, loss %.4f; config %s validates", last_loss, cfg.name)
-        accelerator.end_training()
-        return None
-    save_checkpoint(accelerator, output, step, cfg.keep_checkpoints)
-    final = None
-    if main:
-        final = publish(byol, model_config, cfg, run_record, output, last_loss, step, skipped_total,
-                        args.model_name or output.name)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    if metrics_file:
-        metrics_file.close()
-    return final
+    if result.skipped:
+        logger.warning("%d unreadable images were skipped", result.skipped)
+    return result
 
 
-class KnnMonitor:
-    """Weighted kNN (k=20, T=0.07) of the online encoder on a labeled folder (train/ and val/ ImageFolders)."""
-
-    def __init__(self, folder: str) -> None:
-        from training.evaluation.data import image_folder
-
-        self.train, self.val = image_folder(Path(folder) / "train"), image_folder(Path(folder) / "val")
-
-    def __call__(self, backbone: BYOLModel) -> float:
-        from training.evaluation.features import features_of
-        from training.evaluation.knn import weighted_knn
-
-        was_training = backbone.training
-        backbone.eval()
-        try:
-            train = features_of(backbone, self.train.paths, ("avgpool",), "gap")["avgpool"]
-            val = features_of(backbone, self.val.paths, ("avgpool",), "gap")["avgpool"]
-        finally:
-            backbone.train(was_training)
-        return weighted_knn(train, self.train.labels, val, self.val.labels, ks=(20,))[20]
+# ----------------------------------------------------------------------------------------------------------------
+# Stage 3: publish
 
 
-def save_checkpoint(accelerator, output: Path, step: int, keep: int) -> None:
-    """``save_state`` into a temporary folder, write the trainer state last, rename: a kill at any
-    moment leaves the previous complete checkpoint intact."""
-    root = output / "checkpoints"
-    final, tmp = root / f"step_{step}", root / f".tmp_step_{step}"
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps({"step": step}))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        complete = sorted((p for p in root.glob("step_*") if (p / STATE_FILE).exists()),
-                          key=lambda p: int(p.name.split("_")[1]))
-        for old in complete[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
-def publish(byol: BYOL, model_config: ModelConfig, cfg: TrainConfig, run_record: dict[str, Any], output: Path,
-            final_loss: float, step: int, skipped: int, name: str) -> Path:
+def publish(run: Run, result: LoopResult, name: str) -> Path:
     """Save the online backbone as a hub model folder with its card."""
-    encoder = BYOLModel(ModelConfig.from_dict(model_config.to_dict()))
-    state = {k: v.detach().float().contiguous() for k, v in byol.online.backbone.state_dict().items()}
+    cfg, record = run.cfg, run.record
+    encoder = BYOLModel(ModelConfig.from_dict(run.model_config.to_dict()))
+    state = {k: v.detach().float().contiguous() for k, v in run.byol.online.backbone.state_dict().items()}
     encoder.load_state_dict(state, strict=True)
     encoder.config.name = name
     encoder.config.demo = cfg.demo
     encoder.config.provenance = {"identity": f"Trained by this project's BYOL trainer (config `{cfg.name}`).",
-                                 "git_commit": run_record["git_commit"], "package_versions": run_record["versions"]}
-    encoder.config.training = {"config_name": cfg.name, "epochs": step / run_record["steps_per_epoch"],
-                               "optimizer_steps": step, "dataset": cfg.dataset_name, "data": run_record["data"],
-                               "dataset_size": run_record["dataset_size"], "final_loss": round(final_loss, 5),
-                               "optimizer_batch": run_record["optimizer_batch"], "lr": run_record["lr"],
-                               "precision": run_record["precision"], "world_size": run_record["world_size"],
-                               "skipped_images": skipped, "resolved_config": cfg.to_dict()}
-    folder = encoder.save_pretrained(output / "final", onnx=cfg.export_onnx)
-    logger.info("published the online encoder to %s (final loss %.4f)", folder, final_loss)
+                                 "git_commit": record["git_commit"], "package_versions": record["versions"]}
+    encoder.config.training = {"config_name": cfg.name, "epochs": run.step / run.plan.steps_per_epoch,
+                               "optimizer_steps": run.step, "dataset": cfg.dataset_name, "data": record["data"],
+                               "dataset_size": record["dataset_size"], "final_loss": round(result.last_loss, 5),
+                               "optimizer_batch": record["optimizer_batch"], "lr": record["lr"],
+                               "precision": record["precision"], "world_size": record["world_size"],
+                               "skipped_images": result.skipped, "resolved_config": cfg.to_dict()}
+    if run.plan.budget:
+        wall = run.budget_spent_s + time.monotonic() - run.started
+        encoder.config.training["time_budget"] = {**run.plan.budget, "done_steps": run.step,
+                                                  "wall_min": round(wall / 60, 2),
+                                                  "stopped_by_budget": result.stopped_by_budget}
+    folder = encoder.save_pretrained(run.output / "final", onnx=cfg.export_onnx, transformers=cfg.export_transformers)
+    logger.info("published the online encoder to %s (final loss %.4f)", folder, result.last_loss)
     return folder
+
+
+def train(args: argparse.Namespace) -> Path | None:
+    run = build_run(args)
+    if run.main:
+        run.accelerator.init_trackers("byol", config={k: v for k, v in run.cfg.to_dict().items()
+                                                      if isinstance(v, (int, float, str, bool))})
+    result = train_loop(run)
+    final = None
+    if run.dry_run:
+        logger.info("dry run: one optimizer step done, loss %.4f; config %s validates", result.last_loss, run.cfg.name)
+    else:
+        run.save()
+        if run.main:
+            final = publish(run, result, args.model_name or run.output.name)
+            if run.plan.budget:
+                wall = run.budget_spent_s + time.monotonic() - run.started
+                run.record["time_budget"] = {**run.plan.budget, "done_steps": run.step, "wall_min": round(wall / 60, 2)}
+                run.write_record()
+                logger.info("time budget %.3g min: %d of %d planned steps done in %.2f min", run.cfg.time_budget_min,
+                            run.step, run.plan.total_steps, wall / 60)
+    run.accelerator.wait_for_everyone()
+    run.accelerator.end_training()
+    return final
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -331,6 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     return 0
 
+
+__all__ = ["STATE_FILE", "build_parser", "main", "publish", "train"]
 
 if __name__ == "__main__":
     sys.exit(main())

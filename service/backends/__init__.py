@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-from hub.hub_io import ResolvedModel
+from hub.config import CARD_NAME, ONNX_INT8_NAME, ONNX_NAME, WEIGHTS_NAME
+from hub.hub_io import ResolvedModel, resolve_model
 from service.backends.base import Backend
 from service.settings import ServiceSettings
+
+
+def resolve_for_backend(settings: ServiceSettings) -> ResolvedModel:
+    """The model folder, fetching from the Hub only what the backend needs (no weights if ONNX is there)."""
+    kwargs = dict(revision=settings.revision, cache_dir=settings.cache_dir, local_files_only=settings.local_files_only)
+    graph = ONNX_INT8_NAME if settings.precision == "int8" else ONNX_NAME
+    if settings.backend == "onnx":
+        resolved = resolve_model(settings.model, files=(), optional_files=(graph, CARD_NAME), **kwargs)
+        if (resolved.folder / graph).exists():
+            return resolved
+    return resolve_model(settings.model, files=(WEIGHTS_NAME,), optional_files=(CARD_NAME,), **kwargs)
 
 
 def build_backend(resolved: ResolvedModel, settings: ServiceSettings) -> Backend:
@@ -20,4 +32,4 @@ def build_backend(resolved: ResolvedModel, settings: ServiceSettings) -> Backend
                         channels_last=settings.channels_last, threads=settings.threads)
 
 
-__all__ = ["Backend", "build_backend"]
+__all__ = ["Backend", "build_backend", "resolve_for_backend"]

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
 from hub.config import ONNX_INT8_NAME, ONNX_NAME
+from hub.files import cache_root
 from hub.hub_io import ResolvedModel
 from service.backends.base import Backend
 
@@ -20,8 +20,7 @@ class OnnxRuntimeError(RuntimeError):
 
 
 def _onnx_cache_dir() -> Path:
-    root = os.environ.get("BYOL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "byol")
-    return Path(root) / "onnx"
+    return cache_root() / "onnx"
 
 
 def onnx_path(resolved: ResolvedModel, precision: str) -> Path:

@@ -16,7 +16,9 @@ def test_convert_info_card_export_from_the_command_line(tmp_path, make_model, ca
     assert main(["convert", str(tmp_path / "byol.ckpt"), str(out)]) == 0
     printed = capsys.readouterr().out
     assert "layout solo-learn (detected)" in printed and "Unverified" in printed
-    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "README.md", "model.onnx"}
+    assert {p.name for p in out.iterdir()} == {"config.json", "model.safetensors", "README.md", "model.onnx",
+                                               "transformers"}
+    assert "loaders   byol, timm" in printed
 
     assert main(["info", str(out), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -82,6 +82,21 @@ def test_custom_wrapper_with_prefix(tmp_path, source_model, pixel_batch):
     _assert_same_features(converted, source_model, pixel_batch)
 
 
+@pytest.mark.parametrize("wrap", ["torchvision", "lightly"])
+def test_prefix_with_auto_source_is_stripped_before_detection(tmp_path, source_model, pixel_batch, wrap):
+    """The error message says to pass --prefix: doing so with --source auto must work (it failed before)."""
+    state = _backbone_state(source_model)
+    if wrap == "lightly":  # nn.Sequential(*resnet.children()[:-1]) inside the wrapper
+        state = {k.removeprefix("backbone."): v for k, v in layouts.lightly(state).items()}
+    torch.save({f"net.{k}": v for k, v in state.items()}, tmp_path / "net.pth")
+    from hub.cli import main
+
+    assert main(["convert", str(tmp_path / "net.pth"), str(tmp_path / "out"), "--prefix", "net.", "--no-onnx"]) == 0
+    _assert_same_features(BYOLModel.from_pretrained(tmp_path / "out"), source_model, pixel_batch)
+    with pytest.raises(CheckpointFormatError, match=r"no key starts with prefix 'encoder.'; prefixes found: \['net.'\]"):
+        convert_checkpoint(tmp_path / "net.pth", prefix="encoder.")
+
+
 def test_resnet50_mmselfsup_with_downsample_bn(tmp_path, make_model, pixel_batch):
     source = make_model("resnet50", seed=7)
     torch.save(layouts.mmselfsup(_backbone_state(source)), tmp_path / "r50.pth")

@@ -8,13 +8,14 @@ from safetensors.torch import load_file, save_file
 
 from hub import BYOLModel
 from hub.config import ModelConfig
-from hub.errors import ModelNotFoundError, WeightsMismatchError
+from hub.errors import ModelNotFoundError, WeightsIntegrityError, WeightsMismatchError
 
 
 def test_save_and_load_round_trip(tmp_path, make_model, pixel_batch):
     model = make_model()
     model.save_pretrained(tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["README.md", "config.json", "model.safetensors",
+                                                                  "transformers"]
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["format_version"] == 1 and config["architecture"] == "resnet18"
     assert config["layers"]["avgpool"]["gap"] == 512 and config["preprocessing"]["crop_size"] == 224
@@ -48,7 +49,7 @@ def test_loading_is_strict_and_names_the_keys(tmp_path, make_model, edit, match)
 def test_weights_that_do_not_match_the_config_hash_are_refused(tmp_path, make_model):
     make_model().save_pretrained(tmp_path / "m")
     _tamper(tmp_path / "m", lambda s: s["conv1.weight"].mul_(2))
-    with pytest.raises(WeightsMismatchError, match="sha256"):
+    with pytest.raises(WeightsIntegrityError, match="sha256"):
         BYOLModel.from_pretrained(tmp_path / "m")
 
 
@@ -61,7 +62,7 @@ def test_hand_written_readme_is_kept(tmp_path, make_model):
 
 def test_failed_save_leaves_the_previous_model_intact(tmp_path, make_model, monkeypatch):
     make_model(seed=0).save_pretrained(tmp_path / "m")
-    before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "m").rglob("*") if p.is_file()}
 
     def explode(*args, **kwargs):
         raise OSError("disk full")
@@ -69,7 +70,7 @@ def test_failed_save_leaves_the_previous_model_intact(tmp_path, make_model, monk
     monkeypatch.setattr(ModelConfig, "save", explode)
     with pytest.raises(OSError, match="disk full"):
         make_model(seed=1).save_pretrained(tmp_path / "m")
-    after = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "m").rglob("*") if p.is_file()}
     assert after == before
     BYOLModel.from_pretrained(tmp_path / "m")
 
@@ -77,10 +78,7 @@ def test_failed_save_leaves_the_previous_model_intact(tmp_path, make_model, monk
 def _fake_hub_cache(cache: Path, repo_id: str, folder: Path, commit: str, ref: str = "main") -> None:
     """The layout huggingface_hub itself writes: models--org--name/{refs/main, snapshots/<commit>/...}."""
     repo = cache / ("models--" + repo_id.replace("/", "--"))
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    for path in folder.iterdir():
-        shutil.copy2(path, snapshot / path.name)
+    shutil.copytree(folder, repo / "snapshots" / commit)
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / ref).write_text(commit)
 
@@ -138,4 +136,5 @@ def test_push_to_hub_uploads_one_folder(tmp_path, make_model, monkeypatch):
     url = make_model().push_to_hub("org/byol-r18", token="hf_x", onnx=False)
     assert url.endswith("/commit/123")
     assert calls[0] == ("create_repo", "org/byol-r18", True)
-    assert calls[1][0] == "upload_folder" and calls[1][2] == ["README.md", "config.json", "model.safetensors"]
+    assert calls[1][0] == "upload_folder"
+    assert calls[1][2] == ["README.md", "config.json", "model.safetensors", "transformers"]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from hub.files import cache_root
 from hub.layers import output_name
 from hub.model import BYOLModel
 from hub.preprocess import preprocess_one, to_rgb
@@ -26,8 +27,8 @@ logger = logging.getLogger(__name__)
 CHUNK = 256
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("BYOL_CACHE") or Path.home() / ".cache" / "byol") / "features"
+def features_cache() -> Path:
+    return cache_root() / "features"
 
 
 def feature_bytes(model: BYOLModel, layers: tuple[str, ...], pooling: str, count: int) -> int:
@@ -105,7 +106,7 @@ def extract(model: BYOLModel, data: LabeledImages, layers: tuple[str, ...], pool
 
     key = hashlib.sha256(json.dumps([model.config.weights_sha256 or "unsaved", data.fingerprint(), layers, pooling,
                                      model.config.to_dict()["preprocessing"]]).encode()).hexdigest()[:20]
-    folder = cache_root() / key
+    folder = features_cache() / key
     check_fits(model, layers, pooling, len(data.paths), folder, max_cache_gb)
     model.eval()
     chunks = (len(data.paths) + CHUNK - 1) // CHUNK

@@ -1,0 +1,161 @@
+"""The HTTP contract as pydantic models: what ``/openapi.json`` shows clients.
+
+Request bodies are validated through these models (``EmbedBody``, ``OpenAIEmbeddingsBody``). Responses are
+built by hand for speed (validating 32 x 2048 floats through pydantic on every response would cost serving
+time) and declared here as ``response_model`` so generated clients get real types; FastAPI does not validate
+a ``Response`` a route returns itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# ---------------------------------------------------------------------------------------------------------------
+# Requests
+
+
+class EmbedBody(BaseModel):
+    """``POST /embed`` as JSON: base64 images (or data URIs) and the options."""
+
+    model_config = ConfigDict(extra="forbid")
+    images: list[str] = Field(description="base64 image bytes or data:image/...;base64, URIs (never URLs)")
+    layers: list[str] | str | None = Field(None, description="feature1..feature5, avgpool (list or comma-separated)")
+    pooling: str | None = Field(None, description="gap (default) or mhead")
+    normalize: bool | None = Field(None, description="L2-normalize each embedding (default false)")
+    encoding: str | None = Field(None, description="float (default) or base64 (little-endian float32)")
+
+
+class OpenAIEmbeddingsBody(BaseModel):
+    """``POST /v1/embeddings``, OpenAI's shape: ``input`` is one image or a list, as base64 or data URIs."""
+
+    model_config = ConfigDict(extra="ignore")
+    input: str | list[str] = Field(description="a data:image/...;base64 URI or bare base64, or a list of them")
+    model: str | None = Field(None, description="must be the served model's id when given")
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, description="must equal the avgpool size when given")
+    user: str | None = None
+
+
+MULTIPART_EMBED_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"},
+                              "description": "one or more image files; options go in the query string"}},
+    "required": ["images"],
+}
+
+
+def request_body(*, json_model: type[BaseModel], multipart: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``openapi_extra`` for a route that reads its body by hand (so its errors keep this service's shape)."""
+    content: dict[str, Any] = {}
+    if multipart is not None:
+        content["multipart/form-data"] = {"schema": multipart}
+    content["application/json"] = {"schema": json_model.model_json_schema(ref_template="#/components/schemas/{model}")}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Responses
+
+
+class EmbedItem(BaseModel):
+    index: int
+    embeddings: dict[str, list[float] | str] = Field(description="per layer: floats, or base64 little-endian float32")
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    revision: str
+    backend: str
+    pooling: str
+    normalized: bool
+    encoding: str
+    dims: dict[str, int]
+    data: list[EmbedItem]
+
+
+class OpenAIEmbedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class OpenAIUsage(BaseModel):
+    prompt_tokens: int = 0
+    total_tokens: int = 0
+
+
+class OpenAIEmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: OpenAIUsage
+
+
+class OpenAIModel(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    demo: bool
+
+
+class OpenAIModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIModel]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready", "not_ready"]
+    queue_depth: int
+
+
+class Limits(BaseModel):
+    max_images: int
+    max_body_bytes: int
+    max_pixels: int
+
+
+class InfoResponse(BaseModel):
+    model: str | None = None
+    revision: str | None = None
+    backend: str | None = None
+    precision: str | None = None
+    demo: bool | None = None
+    architecture: str | None = None
+    stem: str | None = None
+    layers: list[str] | None = None
+    poolings: list[str] | None = None
+    dims: dict[str, dict[str, int]] | None = None
+    preprocessing: dict[str, Any] | None = None
+    max_batch_size: int | None = None
+    max_wait_ms: float | None = None
+    limits: Limits | None = None
+    provenance: dict[str, Any] | None = None
+    status: str | None = Field(None, description="'loading' while the model is not loaded yet")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable machine-readable code, e.g. invalid_parameter, overloaded")
+    message: str
+    index: int | None = Field(None, description="the index of the image at fault, where one is")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The error model on each status a route can answer with."""
+    described = {400: "bad parameters or images", 401: "missing or invalid API key", 413: "too large",
+                 415: "unsupported media type or image", 422: "malformed body", 499: "client closed the request",
+                 503: "not ready, overloaded or draining (Retry-After)", 504: "timed out"}
+    return {code: {"model": ErrorResponse, "description": described.get(code, "error")} for code in codes}
+
+
+EMBED_ERRORS = error_responses(400, 401, 413, 415, 422, 499, 503, 504)
