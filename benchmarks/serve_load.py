@@ -34,7 +34,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def jpegs(count: int = 16) -> list[bytes]:
+def jpegs(count: int = 16, phone: bool = False) -> list[bytes]:
+    """~500 px JPEGs, or (``phone``) 12-megapixel 4032x3024 JPEGs drawn from the same photos."""
     import skimage
     from PIL import Image
 
@@ -42,7 +43,10 @@ def jpegs(count: int = 16) -> list[bytes]:
     out = []
     for name in ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "retina.jpg"):
         img = Image.open(root / name).convert("RGB")
-        img.thumbnail((500, 500))
+        if phone:
+            img = img.resize((4032, 3024), Image.Resampling.BICUBIC)
+        else:
+            img.thumbnail((500, 500))
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=90)
         out.append(buf.getvalue())
@@ -124,9 +128,10 @@ def serve_litserve(model: str, port: int) -> None:
 
 def start(kind: str, model: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    if kind == "ours":
+    if kind.startswith("ours"):
         cmd = [sys.executable, "-m", "service.cli", "--model", model, "--port", str(port), "--max-batch-size",
-               str(MAX_BATCH), "--max-wait-ms", str(WAIT_MS), "--log-level", "warning"]
+               str(MAX_BATCH), "--max-wait-ms", str(WAIT_MS), "--log-level", "warning",
+               "--max-body-bytes", str(64 * 2**20)] + (["--fast-jpeg-decode"] if kind == "ours-fast" else [])
     else:
         cmd = [sys.executable, __file__, "--serve", kind, "--model", model, "--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
@@ -134,7 +139,7 @@ def start(kind: str, model: str) -> tuple[subprocess.Popen, str]:
     import httpx
 
     deadline = time.time() + 180
-    probe = "/ready" if kind == "ours" else "/docs" if kind == "naive" else "/health"
+    probe = "/ready" if kind.startswith("ours") else "/docs" if kind == "naive" else "/health"
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{kind} server exited: {proc.stderr.read().decode()[-2000:]}")
@@ -205,7 +210,10 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model folder with model.onnx (default: random ResNet-50)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16], help="clients (default 1 4 8 16)")
     parser.add_argument("--seconds", type=float, default=8, help="seconds per measurement (default 8)")
-    parser.add_argument("--peers", nargs="+", default=["naive", "litserve"], choices=["naive", "litserve"])
+    parser.add_argument("--peers", nargs="+", default=["naive", "litserve"], choices=["naive", "litserve", "ours-fast"],
+                        help="what else to load; ours-fast is this server with --fast-jpeg-decode")
+    parser.add_argument("--phone", action="store_true",
+                        help="upload 12-megapixel phone photos (4032x3024 JPEGs) instead of ~500 px ones")
     parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -220,11 +228,12 @@ def main() -> None:
         tmp = tempfile.TemporaryDirectory()
         model = str(Path(tmp.name) / "r50")
         BYOLModel(ModelConfig(architecture="resnet50", name="random-r50-for-timing")).save_pretrained(model, onnx=True)
-    images = jpegs()
+    images = jpegs(phone=args.phone)
     raw = raw_engine(model, images, args.seconds)
     from hub.hardware import cpu_summary
 
     print(f"CPU: {cpu_summary()}")
+    print(f"{'12-megapixel phone' if args.phone else '~500 px'} JPEG uploads")
     print(f"raw engine (ONNX Runtime in-process, batch {MAX_BATCH}, preprocessed): {raw:.1f} img/s")
     best: dict[str, float] = {}
     for kind in ["ours", *args.peers]:
@@ -242,7 +251,7 @@ def main() -> None:
             proc.terminate()
             proc.wait(timeout=60)
     for kind, value in best.items():
-        print(f"best {kind:<9} {value:7.1f} img/s = {value / raw:.2f}x raw engine"
+        print(f"best {kind:<9} {value:7.1f} img/s = {value / raw:.2f}x raw engine (ratio ours / raw engine)"
               + (f", {best['ours'] / value:.2f}x ours/{kind}" if kind != "ours" and "ours" in best else ""))
 
 

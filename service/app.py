@@ -20,12 +20,13 @@ from service.engine import BatchEngine
 from service.errors import error_response, install_error_handlers
 from service.routes_embed import router as embed_router
 from service.routes_ops import router as ops_router
+from service.routes_search import router as search_router
 from service.settings import ServiceSettings
 from service.state import ServiceState
 
 logger = logging.getLogger("service")
 access_log = logging.getLogger("service.access")
-KNOWN_ROUTES = {"/embed", "/v1/embeddings", "/v1/models", "/info", "/health", "/ready", "/metrics"}
+KNOWN_ROUTES = {"/embed", "/v1/embeddings", "/v1/models", "/info", "/health", "/ready", "/metrics", "/search"}
 DOCS_STATIC = "/docs-static"
 
 
@@ -96,6 +97,10 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
         state.config, state.model_id, state.revision = resolved.config, resolved.model_id, resolved.revision
         state.backend = backend or await asyncio.to_thread(build_backend, resolved, settings)
         await asyncio.to_thread(state.backend.warmup, resolved.config.input_size)
+        if settings.index:
+            from service.routes_search import open_search_index
+
+            state.search_index = await asyncio.to_thread(open_search_index, settings, resolved, state.backend.outputs)
         state.engine = BatchEngine(state.backend, max_batch_size=settings.max_batch_size,
                                    max_wait_ms=settings.max_wait_ms, queue_size=settings.queue_size,
                                    on_batch=state.metrics.observe_batch)
@@ -123,6 +128,7 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
     install_error_handlers(app)
     app.include_router(ops_router)
     app.include_router(embed_router)
+    app.include_router(search_router)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"])

@@ -81,12 +81,17 @@ def decode_base64_image(text: str, index: int) -> bytes:
         raise ServiceError(400, "invalid_base64", f"image {index} is not valid base64", index=index) from None
 
 
-def decode_and_preprocess(blobs: list[bytes], config: ModelConfig, max_pixels: int, on_error=None) -> np.ndarray:
-    """Decode every image (any failure names its index) -> ``(N, 3, H, W)`` float32."""
+def decode_and_preprocess(blobs: list[bytes], config: ModelConfig, max_pixels: int, on_error=None,
+                          fast_jpeg: bool = False) -> np.ndarray:
+    """Decode every image (any failure names its index) -> ``(N, 3, H, W)`` float32.
+
+    ``fast_jpeg``: large JPEGs are decoded at a reduced scale in the DCT domain (``--fast-jpeg-decode``)."""
     rows = []
+    draft = config.preprocessing.resize_size if fast_jpeg else None
     for index, blob in enumerate(blobs):
         try:
-            rows.append(preprocess_one(decode_image(blob, max_pixels=max_pixels), config.preprocessing))
+            rows.append(preprocess_one(decode_image(blob, max_pixels=max_pixels, draft_min_side=draft),
+                                       config.preprocessing))
         except ImageDecodeError as err:
             if on_error:
                 on_error()

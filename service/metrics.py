@@ -17,6 +17,7 @@ class Metrics:
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry)
         self.images = Counter("byol_images_embedded_total", "images embedded", registry=self.registry)
         self.decode_errors = Counter("byol_decode_errors_total", "images refused at decoding", registry=self.registry)
+        self.searches = Counter("byol_searches_total", "nearest-neighbour queries answered", registry=self.registry)
 
     def observe_batch(self, size: int) -> None:
         self.batch_size.observe(size)

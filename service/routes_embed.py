@@ -78,7 +78,8 @@ async def _embed_images(state: ServiceState, request: Request, blobs: list[bytes
     settings = state.settings
     loop = asyncio.get_running_loop()
     pixels = await loop.run_in_executor(state.decode_pool, decode_and_preprocess, blobs, state.config,
-                                        settings.max_pixels, state.metrics.decode_errors.inc)
+                                        settings.max_pixels, state.metrics.decode_errors.inc,
+                                        settings.fast_jpeg_decode)
     return await run_images(state.engine, pixels, settings.request_timeout_s, request.is_disconnected)
 
 

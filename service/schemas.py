@@ -38,6 +38,15 @@ class OpenAIEmbeddingsBody(BaseModel):
     user: str | None = None
 
 
+class SearchBody(BaseModel):
+    """``POST /search`` as JSON: a base64 image or the id of an image in the indexed set, and ``k``."""
+
+    model_config = ConfigDict(extra="forbid")
+    image: str | None = Field(None, description="base64 image bytes or a data:image/...;base64, URI")
+    id: str | None = Field(None, description="an id in the indexed set (its own row is left out of the results)")
+    k: int | None = Field(None, description="number of results (default 10, capped by the server)")
+
+
 MULTIPART_EMBED_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"},
@@ -73,6 +82,18 @@ class EmbedResponse(BaseModel):
     encoding: str
     dims: dict[str, int]
     data: list[EmbedItem]
+
+
+class SearchResult(BaseModel):
+    id: str
+    score: float = Field(description="cosine similarity")
+    path: str | None = Field(None, description="the stored path, when the server is set to return paths")
+
+
+class SearchResponse(BaseModel):
+    model: str
+    k: int
+    results: list[SearchResult]
 
 
 class OpenAIEmbedding(BaseModel):
@@ -135,8 +156,10 @@ class InfoResponse(BaseModel):
     preprocessing: dict[str, Any] | None = None
     max_batch_size: int | None = None
     max_wait_ms: float | None = None
+    decode: str | None = Field(None, description="exact, or jpeg-draft when fast_jpeg_decode is on")
     limits: Limits | None = None
     provenance: dict[str, Any] | None = None
+    search: dict[str, Any] | None = Field(None, description="the index behind POST /search, when one is loaded")
     status: str | None = Field(None, description="'loading' while the model is not loaded yet")
 
 

@@ -6,7 +6,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 
@@ -28,6 +28,7 @@ class ServiceState:
     backend: Backend | None = None
     engine: BatchEngine | None = None
     ready: bool = False
+    search_index: Any = None  # service.embed.index.LoadedIndex when --index is set
     started: int = field(default_factory=lambda: int(time.time()))
     decode_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2),

@@ -65,10 +65,29 @@ def model_folder(tmp_path_factory):
                                   preprocessing={"resize_size": 128, "crop_size": 112}))
     randomize_bn(model)
     folder = root / "m"
-    model.save_pretrained(folder, onnx=True)
-    for path in (root, folder, *folder.iterdir()):
-        path.chmod(0o755 if path.is_dir() else 0o644)
+    model.save_pretrained(folder, onnx=True, transformers=False)
+    _world_readable(root)
     return folder
+
+
+def _world_readable(root: Path) -> None:
+    for path in (root, *root.rglob("*")):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+@pytest.fixture(scope="module")
+def index_folder(model_folder, photos, tmp_path_factory):
+    """Photos embedded by byol-embed and indexed (FAISS), for /search in the container."""
+    from service.embed.cli import main
+
+    root = Path(tmp_path_factory.mktemp("docker-index"))
+    for i, img in enumerate(photos):
+        img.save(root / f"photo{i}.png")
+    out = root / "emb"
+    assert main(["run", "--model", str(model_folder), "--input", str(root), "--output", str(out), "--no-progress"]) == 0
+    assert main(["index", str(out)]) == 0
+    _world_readable(root)
+    return out
 
 
 def _free_port() -> int:
@@ -88,7 +107,7 @@ def test_image_is_torch_free_non_root_and_small(image):
     assert "/ready" in health
 
 
-def test_container_serves_the_same_numbers_as_the_local_server(image, model_folder, photos):
+def test_container_serves_the_same_numbers_as_the_local_server(image, model_folder, index_folder, photos):
     from fastapi.testclient import TestClient
 
     from service.app import create_app
@@ -99,7 +118,8 @@ def test_container_serves_the_same_numbers_as_the_local_server(image, model_fold
     port = _free_port()
     name = f"byol-test-{uuid.uuid4().hex[:8]}"
     _docker("run", "-d", "--name", name, "--network", "host", "-e", f"BYOL_PORT={port}", "-e", "BYOL_THREADS=2",
-            "-v", f"{model_folder}:/models/default:ro", image)
+            "-v", f"{model_folder}:/models/default:ro", "-v", f"{index_folder}:/index:ro", "-e", "BYOL_INDEX=/index",
+            image)
     try:
         deadline = time.time() + 120
         status = ""
@@ -114,7 +134,12 @@ def test_container_serves_the_same_numbers_as_the_local_server(image, model_fold
         remote = httpx.post(url + "/embed?layers=feature3,avgpool&pooling=mhead",
                             files=[("images", ("p.jpg", blob, "image/jpeg"))], timeout=60)
         assert remote.status_code == 200, remote.text
-        assert httpx.get(url + "/info").json()["backend"] == "onnx"
+        info = httpx.get(url + "/info").json()
+        assert info["backend"] == "onnx" and info["search"]["count"] == len(photos)
+        found = httpx.post(url + "/search?k=2", files={"image": ("p.jpg", blob, "image/jpeg")}, timeout=60)
+        assert found.status_code == 200 and found.json()["results"][0]["id"] == "photo0.png", found.text
+        docs = httpx.get(url + "/docs").text  # offline docs: the assets come from the image, not a CDN
+        assert "cdn." not in docs and httpx.get(url + "/docs-static/swagger-ui-bundle.js").status_code == 200
     finally:
         _docker("rm", "-f", name, check=False)
     with TestClient(create_app(ServiceSettings(model=str(model_folder)))) as client:

@@ -80,3 +80,31 @@ def test_pixel_limit_is_checked_before_decoding():
     with pytest.raises(ImageDecodeError, match="limit") as info:
         decode_image(data, max_pixels=1_000_000)
     assert info.value.too_large
+
+
+def _phone_jpeg(img, orientation: int | None = None) -> bytes:
+    import io
+
+    from PIL import Image
+
+    big = img.convert("RGB").resize((4032, 3024), Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    big.save(buf, "JPEG", quality=90, exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def test_reduced_scale_jpeg_decode_is_opt_in_close_and_keeps_exif_orientation(photos):
+    from hub.config import PreprocessConfig
+    from hub.preprocess import decode_image, preprocess_one
+
+    cfg = PreprocessConfig()
+    blob = _phone_jpeg(photos[1], orientation=6)  # rotate 90 degrees on display
+    exact, fast = decode_image(blob), decode_image(blob, draft_min_side=cfg.resize_size)
+    assert exact.size == (3024, 4032) and fast.size == (378, 504)  # portrait after EXIF; 1/8 scale when drafted
+    a, b = preprocess_one(exact, cfg), preprocess_one(fast, cfg)
+    assert a.shape == b.shape and np.abs(a - b).mean() < 0.05  # same picture, slightly different pixels
+    small = _bytes(photos[0].resize((400, 300)), "JPEG")  # under twice the resize target: always exact
+    assert np.array_equal(np.asarray(decode_image(small)), np.asarray(decode_image(small, draft_min_side=256)))

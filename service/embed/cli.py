@@ -1,0 +1,179 @@
+"""``byol-embed``: embed a whole dataset into Parquet shards, index it with FAISS, search it.
+
+    byol-embed run --model org/byol-r50-ep200 --input /data/images --output emb/ --layers avgpool,feature5
+    byol-embed run ... --engine ray --ray-address HOST:PORT --workers 8        # on an existing Ray cluster
+    byol-embed index emb/ --layer avgpool [--factory "IVF4096,PQ64"]
+    byol-embed search emb/ --image query.jpg -k 10 [--json]
+    byol-embed search emb/ --id cats/001.jpg -k 10                            # near-duplicates of a set image
+
+Rerunning the same `run` command resumes (finished shards are kept); other settings or a changed input are
+refused with what differs (--overwrite starts over). Ctrl-C stops at a shard boundary. On the ONNX backend
+no torch is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hub.errors import HubError
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="embed every image of an input into resumable Parquet shards",
+                       description="Embed every image of --input into --output/part-NNNNN.parquet shards.")
+    p.add_argument("--model", required=True, help="model folder or Hub repo id (org/name)")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
+    p.add_argument("--local-files-only", action="store_true", help="never contact the Hub; use its cache only")
+    p.add_argument("--input", required=True,
+                   help="a folder (recursive, sorted; ids relative to it), a .txt list of paths, WebDataset .tar "
+                        "shards (a file, a folder or a glob; ids <tar file>/<key>), or a .parquet file with a path "
+                        "column")
+    p.add_argument("--path-column", default=None, help="Parquet input: the column of image paths (default: path)")
+    p.add_argument("--output", required=True, help="output folder (manifest.json, part-NNNNN.parquet, index/)")
+    p.add_argument("--layers", default="avgpool", help="comma-separated: feature1..feature5, avgpool (default avgpool)")
+    p.add_argument("--pooling", default="gap", choices=("gap", "mhead"),
+                   help="pooling of feature1..feature5 (avgpool is always the global average) (default gap)")
+    p.add_argument("--normalize", action="store_true", help="L2-normalize each vector before storing it")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="stored vector type")
+    p.add_argument("--backend", default="onnx", choices=("onnx", "torch"),
+                   help="onnx: ONNX Runtime, no torch needed (a folder without model.onnx is exported once and "
+                        "cached when torch is installed); torch: PyTorch, on CUDA GPUs where there are (default onnx)")
+    p.add_argument("--device", default="auto", help="auto (CUDA for --backend torch where available), cpu, cuda, cuda:N")
+    p.add_argument("--batch-size", type=int, default=64, help="images per inference batch (default 64)")
+    p.add_argument("--shard-size", type=int, default=10_000,
+                   help="images per shard: the unit of work, of resume and of parallelism (default 10000)")
+    p.add_argument("--engine", default="local", choices=("local", "ray"),
+                   help="local: this machine; ray: an actor pool on a Ray cluster (default local)")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster to join: auto, HOST:PORT, or none to start a local one (default: local)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="means threads for the local engine (read + decode threads; default: the CPU count) and actors "
+                        "for the ray engine (backend actors; default: one per GPU, else one per two CPUs)")
+    p.add_argument("--threads", type=int, default=0, help="inference threads per backend (default: automatic)")
+    p.add_argument("--max-pixels", type=int, default=40_000_000,
+                   help="images larger than this become error rows, checked before decoding (default 40000000)")
+    p.add_argument("--overwrite", action="store_true", help="start over in a folder made with other settings")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_index(sub) -> None:
+    p = sub.add_parser("index", help="build a FAISS index over one layer of an output folder")
+    p.add_argument("folder", help="output folder of `byol-embed run`")
+    p.add_argument("--layer", default="avgpool", help="the embedded layer to index (default avgpool)")
+    p.add_argument("--factory", default="Flat",
+                   help="FAISS index_factory string: Flat (exact, default) or e.g. 'IVF4096,PQ64', 'HNSW32' for "
+                        "large sets (trained on a sample; IVF needs ~39 x lists vectors); inner product over "
+                        "L2-normalized vectors")
+    p.add_argument("--train-size", type=int, default=0, help="training sample size (default: automatic)")
+
+
+def _add_search(sub) -> None:
+    p = sub.add_parser("search", help="nearest neighbours of an image, or of an image already in the set")
+    p.add_argument("folder", help="output folder with an index (`byol-embed index`)")
+    query = p.add_mutually_exclusive_group(required=True)
+    query.add_argument("--image", help="query image file: embedded with the manifest's model and settings")
+    query.add_argument("--id", dest="item_id", help="an id in the set (its own row is left out of the results)")
+    p.add_argument("-k", type=int, default=10, help="results (default 10)")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF lists probed per query (default: FAISS's)")
+    p.add_argument("--json", action="store_true", help='print {"results": [{"id", "path", "score"}, ...]}')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="byol-embed", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_index(sub)
+    _add_search(sub)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from service.embed.job import EmbedSettings, run_job
+
+    settings = EmbedSettings(
+        model=args.model, input=args.input, output=args.output, layers=args.layers, pooling=args.pooling,
+        normalize=args.normalize, dtype=args.dtype, backend=args.backend, device=args.device,
+        batch_size=args.batch_size, shard_size=args.shard_size, engine=args.engine, ray_address=args.ray_address,
+        workers=args.workers, threads=args.threads, max_pixels=args.max_pixels, path_column=args.path_column,
+        overwrite=args.overwrite, revision=args.revision, local_files_only=args.local_files_only,
+        progress=not args.no_progress)
+    summary = run_job(settings)
+    print(summary.line())
+    for example in summary.error_examples:
+        print(f"  error row: {example}")
+    return 130 if summary.interrupted else 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    from service.embed.index import build_index
+
+    meta = build_index(args.folder, layer=args.layer, factory=args.factory, train_size=args.train_size)
+    print(f"indexed {meta['count']} vectors of {meta['layer']} ({meta['dim']}-d, {meta['factory']}, cosine) in "
+          f"{meta['built_s']} s -> {Path(args.folder) / 'index'}")
+    return 0
+
+
+def embed_query(manifest, image: bytes, layer: str):
+    """Embed one image exactly as the manifest's run did (model, revision, preprocessing, pooling)."""
+    import numpy as np
+
+    from hub.layers import output_name
+    from hub.preprocess import decode_image, preprocess_one
+    from service.backends import build_backend, resolve_for_backend
+    from service.embed.shards import EmbedJobError
+    from service.settings import ServiceSettings
+
+    settings = ServiceSettings(model=manifest.model_id, revision=None if manifest.revision.startswith("sha256:")
+                               else manifest.revision)
+    resolved = resolve_for_backend(settings)
+    if manifest.weights_sha256 and resolved.config.weights_sha256 != manifest.weights_sha256:
+        raise EmbedJobError(f"the model at {manifest.model_id} now has other weights (sha256 "
+                            f"{str(resolved.config.weights_sha256)[:12]}) than the set was embedded with "
+                            f"({manifest.weights_sha256[:12]})")
+    backend = build_backend(resolved, settings)
+    pixels = preprocess_one(decode_image(image), resolved.config.preprocessing)[None]
+    out = backend.run(np.ascontiguousarray(pixels))
+    return out[output_name(layer, manifest.pooling)].reshape(1, -1)
+
+
+def _search(args: argparse.Namespace) -> int:
+    from service.embed.index import LoadedIndex
+
+    if args.k <= 0:
+        raise HubError(f"-k must be positive, got {args.k}")
+    index = LoadedIndex.open(args.folder, nprobe=args.nprobe)
+    if args.item_id is not None:
+        results = index.search(index.vector_of(args.item_id), args.k, exclude=args.item_id)
+    else:
+        results = index.search(embed_query(index.manifest, Path(args.image).read_bytes(), index.meta["layer"]), args.k)
+    if args.json:
+        print(json.dumps({"results": results}))
+    else:
+        for rank, r in enumerate(results, 1):
+            print(f"{rank:>3}  {r['score']:.4f}  {r['id']}  {r['path']}")
+    return 0
+
+
+COMMANDS = {"run": _run, "index": _index, "search": _search}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except (HubError, OSError) as err:
+        print(f"byol-embed: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""Nearest-neighbour search over an embedding folder: a FAISS index with its id table, built and read.
+
+    emb/index/faiss.index     inner product over L2-normalized vectors (cosine); ``Flat`` or any index_factory
+    emb/index/ids.arrow       row -> id, path (Arrow IPC: never a second ``*.parquet`` under the output folder)
+    emb/index/index.json      what it was built from: the manifest's model, layer, pooling, factory, count
+
+Written into ``index.tmp-<pid>/`` and renamed over ``index/``, so a reader sees the old index or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.embed.shards import EmbedJobError, Manifest, finished_shards
+
+logger = logging.getLogger(__name__)
+INDEX_DIR = "index"
+INDEX_FILE = "faiss.index"
+IDS_FILE = "ids.arrow"
+META_FILE = "index.json"
+TRAIN_PER_LIST = 39  # FAISS warns below ~39 training points per IVF list
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise EmbedJobError("search needs faiss-cpu (pip install 'byol[embed]')") from None
+    return faiss
+
+
+def _l2_normalize(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
+
+
+def load_vectors(folder: Path, manifest: Manifest, layer: str) -> tuple[np.ndarray, list[str], list[str]]:
+    """Every embedded row of ``layer`` (error rows left out) in shard order, with ids and paths."""
+    import pyarrow.parquet as pq
+
+    if layer not in manifest.layers:
+        raise EmbedJobError(f"layer {layer!r} was not embedded; this folder has {manifest.layers}")
+    shards = finished_shards(folder, manifest)
+    if len(shards) < manifest.shard_count:
+        raise EmbedJobError(f"{manifest.shard_count - len(shards)} of {manifest.shard_count} shards are not done; "
+                            "finish the run first (rerun the same `byol-embed run` command)")
+    parts, ids, paths = [], [], []
+    for shard in shards:
+        table = pq.read_table(shard, columns=["id", "path", "error", layer])
+        keep = table.column("error").is_null()
+        table = table.filter(keep)
+        column = table.column(layer).combine_chunks()
+        parts.append(column.values.to_numpy(zero_copy_only=False).reshape(len(table), manifest.dims[layer]))
+        ids += table.column("id").to_pylist()
+        paths += table.column("path").to_pylist()
+    vectors = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, manifest.dims[layer]), np.float32)
+    return vectors, ids, paths
+
+
+def nlist_of(factory: str) -> int | None:
+    import re
+
+    match = re.search(r"IVF(\d+)", factory)
+    return int(match.group(1)) if match else None
+
+
+def build_index(folder: str | Path, *, layer: str = "avgpool", factory: str = "Flat", train_size: int = 0,
+                seed: int = 0) -> dict[str, Any]:
+    """Build the index of ``layer`` into ``folder/index/`` atomically; returns its description."""
+    import pyarrow as pa
+    import pyarrow.feather as feather
+
+    faiss = _faiss()
+    folder = Path(folder)
+    manifest = Manifest.load(folder)
+    started = time.perf_counter()
+    vectors, ids, paths = load_vectors(folder, manifest, layer)
+    if len(vectors) == 0:
+        raise EmbedJobError("no embedded rows to index (every row has an error)")
+    x = _l2_normalize(vectors)
+    dim = x.shape[1]
+    try:
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as err:
+        raise EmbedJobError(f"FAISS cannot build {factory!r}: {str(err).strip().splitlines()[-1]}; use 'Flat' or an "
+                            "index_factory string such as 'IVF4096,PQ64' or 'HNSW32'") from None
+    trained_on = 0
+    if not index.is_trained:
+        nlist = nlist_of(factory)
+        need = TRAIN_PER_LIST * nlist if nlist else 1000
+        if len(x) < need:
+            raise EmbedJobError(f"{factory!r} needs about {need} training vectors ({TRAIN_PER_LIST} x {nlist} lists) "
+                                f"but the set has {len(x)}; use fewer lists (e.g. IVF{max(1, len(x) // 39)},...) or "
+                                "'Flat'")
+        sample = x
+        limit = train_size or max(need, 256 * (nlist or 1))
+        if len(x) > limit:
+            rng = np.random.default_rng(seed)
+            sample = x[np.sort(rng.choice(len(x), limit, replace=False))]
+        index.train(sample)
+        trained_on = len(sample)
+    index.add(x)
+    meta = {"layer": layer, "factory": factory, "metric": "inner_product", "normalized": True, "count": len(ids),
+            "dim": dim, "trained_on": trained_on, "model_id": manifest.model_id, "revision": manifest.revision,
+            "weights_sha256": manifest.weights_sha256, "pooling": manifest.pooling,
+            "manifest_normalize": manifest.normalize, "input_fingerprint": manifest.input_fingerprint,
+            "built_s": round(time.perf_counter() - started, 2)}
+    tmp = folder / f"{INDEX_DIR}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    faiss.write_index(index, str(tmp / INDEX_FILE))
+    feather.write_feather(pa.table({"id": pa.array(ids, pa.string()), "path": pa.array(paths, pa.string())}),
+                          tmp / IDS_FILE, compression="uncompressed")
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    final = folder / INDEX_DIR
+    if final.exists():
+        old = folder / f".{INDEX_DIR}.old-{os.getpid()}"
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+    return meta
+
+
+@dataclass
+class LoadedIndex:
+    """An index ready to answer queries: the FAISS index (memory-mapped where FAISS allows), ids and paths."""
+
+    folder: Path
+    manifest: Manifest
+    meta: dict[str, Any]
+    index: Any
+    ids: list[str]
+    paths: list[str]
+
+    @classmethod
+    def open(cls, folder: str | Path, nprobe: int | None = None) -> LoadedIndex:
+        import pyarrow.feather as feather
+
+        faiss = _faiss()
+        folder = Path(folder)
+        manifest = Manifest.load(folder)
+        root = folder / INDEX_DIR
+        if not (root / META_FILE).is_file():
+            raise EmbedJobError(f"{folder} has no index; build one with `byol-embed index {folder}`")
+        meta = json.loads((root / META_FILE).read_text())
+        try:
+            index = faiss.read_index(str(root / INDEX_FILE), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+        except RuntimeError:  # index types FAISS cannot map (e.g. HNSW) are read into memory
+            index = faiss.read_index(str(root / INDEX_FILE))
+        if nprobe is not None:
+            try:
+                faiss.extract_index_ivf(index).nprobe = nprobe
+            except RuntimeError:
+                logger.info("--nprobe ignored: %s is not an IVF index", meta["factory"])
+        table = feather.read_table(root / IDS_FILE)
+        return cls(folder, manifest, meta, index, table.column("id").to_pylist(), table.column("path").to_pylist())
+
+    def row_of(self, item_id: str) -> int:
+        try:
+            return self._positions[item_id]
+        except AttributeError:
+            self._positions = {v: i for i, v in enumerate(self.ids)}
+            return self.row_of(item_id)
+        except KeyError:
+            raise EmbedJobError(f"no embedded image with id {item_id!r} in this index") from None
+
+    def vector_of(self, item_id: str) -> np.ndarray:
+        """The stored vector of ``item_id``: from the index where it keeps vectors (Flat), else from the shards."""
+        row = self.row_of(item_id)
+        try:
+            return np.asarray(self.index.reconstruct(row)).reshape(1, -1)
+        except RuntimeError:  # IVF/PQ indexes keep no direct map: read the exact vector from the shards
+            import pyarrow.parquet as pq
+
+            layer = self.meta["layer"]
+            table = pq.read_table(finished_shards(self.folder, self.manifest), columns=[layer],
+                                  filters=[("id", "=", item_id)])
+            return table.column(layer).combine_chunks().values.to_numpy(zero_copy_only=False).reshape(1, -1)
+
+    def search(self, vector: np.ndarray, k: int, exclude: str | None = None) -> list[dict[str, Any]]:
+        """Top ``k`` by cosine; ``exclude`` drops that id (a query by id does not find itself)."""
+        x = _l2_normalize(vector.reshape(1, -1))
+        scores, rows = self.index.search(x, k + (1 if exclude is not None else 0))
+        results = []
+        for score, row in zip(scores[0], rows[0]):
+            if row < 0 or (exclude is not None and self.ids[row] == exclude):
+                continue
+            results.append({"id": self.ids[row], "path": self.paths[row], "score": float(score)})
+        return results[:k]

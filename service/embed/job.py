@@ -1,0 +1,265 @@
+"""``byol-embed run``: embed a whole dataset into resumable Parquet shards, locally or on a Ray cluster.
+
+The shard is the unit of work and of resume. The local engine decodes in a thread pool overlapped with
+inference and hands finished shards to a writer thread (writes stay off the critical path); the Ray engine
+runs the same ``embed_shard`` in an actor pool and the driver writes every shard through the same writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hub.hub_io import ResolvedModel
+from hub.layers import check_layers, output_name
+from hub.sources import ImageSource, open_source
+from service.embed.shards import (
+    EmbedJobError,
+    FolderLock,
+    Manifest,
+    ShardRows,
+    plan_shards,
+    prepare_folder,
+    write_shard,
+)
+
+logger = logging.getLogger(__name__)
+POOLINGS = ("gap", "mhead")
+DTYPES = ("float32", "float16")
+
+
+@dataclass
+class EmbedSettings:
+    model: str
+    input: str
+    output: str
+    layers: tuple[str, ...] = ("avgpool",)
+    pooling: str = "gap"
+    normalize: bool = False
+    dtype: str = "float32"
+    backend: str = "onnx"
+    device: str = "auto"
+    batch_size: int = 64
+    shard_size: int = 10_000
+    engine: str = "local"
+    ray_address: str | None = None
+    workers: int = 0  # local: decode threads; ray: actors (0: automatic)
+    threads: int = 0  # inference threads per backend (0: automatic)
+    max_pixels: int = 40_000_000
+    path_column: str | None = None
+    overwrite: bool = False
+    revision: str | None = None
+    local_files_only: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.layers = check_layers(self.layers)
+        if self.pooling not in POOLINGS:
+            raise EmbedJobError(f"unknown pooling {self.pooling!r}; accepted: {', '.join(POOLINGS)}")
+        if self.dtype not in DTYPES:
+            raise EmbedJobError(f"unknown dtype {self.dtype!r}; accepted: {', '.join(DTYPES)}")
+        if self.engine not in ("local", "ray"):
+            raise EmbedJobError(f"unknown engine {self.engine!r}; accepted: local, ray")
+        if self.batch_size <= 0:
+            raise EmbedJobError(f"--batch-size must be positive, got {self.batch_size}")
+
+
+def serving_settings(settings: EmbedSettings, threads: int | None = None):
+    """The server's settings for the same model and backend (so the job resolves and runs it as the server does)."""
+    from service.settings import ServiceSettings
+
+    device = settings.device
+    if device == "auto":
+        device = "cpu"
+        if settings.backend == "torch":
+            try:
+                import torch
+
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            except ImportError:
+                pass
+    return ServiceSettings(model=settings.model, revision=settings.revision, local_files_only=settings.local_files_only,
+                           backend=settings.backend, device=device, threads=settings.threads if threads is None
+                           else threads, max_pixels=settings.max_pixels)
+
+
+def build_manifest(settings: EmbedSettings, resolved: ResolvedModel, source: ImageSource, outputs: list[str]) -> Manifest:
+    config = resolved.config
+    missing = [layer for layer in settings.layers if output_name(layer, settings.pooling) not in outputs]
+    if missing:
+        raise EmbedJobError(f"pooling {settings.pooling!r} is not available for {', '.join(missing)} on this model "
+                            "(its maps are smaller than the mhead grids); use --pooling gap")
+    if len(source) == 0:
+        raise EmbedJobError(f"{settings.input} holds no images")
+    dims = {layer: int(config.dims(settings.pooling if layer != "avgpool" else "gap")[layer]) for layer in settings.layers}
+    model_id = str(resolved.folder.resolve()) if not resolved.from_hub else resolved.model_id
+    return Manifest(model_id=model_id, revision=resolved.revision, weights_sha256=config.weights_sha256,
+                    architecture=config.architecture, layers=list(settings.layers), pooling=settings.pooling,
+                    normalize=settings.normalize, dtype=settings.dtype, dims=dims,
+                    preprocessing=config.to_dict()["preprocessing"], input=str(Path(settings.input).resolve()),
+                    input_kind=source.kind, input_fingerprint=source.fingerprint(), input_count=len(source),
+                    shard_size=settings.shard_size, shards=plan_shards(len(source), settings.shard_size))
+
+
+@dataclass
+class JobSummary:
+    images: int = 0
+    errors: int = 0
+    shards_written: int = 0
+    shards_total: int = 0
+    shards_skipped: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+    output: str = ""
+    engine: str = "local"
+    error_examples: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        rate = self.images / self.seconds if self.seconds > 0 else 0.0
+        state = "interrupted at a shard boundary; rerun the same command to resume" if self.interrupted else "done"
+        return (f"{state}: {self.images} images ({self.errors} errors) in {self.shards_written} new shards "
+                f"({self.shards_skipped} already done, {self.shards_total} in the plan), {self.seconds:.1f} s, "
+                f"{rate:.1f} images/s, engine {self.engine}, output {self.output}")
+
+
+class StopFlag:
+    """Ctrl-C (or SIGTERM) once: finish the shards in flight, write them, stop. Twice: stop now."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        logger.warning("stopping after the shard in flight (press Ctrl-C again to stop at once)")
+        self.event.set()
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    @property
+    def stopped(self) -> bool:
+        return self.event.is_set()
+
+
+class ShardWriter:
+    """Writes finished shards in a background thread (Parquet encoding stays off the inference path)."""
+
+    def __init__(self, folder: Path, manifest: Manifest) -> None:
+        self.folder, self.manifest = folder, manifest
+        self.queue: queue.Queue[ShardRows | None] = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.written: list[ShardRows] = []
+        self.thread = threading.Thread(target=self._run, name="byol-embed-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (rows := self.queue.get()) is not None:
+            try:
+                write_shard(self.folder, self.manifest, rows)
+                self.written.append(rows)
+            except BaseException as err:  # surfaced to the main thread on the next put/close
+                self.error = err
+
+    def put(self, rows: ShardRows) -> None:
+        if self.error:
+            raise self.error
+        self.queue.put(rows)
+
+    def close(self) -> list[ShardRows]:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error:
+            raise self.error
+        return self.written
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="img", desc="embed", disable=not enabled, dynamic_ncols=True,
+                smoothing=0.1)
+
+
+def run_job(settings: EmbedSettings) -> JobSummary:
+    """Plan, check the folder, embed the shards still to do, write each atomically. Resumable."""
+    from service.backends import build_backend, resolve_for_backend
+
+    started = time.perf_counter()
+    source = open_source(settings.input, path_column=settings.path_column)
+    serve = serving_settings(settings)
+    resolved = resolve_for_backend(serve)
+    out = Path(settings.output)
+    out.mkdir(parents=True, exist_ok=True)
+    with FolderLock(out), StopFlag() as stop:
+        backend = None
+        if settings.engine == "local":
+            backend = build_backend(resolved, serve)
+            outputs = backend.outputs
+        else:
+            from hub.layers import serving_outputs
+
+            outputs = serving_outputs(resolved.config.stem, resolved.config.input_size)
+            if settings.backend == "onnx":  # export a missing graph once here, not in every actor at once
+                from service.backends.onnx import onnx_path
+
+                onnx_path(resolved, "fp32")
+        manifest = build_manifest(settings, resolved, source, outputs)
+        todo = prepare_folder(out, manifest, settings.overwrite)
+        summary = JobSummary(shards_total=manifest.shard_count, shards_skipped=manifest.shard_count - len(todo),
+                             output=str(out), engine=settings.engine)
+        shards = [manifest.shards[i] for i in todo]
+        done_images = manifest.input_count - sum(s["stop"] - s["start"] for s in shards)
+        logger.info("%d images in %d shards of %d; %d shards to do (%d done before); model %s @ %s, layers %s, "
+                    "pooling %s, engine %s", manifest.input_count, manifest.shard_count, manifest.shard_size,
+                    len(shards), summary.shards_skipped, manifest.model_id, manifest.revision,
+                    ",".join(manifest.layers), manifest.pooling, settings.engine)
+        bar = _progress(manifest.input_count, done_images, settings.progress)
+        writer = ShardWriter(out, manifest)
+        try:
+            if settings.engine == "local":
+                _run_local(settings, source, manifest, resolved, backend, shards, writer, bar, stop)
+            else:
+                from service.embed.ray_engine import run_ray
+
+                run_ray(settings, serve, manifest, shards, writer, bar, stop)
+        finally:
+            written = writer.close()
+            bar.close()
+        summary.shards_written = len(written)
+        summary.images = sum(len(r.ids) for r in written)
+        summary.errors = sum(r.error_count for r in written)
+        summary.error_examples = [f"{r.ids[i]}: {e}" for r in written for i, e in enumerate(r.errors) if e][:5]
+        summary.interrupted = stop.stopped and summary.shards_written + summary.shards_skipped < manifest.shard_count
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _run_local(settings: EmbedSettings, source: ImageSource, manifest: Manifest, resolved: ResolvedModel, backend,
+               shards: list[dict[str, int]], writer: ShardWriter, bar, stop: StopFlag) -> None:
+    from service.embed.pipeline import embed_shard
+
+    workers = settings.workers or max(2, (os.cpu_count() or 2))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="byol-decode") as pool:
+        for shard in shards:
+            if stop.stopped:
+                break
+            rows = embed_shard(source, manifest, resolved.config, backend, shard, pool, batch_size=settings.batch_size,
+                               max_pixels=settings.max_pixels, on_images=bar.update)
+            writer.put(rows)

@@ -1,0 +1,104 @@
+"""One shard in, its rows out: read, decode and preprocess in threads, batches through a backend.
+
+Shared by the local engine and every Ray actor, so both give the same ids, order, errors and vectors. The
+decode is exact (the library's ``preprocess``, which matches torchvision's eval transform); an unreadable,
+corrupt or oversized image becomes a row with its ``error`` set, never a crash and never a missing row.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from hub.config import ModelConfig
+from hub.errors import ImageDecodeError
+from hub.layers import output_name
+from hub.preprocess import decode_image, preprocess_one
+from hub.sources import ImageSource
+from service.backends.base import Backend
+from service.embed.shards import Manifest, ShardRows
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Decoded:
+    pixels: np.ndarray | None
+    error: str | None
+
+
+def decode_item(source: ImageSource, index: int, config: ModelConfig, max_pixels: int) -> Decoded:
+    """Read and preprocess one item; every failure becomes its error message."""
+    try:
+        blob = source.read(index)
+    except OSError as err:
+        return Decoded(None, f"unreadable: {err.strerror or err}")
+    try:
+        return Decoded(preprocess_one(decode_image(blob, max_pixels=max_pixels), config.preprocessing), None)
+    except ImageDecodeError as err:
+        return Decoded(None, str(err))
+    except Exception as err:  # a decoder bug on one hostile file costs that row, not the job
+        return Decoded(None, f"cannot decode: {type(err).__name__}: {err}")
+
+
+def _ordered(pool: Executor, fn: Callable[[int], Decoded], indices: range, window: int) -> Iterator[Decoded]:
+    """``pool.map`` with a bounded read-ahead (so a million-image shard never queues a million futures)."""
+    futures = []
+    it = iter(indices)
+    for index in it:
+        futures.append(pool.submit(fn, index))
+        if len(futures) >= window:
+            break
+    while futures:
+        yield futures.pop(0).result()
+        nxt = next(it, None)
+        if nxt is not None:
+            futures.append(pool.submit(fn, nxt))
+
+
+def embed_shard(source: ImageSource, manifest: Manifest, config: ModelConfig, backend: Backend, shard: dict[str, int],
+                pool: Executor, *, batch_size: int, max_pixels: int,
+                on_images: Callable[[int], None] | None = None) -> ShardRows:
+    """Embed the items ``shard["start"]:shard["stop"]`` of ``source`` in order."""
+    start, stop = shard["start"], shard["stop"]
+    count = stop - start
+    names = {layer: output_name(layer, manifest.pooling) for layer in manifest.layers}
+    vectors = {layer: np.zeros((count, manifest.dims[layer]), np.float32) for layer in manifest.layers}
+    errors: list[str | None] = [None] * count
+    batch: list[np.ndarray] = []
+    rows: list[int] = []
+
+    def flush() -> None:
+        if not batch:
+            return
+        out = backend.run(np.stack(batch))
+        for layer, name in names.items():
+            values = out[name].reshape(len(batch), -1).astype(np.float32, copy=False)
+            if manifest.normalize:
+                norms = np.linalg.norm(values, axis=1, keepdims=True)
+                values = values / np.where(norms > 0, norms, 1.0)
+            vectors[layer][rows] = values
+        if on_images:
+            on_images(len(batch))
+        batch.clear()
+        rows.clear()
+
+    decoded = _ordered(pool, lambda i: decode_item(source, i, config, max_pixels), range(start, stop),
+                       window=max(batch_size * 4, 16))
+    for row, item in enumerate(decoded):
+        if item.error is not None:
+            errors[row] = item.error
+            if on_images:
+                on_images(1)
+            continue
+        batch.append(item.pixels)
+        rows.append(row)
+        if len(batch) >= batch_size:
+            flush()
+    flush()
+    return ShardRows(shard["index"], [source.item_id(i) for i in range(start, stop)],
+                     [source.item_path(i) for i in range(start, stop)], errors, vectors)

@@ -1,0 +1,104 @@
+"""``--engine ray``: the same shard plan on a Ray cluster, through an actor pool of backend workers.
+
+Each actor loads the backend once and runs ``embed_shard`` (the local engine's code) on whole shards; the
+driver writes every returned shard through the same atomic writer, so shard names, ids, order and errors are
+the local engine's. Actors are restarted when they die and their shard is retried (``max_restarts``,
+``max_task_retries``).
+
+Scheduling (Ray issue #44687): an actor pool that reserves every logical CPU starves anything else that needs a
+CPU slot, and the job hangs. Actors therefore ask for a fractional ``num_cpus`` so that pool x CPUs stays below
+the cluster's total, and set their inference threads explicitly (Ray sets ``OMP_NUM_THREADS`` from
+``num_cpus``, which would be 1 or 0 here). Where the cluster has GPUs, each actor takes one (``num_gpus=1``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+from service.embed.shards import EmbedJobError, Manifest, ShardRows
+
+logger = logging.getLogger(__name__)
+
+
+def _init(address: str | None) -> dict[str, Any]:
+    try:
+        import ray
+    except ImportError:
+        raise EmbedJobError("--engine ray needs ray (pip install 'byol[embed]')") from None
+    if not ray.is_initialized():
+        if address in (None, "", "local"):
+            ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False,
+                     num_cpus=os.cpu_count() or 2)
+        else:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+    return ray.cluster_resources()
+
+
+class ShardWorker:
+    """A Ray actor: one backend, a small decode pool, whole shards in and their rows out."""
+
+    def __init__(self, serve_settings: dict[str, Any], manifest: dict[str, Any], input_spec: str,
+                 path_column: str | None, decode_threads: int, batch_size: int, max_pixels: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from hub.sources import open_source
+        from service.backends import build_backend, resolve_for_backend
+        from service.settings import ServiceSettings
+
+        settings = ServiceSettings(**serve_settings)
+        self.resolved = resolve_for_backend(settings)
+        self.backend = build_backend(self.resolved, settings)
+        self.manifest = Manifest(**manifest)
+        self.source = open_source(input_spec, path_column=path_column)
+        self.pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="byol-decode")
+        self.batch_size, self.max_pixels = batch_size, max_pixels
+
+    def embed(self, shard: dict[str, int]) -> ShardRows:
+        from service.embed.pipeline import embed_shard
+
+        return embed_shard(self.source, self.manifest, self.resolved.config, self.backend, shard, self.pool,
+                           batch_size=self.batch_size, max_pixels=self.max_pixels)
+
+
+def run_ray(settings: Any, serve: Any, manifest: Manifest, shards: list[dict[str, int]], writer: Any, bar: Any,
+            stop: Any) -> None:
+    import ray
+    from ray.util import ActorPool
+
+    resources = _init(settings.ray_address)
+    cpus = float(resources.get("CPU", 1))
+    gpus = int(resources.get("GPU", 0))
+    actors_wanted = settings.workers or (gpus if gpus else max(1, int(cpus) // 2))
+    if gpus:
+        actors_wanted = min(actors_wanted, gpus)
+    # fractional CPUs: pool x CPUs stays below the cluster's total (leaves room for anything else Ray schedules)
+    cpus_per_actor = max(0.1, min(1.0, (cpus - 0.5) / actors_wanted))
+    threads = settings.threads or max(1, math.floor(cpus / actors_wanted))
+    options = {"num_cpus": cpus_per_actor, "num_gpus": 1 if gpus else 0, "max_restarts": 2, "max_task_retries": 2}
+    serve_dict = serve.model_dump()
+    serve_dict.update(threads=threads, device="cuda" if gpus and settings.backend == "torch" else serve.device)
+    remote = ray.remote(ShardWorker).options(**options)
+    actors = [remote.remote(serve_dict, manifest.to_dict(), settings.input, settings.path_column,
+                            max(2, threads), settings.batch_size, settings.max_pixels) for _ in range(actors_wanted)]
+    logger.info("ray: %d actors (%.2f CPU%s each, %d inference threads) on a cluster of %g CPUs, %d GPUs",
+                len(actors), cpus_per_actor, ", 1 GPU" if gpus else "", threads, cpus, gpus)
+    pool = ActorPool(actors)
+    pending = list(shards)
+    try:
+        while pending and not stop.stopped:
+            # submit at most one shard per actor ahead, so Ctrl-C stops after the shards in flight
+            while pending and pool.has_free():
+                pool.submit(lambda actor, shard: actor.embed.remote(shard), pending.pop(0))
+            rows = pool.get_next_unordered()
+            writer.put(rows)
+            bar.update(len(rows.ids))
+        while pool.has_next():  # the shards already in flight when stopping
+            rows = pool.get_next_unordered()
+            writer.put(rows)
+            bar.update(len(rows.ids))
+    finally:
+        for actor in actors:
+            ray.kill(actor)

@@ -1,0 +1,217 @@
+"""The output folder of ``byol-embed run``: manifest, shard plan, Parquet shards written atomically, resume.
+
+    emb/manifest.json              model (id, revision, weights sha256), layers, pooling, normalize, dtype,
+                                   preprocessing, the input's fingerprint and the shard plan
+    emb/part-00000.parquet         one shard: id, path, error, one fixed-size-list column per layer
+    emb/part-00000.done            written after the rename: the shard is complete
+    emb/.lock                      held by the running job (two runs never share a folder)
+    emb/index/                     the FAISS index and its id table (``byol-embed index``)
+
+A shard is written as ``.part-00000.tmp-<pid>`` (not ending in ``.parquet``, so readers of ``*.parquet``
+never see it), renamed, then marked done. A rerun keeps done shards untouched and (re)writes the rest, so
+a kill at any moment loses at most the shards in flight.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hub.errors import HubError
+from hub.files import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+LOCK = ".lock"
+FORMAT = "byol-embeddings/1"
+# what a rerun must agree on (the settings that change the vectors, and the input)
+IDENTITY_FIELDS = ("model_id", "revision", "weights_sha256", "layers", "pooling", "normalize", "dtype",
+                   "preprocessing", "input_fingerprint", "input_count", "shard_size", "decode")
+
+
+class EmbedJobError(HubError):
+    """A run that cannot start or continue: a mismatched rerun, a locked folder, bad settings."""
+
+
+def shard_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def done_marker(folder: Path, index: int) -> Path:
+    return folder / f"part-{index:05d}.done"
+
+
+@dataclass
+class Manifest:
+    model_id: str
+    revision: str
+    weights_sha256: str | None
+    architecture: str
+    layers: list[str]
+    pooling: str
+    normalize: bool
+    dtype: str
+    dims: dict[str, int]
+    preprocessing: dict[str, Any]
+    input: str
+    input_kind: str
+    input_fingerprint: str
+    input_count: int
+    shard_size: int
+    decode: str = "exact"
+    format: str = FORMAT
+    shards: list[dict[str, int]] = field(default_factory=list)  # the plan: [{"index", "start", "stop"}]
+
+    @property
+    def shard_count(self) -> int:
+        return len(self.shards)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, folder: Path) -> None:
+        atomic_write_text(folder / MANIFEST, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> Manifest:
+        path = Path(folder) / MANIFEST
+        if not path.is_file():
+            raise EmbedJobError(f"{folder} has no {MANIFEST}: not an output folder of `byol-embed run`")
+        return cls(**json.loads(path.read_text()))
+
+    def differences(self, other: Manifest) -> list[str]:
+        return [f"{name}: {getattr(self, name)!r} -> {getattr(other, name)!r}" for name in IDENTITY_FIELDS
+                if getattr(self, name) != getattr(other, name)]
+
+    def schema_metadata(self) -> dict[bytes, bytes]:
+        keep = ("model_id", "revision", "weights_sha256", "pooling", "normalize", "dtype", "layers", "dims")
+        return {b"byol": json.dumps({k: getattr(self, k) for k in keep}).encode()}
+
+
+def plan_shards(count: int, shard_size: int) -> list[dict[str, int]]:
+    """Consecutive ranges of the input's order; deterministic for a given input and shard size."""
+    if shard_size <= 0:
+        raise EmbedJobError(f"--shard-size must be positive, got {shard_size}")
+    return [{"index": i, "start": start, "stop": min(start + shard_size, count)}
+            for i, start in enumerate(range(0, count, shard_size))]
+
+
+class FolderLock:
+    """An exclusive ``flock`` on ``folder/.lock``: a second run into the same folder is refused at once."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / LOCK
+        self.handle = None
+
+    def __enter__(self) -> FolderLock:
+        self.handle = open(self.path, "a+")  # noqa: SIM115
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.handle.close()
+            raise EmbedJobError(f"another byol-embed run holds {self.path}; wait for it or use another --output") from None
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(f"{os.getpid()}\n")
+        self.handle.flush()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+
+
+def prepare_folder(folder: Path, manifest: Manifest, overwrite: bool) -> list[int]:
+    """Create or check the output folder; returns the shard indices still to do.
+
+    A folder with another manifest is refused unless ``overwrite`` (then its shards, markers and index go).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    existing = folder / MANIFEST
+    if existing.exists():
+        old = Manifest.load(folder)
+        diffs = old.differences(manifest)
+        if diffs and not overwrite:
+            raise EmbedJobError(f"{folder} holds embeddings made with other settings or input ("
+                                + "; ".join(diffs) + "); rerun with the same settings to resume, use another "
+                                "--output, or pass --overwrite to start over")
+        if diffs:
+            logger.warning("--overwrite: removing the previous run's shards in %s", folder)
+            clear_outputs(folder)
+    for stale in folder.glob(".part-*.tmp-*"):  # a killed run's shard in flight: never read, rewritten below
+        stale.unlink(missing_ok=True)
+    manifest.save(folder)
+    todo = [s["index"] for s in manifest.shards if not done_marker(folder, s["index"]).exists()]
+    return todo
+
+
+def clear_outputs(folder: Path) -> None:
+    import shutil
+
+    for pattern in ("part-*.parquet", "part-*.done", ".part-*.tmp-*", MANIFEST):
+        for path in folder.glob(pattern):
+            path.unlink(missing_ok=True)
+    shutil.rmtree(folder / "index", ignore_errors=True)
+
+
+@dataclass
+class ShardRows:
+    """One shard's rows in plan order: ids, paths, errors (None when embedded) and one array per layer
+    (``(n, dim)``; rows with an error hold anything, they are written as null)."""
+
+    index: int
+    ids: list[str]
+    paths: list[str]
+    errors: list[str | None]
+    vectors: dict[str, np.ndarray]
+
+    @property
+    def error_count(self) -> int:
+        return sum(e is not None for e in self.errors)
+
+
+def arrow_schema(manifest: Manifest):
+    import pyarrow as pa
+
+    value = pa.float16() if manifest.dtype == "float16" else pa.float32()
+    fields = [pa.field("id", pa.string(), nullable=False), pa.field("path", pa.string(), nullable=False),
+              pa.field("error", pa.string())]
+    fields += [pa.field(layer, pa.list_(value, manifest.dims[layer])) for layer in manifest.layers]
+    return pa.schema(fields, metadata=manifest.schema_metadata())
+
+
+def write_shard(folder: Path, manifest: Manifest, rows: ShardRows) -> Path:
+    """Write one shard atomically: temporary name (not ``*.parquet``), rename, then the done marker."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = arrow_schema(manifest)
+    ok = np.array([e is None for e in rows.errors])
+    columns = [pa.array(rows.ids, pa.string()), pa.array(rows.paths, pa.string()), pa.array(rows.errors, pa.string())]
+    for layer in manifest.layers:
+        dim = manifest.dims[layer]
+        vectors = rows.vectors[layer].astype(np.float16 if manifest.dtype == "float16" else np.float32, copy=False)
+        flat = pa.array(np.ascontiguousarray(vectors).reshape(-1), schema.field(layer).type.value_type)
+        # a fixed-size list with nulls where the image failed: the child values there are never read
+        mask = pa.array(~ok) if not ok.all() else None
+        columns.append(pa.FixedSizeListArray.from_arrays(flat, dim, mask=mask))
+    table = pa.Table.from_arrays(columns, schema=schema)
+    final = folder / shard_name(rows.index)
+    tmp = folder / f".{final.stem}.tmp-{os.getpid()}"
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, final)
+    done_marker(folder, rows.index).write_text(json.dumps({"rows": len(rows.ids), "errors": rows.error_count}) + "\n")
+    return final
+
+
+def finished_shards(folder: Path, manifest: Manifest) -> list[Path]:
+    return [folder / shard_name(s["index"]) for s in manifest.shards if done_marker(folder, s["index"]).exists()]
