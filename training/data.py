@@ -20,7 +20,7 @@ from torch.utils.data import Dataset, Sampler
 
 from hub.preprocess import to_rgb
 from hub.sources import IMAGE_EXTENSIONS, DataError, ImageSource, open_source  # one home for listing inputs
-from training.augment import AugmentConfig, sample_rng, two_views
+from training.augment import BACKENDS, AugmentConfig, decode_rgb, sample_rng, two_views
 
 logger = logging.getLogger(__name__)
 
@@ -34,17 +34,22 @@ class TwoViewDataset(Dataset):
 
     max_substitutes = 16
 
-    def __init__(self, source: ImageSource, augment: AugmentConfig, seed: int) -> None:
+    def __init__(self, source: ImageSource, augment: AugmentConfig, seed: int, backend: str = "pil") -> None:
         if len(source) == 0:
             raise DataError("the dataset is empty: no images with extensions " + ", ".join(IMAGE_EXTENSIONS))
-        self.source, self.augment, self.seed = source, augment, seed
+        if backend not in BACKENDS:
+            raise DataError(f"unknown augmentation backend {backend!r}; accepted: {', '.join(BACKENDS)}")
+        self.source, self.augment, self.seed, self.backend = source, augment, seed, backend
 
     def __len__(self) -> int:
         return len(self.source)
 
-    def load(self, index: int) -> Image.Image | None:
+    def load(self, index: int) -> Image.Image | np.ndarray | None:
         try:
-            with Image.open(io.BytesIO(self.source.read(index))) as img:
+            data = self.source.read(index)
+            if self.backend == "opencv":  # OpenCV's decoder straight to an array (no PIL copy)
+                return decode_rgb(data)
+            with Image.open(io.BytesIO(data)) as img:
                 img.load()
                 return to_rgb(img)
         except Exception as err:  # a corrupt file costs one sample, not the run
@@ -56,7 +61,7 @@ class TwoViewDataset(Dataset):
         for skipped in range(self.max_substitutes):
             rgb = self.load((index + skipped) % len(self))
             if rgb is not None:
-                v1, v2 = two_views(rgb, self.augment, sample_rng(self.seed, epoch, index))
+                v1, v2 = two_views(rgb, self.augment, sample_rng(self.seed, epoch, index), self.backend)
                 return v1, v2, skipped
         raise DataError(f"{self.max_substitutes} consecutive unreadable images from index {index}; is the data corrupt?")
 
@@ -93,6 +98,16 @@ class ResumableSampler(Sampler):
             indices = self.epoch_indices(epoch)
             for index in indices[self.start if epoch == self.start_epoch else 0:]:
                 yield epoch, index
+
+
+def single_threaded_worker(worker_id: int = 0) -> None:
+    """Loader workers augment on one core each: pin OpenCV's threads (torch's are set per worker already)."""
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
 
 
 def collate_views(items: list[tuple[np.ndarray, np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -55,6 +55,7 @@ from training.data import (
     TwoViewDataset,
     collate_views,
     open_source,
+    single_threaded_worker,
     steps_per_epoch,
     to_device_views,
 )
@@ -172,7 +173,7 @@ def build_run(args: argparse.Namespace) -> Run:
     augment = AugmentConfig(size=cfg.image_size, scale=(cfg.crop_scale_min, 1.0),
                             view1=ViewParams(cfg.blur_probs[0], cfg.solarize_probs[0]),
                             view2=ViewParams(cfg.blur_probs[1], cfg.solarize_probs[1]))
-    dataset = TwoViewDataset(open_source(args.data), augment, cfg.seed)
+    dataset = TwoViewDataset(open_source(args.data), augment, cfg.seed, cfg.augment_backend)
     batch, accum = cfg.batch_size_per_device, cfg.grad_accum_steps
     spe = steps_per_epoch(len(dataset), world, batch, accum)
     plan = config_plan(spe, cfg.epochs, cfg.warmup_epochs, cfg.max_steps)
@@ -249,6 +250,7 @@ def make_loader(run: Run) -> torch.utils.data.DataLoader:
     workers = cfg.num_workers
     return torch.utils.data.DataLoader(run.dataset, batch_size=batch, sampler=sampler, num_workers=workers,
                                        collate_fn=collate_views, pin_memory=run.accelerator.device.type == "cuda",
+                                       worker_init_fn=single_threaded_worker if workers > 0 else None,
                                        persistent_workers=workers > 0, drop_last=True,
                                        prefetch_factor=4 if workers > 0 else None)
 
