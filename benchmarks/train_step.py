@@ -1,8 +1,10 @@
 """Time one BYOL training step (images/s) for this trainer and its peers, in the same run.
 
-Same model (torchvision ResNet), batch, resolution and pre-made views for everyone; each view goes
-through the online and target networks separately (BatchNorm statistics per view), one EMA update and
-one optimizer step per iteration, at equal precision (fp32, or bf16 autocast + channels_last).
+Same model (torchvision ResNet), batch, resolution and pre-made views for everyone; BatchNorm statistics per
+view, one EMA update and one optimizer step per iteration, at equal precision (fp32, or bf16 autocast). Ours
+runs as the trainer does by default: channels_last and both views as one batch through per-view BatchNorm
+(the same method, tested in tests/training/test_method.py); lightly runs as documented (channels_last under
+bf16 too, as before).
 
     python benchmarks/train_step.py                        # ResNet-50, 64x64, batch 32, fp32 and bf16
     python benchmarks/train_step.py --arch resnet18 --size 96 --batch 64 --precision bf16
@@ -119,8 +121,9 @@ def byol_pytorch(arch: str, channels_last: bool) -> tuple[Callable, torch.nn.Mod
     return step, learner
 
 
-# "ours" is what training/pretrain.py runs: views fused under mixed precision, one forward per view in fp32
-PEERS = {"ours": lambda arch, cl: ours(arch, cl, fuse_views=cl),
+# "ours" is what training/pretrain.py runs with its defaults: channels_last and fused views, in fp32 and bf16.
+# lightly and byol-pytorch run as documented (channels_last given to them too under bf16, as before).
+PEERS = {"ours": lambda arch, cl: ours(arch, True, fuse_views=True),
          "ours-per-view": lambda arch, cl: ours(arch, cl, fuse_views=False),
          "lightly": lightly_byol, "byol-pytorch": byol_pytorch}
 

