@@ -24,7 +24,7 @@ from hub.interop import (
     preprocessor_config,
     transformers_config,
     transformers_key,
-    unsupported_reason,
+    transformers_reason,
 )
 
 if TYPE_CHECKING:
@@ -149,7 +149,7 @@ class HubIOMixin:
             elif not (onnx_matches and (target / ONNX_NAME).exists()):
                 self.config.onnx = {}  # an ONNX graph made from other weights no longer belongs here
             self.config.transformers = {}
-            if transformers and unsupported_reason(self.config) is None:
+            if transformers and transformers_reason(self.config) is None:
                 self.config.transformers = write_transformers_folder(state, self.config, staging / TRANSFORMERS_DIR)
             self.config.save(staging)
             existing_card = target / CARD_NAME

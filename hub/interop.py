@@ -45,6 +45,19 @@ def unsupported_reason(config: Any) -> str | None:
     return None
 
 
+# ConvNextImageProcessor center-crops only below 384 (at 384 and above it warps the image to a square)
+PROCESSOR_MAX_CROP = 383
+
+
+def transformers_reason(config: Any) -> str | None:
+    """Why the ``transformers/`` subfolder is not written for this model, or ``None`` when it is."""
+    reason = unsupported_reason(config)
+    if reason is None and config.preprocessing.crop_size > PROCESSOR_MAX_CROP:
+        reason = (f"transformers' ConvNextImageProcessor warps instead of center-cropping at {PROCESSOR_MAX_CROP + 1} "
+                  "px and above, so its pipeline would not match this model's preprocessing")
+    return reason
+
+
 def crop_pct(resize: int, crop: int) -> float:
     """``crop / resize``, nudged down where float rounding would make ``int(crop / crop_pct)`` one short of
     ``resize`` (timm and transformers both recover the resize that way)."""

@@ -208,6 +208,10 @@ def test_without_the_subfolder_timm_still_loads_and_the_card_says_so(tmp_path, p
     model.save_pretrained(tmp_path / "m", transformers=False)
     assert not (tmp_path / "m" / "transformers").exists()
     assert "saved without the `transformers/` subfolder" in (tmp_path / "m" / "README.md").read_text()
+    big = BYOLModel(ModelConfig(architecture="resnet18", preprocessing={"resize_size": 438, "crop_size": 384}))
+    big.save_pretrained(tmp_path / "big", onnx=False)  # the processor would warp, not crop: no subfolder
+    assert not (tmp_path / "big" / "transformers").exists()
+    assert "warps instead of center-cropping" in (tmp_path / "big" / "README.md").read_text()
     # re-saving with the subfolder and then without it removes the stale one
     model.save_pretrained(tmp_path / "m2")
     assert (tmp_path / "m2" / "transformers" / "model.safetensors").exists()
