@@ -40,9 +40,11 @@ class TrainConfig:
     solarize_probs: list[float] = field(default_factory=lambda: [0.0, 0.2],
                                         metadata={"help": "solarize probability of view 1 and view 2"})
     augment_backend: str = field(default="opencv", metadata={
-        "help": "opencv | pil: how the views' pixels are computed; both apply the same drawn parameters (crop, "
-                "flip, jitter order and factors, grayscale, blur sigma, solarize) with the same output statistics; "
-                "opencv (OpenCV decode + ops) measured 2.7x faster per core than pil"})
+        "help": "opencv | pil | device: where and how the views are made; all apply the same drawn parameters "
+                "(crop, flip, jitter order and factors, grayscale, blur sigma, solarize). opencv and pil run in the "
+                "loader workers (opencv measured 2.7x faster per core); device decodes JPEGs on the training device "
+                "(torchvision decode_jpeg, the GPU there) and applies the recipe as batched per-sample tensor ops, so "
+                "a GPU is not capped by the CPUs' augmentation"})
     eval_resize: int = field(default=256, metadata={"help": "resize of the published model's preprocessing"})
     num_workers: int = field(default=8, metadata={"help": "data loader worker processes per rank"})
     # batch and schedule
@@ -104,8 +106,8 @@ class TrainConfig:
             raise ConfigError(f"mixed_precision {self.mixed_precision!r}; accepted: fp16, bf16, no")
         if self.cpu_precision not in CPU_PRECISIONS:
             raise ConfigError(f"cpu_precision {self.cpu_precision!r}; accepted: {', '.join(CPU_PRECISIONS)}")
-        if self.augment_backend not in ("pil", "opencv"):
-            raise ConfigError(f"augment_backend {self.augment_backend!r}; accepted: pil, opencv")
+        if self.augment_backend not in ("opencv", "pil", "device"):
+            raise ConfigError(f"augment_backend {self.augment_backend!r}; accepted: opencv, pil, device")
         if len(self.blur_probs) != 2 or len(self.solarize_probs) != 2:
             raise ConfigError("blur_probs and solarize_probs take two values (view 1, view 2)")
 

@@ -12,6 +12,7 @@ import io
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from torch.utils.data import Dataset, Sampler
 
 from hub.preprocess import to_rgb
 from hub.sources import IMAGE_EXTENSIONS, DataError, ImageSource, open_source  # one home for listing inputs
-from training.augment import BACKENDS, AugmentConfig, decode_rgb, sample_rng, two_views
+from training.augment import BACKENDS, AugmentConfig, ViewDraw, decode_rgb, draw_view, sample_rng, two_views
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +38,8 @@ class TwoViewDataset(Dataset):
     def __init__(self, source: ImageSource, augment: AugmentConfig, seed: int, backend: str = "pil") -> None:
         if len(source) == 0:
             raise DataError("the dataset is empty: no images with extensions " + ", ".join(IMAGE_EXTENSIONS))
-        if backend not in BACKENDS:
-            raise DataError(f"unknown augmentation backend {backend!r}; accepted: {', '.join(BACKENDS)}")
+        if backend not in (*BACKENDS, "device"):
+            raise DataError(f"unknown augmentation backend {backend!r}; accepted: {', '.join(BACKENDS)}, device")
         self.source, self.augment, self.seed, self.backend = source, augment, seed, backend
 
     def __len__(self) -> int:
@@ -56,13 +57,31 @@ class TwoViewDataset(Dataset):
             logger.debug("skipping unreadable image %d: %s", index, err)
             return None
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, int]:
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Any, Any, int]:
         epoch, index = key
+        if self.backend == "device":
+            return self._raw_item(epoch, index)
         for skipped in range(self.max_substitutes):
             rgb = self.load((index + skipped) % len(self))
             if rgb is not None:
                 v1, v2 = two_views(rgb, self.augment, sample_rng(self.seed, epoch, index), self.backend)
                 return v1, v2, skipped
+        raise DataError(f"{self.max_substitutes} consecutive unreadable images from index {index}; is the data corrupt?")
+
+    def _raw_item(self, epoch: int, index: int) -> tuple[bytes, tuple[ViewDraw, ViewDraw], int]:
+        """The ``device`` backend: the bytes and both views' drawn parameters (decoded and applied in the step)."""
+        from training.device_augment import header_size
+
+        for skipped in range(self.max_substitutes):
+            try:
+                data = self.source.read((index + skipped) % len(self))
+            except OSError:
+                continue
+            size = header_size(data)
+            if size is not None:
+                rng = sample_rng(self.seed, epoch, index)
+                cfg = self.augment
+                return data, (draw_view(rng, *size, cfg, cfg.view1), draw_view(rng, *size, cfg, cfg.view2)), skipped
         raise DataError(f"{self.max_substitutes} consecutive unreadable images from index {index}; is the data corrupt?")
 
 
@@ -108,6 +127,34 @@ def single_threaded_worker(worker_id: int = 0) -> None:
         cv2.setNumThreads(1)
     except ImportError:
         pass
+
+
+def collate_raw(items: list[tuple[bytes, tuple[ViewDraw, ViewDraw], int]]) -> tuple[list, list, int]:
+    """The ``device`` backend's batch: the encoded images, both views' draws, and the skipped-file count."""
+    return [item[0] for item in items], [item[1] for item in items], sum(item[2] for item in items)
+
+
+def device_views(batch: tuple, device: torch.device, augment: AugmentConfig, mean: tuple[float, ...],
+                 std: tuple[float, ...], channels_last: bool) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Decode on ``device`` and build both views there; an image that fails to decode is replaced by another of
+    the batch (counted as skipped), so the batch keeps its size."""
+    from training.device_augment import apply_views, decode_batch
+
+    blobs, draws, skipped = batch
+    images = decode_batch(blobs, device)
+    good = [i for i, img in enumerate(images) if img is not None]
+    if not good:
+        raise DataError("no image of this batch could be decoded on the device")
+    fill = [i if images[i] is not None else good[n % len(good)] for n, i in enumerate(range(len(images)))]
+    skipped += len(images) - len(good)
+    imgs = [images[i] for i in fill]
+    m = torch.tensor(mean, device=device).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=device).view(1, 3, 1, 1)
+    views = []
+    for v in range(2):
+        x = apply_views(imgs, [draws[i][v] for i in fill], augment).sub_(m).div_(s)
+        views.append(x.contiguous(memory_format=torch.channels_last) if channels_last else x)
+    return views[0], views[1], skipped
 
 
 def collate_views(items: list[tuple[np.ndarray, np.ndarray, int]]) -> tuple[torch.Tensor, torch.Tensor, int]:

@@ -53,7 +53,9 @@ from training.data import (
     DataError,
     ResumableSampler,
     TwoViewDataset,
+    collate_raw,
     collate_views,
+    device_views,
     open_source,
     single_threaded_worker,
     steps_per_epoch,
@@ -251,7 +253,8 @@ def make_loader(run: Run) -> torch.utils.data.DataLoader:
                                end_epoch=ceil_epochs(max(full_steps, plan.total_steps), plan.steps_per_epoch))
     workers = cfg.num_workers
     return torch.utils.data.DataLoader(run.dataset, batch_size=batch, sampler=sampler, num_workers=workers,
-                                       collate_fn=collate_views, pin_memory=run.accelerator.device.type == "cuda",
+                                       collate_fn=collate_raw if cfg.augment_backend == "device" else collate_views,
+                                       pin_memory=run.accelerator.device.type == "cuda" and cfg.augment_backend != "device",
                                        worker_init_fn=single_threaded_worker if workers > 0 else None,
                                        persistent_workers=workers > 0, drop_last=True,
                                        prefetch_factor=4 if workers > 0 else None)
@@ -374,10 +377,14 @@ def train_loop(run: Run) -> LoopResult:
                 group["lr"] = lr_now
             step_loss, z_last = torch.zeros((), device=device), None
             for micro in range(cfg.grad_accum_steps):
-                v1, v2, skipped = next(micro_batches)
+                batch = next(micro_batches)
+                if cfg.augment_backend == "device":  # decode + augment here, on the training device
+                    v1, v2, skipped = device_views(batch, device, run.dataset.augment, mean, std, cfg.channels_last)
+                else:
+                    v1, v2, skipped = batch
+                    v1 = to_device_views(v1, device, mean, std, cfg.channels_last)
+                    v2 = to_device_views(v2, device, mean, std, cfg.channels_last)
                 result.skipped += skipped
-                v1 = to_device_views(v1, device, mean, std, cfg.channels_last)
-                v2 = to_device_views(v2, device, mean, std, cfg.channels_last)
                 last_micro = micro == cfg.grad_accum_steps - 1
                 with (nullcontext() if last_micro else accelerator.no_sync(model)), accelerator.autocast():
                     loss, z_last = model(v1, v2)

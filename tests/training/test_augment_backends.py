@@ -71,3 +71,58 @@ def test_opencv_decode_keeps_exif_orientation_and_skips_corrupt_files(photos, tm
     data = TwoViewDataset(FileSource([tmp_path / "b.jpg", tmp_path / "a.jpg"]), AugmentConfig(size=32), 0, "opencv")
     v1, v2, skipped = data[(0, 0)]
     assert skipped == 1 and v1.shape == v2.shape == (32, 32, 3)
+
+
+def _jpeg(img, **kw) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, "JPEG", quality=92, **kw)
+    return buf.getvalue()
+
+
+def test_device_backend_draws_the_same_parameters_and_matches_the_pil_statistics(photos, tmp_path):
+    import io
+
+    import torch
+    from PIL import Image
+
+    from hub.sources import FileSource
+    from training.augment import apply_pil
+    from training.data import TwoViewDataset, collate_raw, device_views
+    from training.device_augment import apply_views, decode_batch
+
+    cfg = AugmentConfig(size=64)
+    paths = []
+    for i, img in enumerate(photos):
+        paths.append(tmp_path / f"{i}.jpg")
+        paths[-1].write_bytes(_jpeg(img.resize((320, 240))))
+    data = TwoViewDataset(FileSource(paths), cfg, seed=5, backend="device")
+    blob, (d1, d2), skipped = data[(3, 2)]
+    rng = sample_rng(5, 3, 2)
+    assert (d1, d2) == (draw_view(rng, 320, 240, cfg, cfg.view1), draw_view(rng, 320, 240, cfg, cfg.view2))
+    assert data[(3, 2)][1] == (d1, d2) and skipped == 0  # a function of (seed, epoch, index): resumable
+
+    pil, dev = [], []
+    for i in range(96):
+        image = photos[i % len(photos)].resize((320, 240))
+        blob = _jpeg(image)
+        rng = sample_rng(7, 0, i)
+        draws = (draw_view(rng, 320, 240, cfg, cfg.view1), draw_view(rng, 320, 240, cfg, cfg.view2))
+        decoded = decode_batch([blob], torch.device("cpu"))[0]
+        reference = Image.open(io.BytesIO(blob)).convert("RGB")
+        for d in draws:
+            pil.append(apply_pil(reference, d, cfg).astype(np.float64))
+            dev.append(apply_views([decoded], [d], cfg)[0].permute(1, 2, 0).numpy() * 255.0)
+    pil, dev = np.stack(pil), np.stack(dev)
+    m_pil, m_dev = pil.mean(axis=(0, 1, 2)), dev.mean(axis=(0, 1, 2))
+    s_pil, s_dev = pil.std(axis=(0, 1, 2)), dev.std(axis=(0, 1, 2))
+    print(f"device vs pil: means {m_dev.round(1)} / {m_pil.round(1)}, stds {s_dev.round(1)} / {s_pil.round(1)}")
+    assert np.abs(m_pil - m_dev).max() < 3.0 and np.abs(s_pil - s_dev).max() < 3.0
+    assert np.corrcoef(pil.mean(axis=(1, 2, 3)), dev.mean(axis=(1, 2, 3)))[0, 1] > 0.98
+
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x00" * 64)
+    batch = collate_raw([data[(0, 0)], data[(0, 1)]])
+    batch = ([batch[0][0], (tmp_path / "broken.jpg").read_bytes()], batch[1], batch[2])
+    v1, v2, skipped = device_views(batch, torch.device("cpu"), cfg, (0.5,) * 3, (0.25,) * 3, False)
+    assert v1.shape == v2.shape == (2, 3, 64, 64) and skipped == 1  # the batch keeps its size

@@ -133,3 +133,15 @@ def test_resume_refuses_what_it_cannot_continue(finished_run, tmp_path, case, me
                            *extra], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+def test_device_data_backend_trains_and_publishes(tmp_path, photo_dir):
+    """The `device` backend (decode + views as tensor ops on the training device) runs the same loop on CPU."""
+    out = tmp_path / "device"
+    proc = run(["--config", "smoke", "--data", str(photo_dir), "--output", str(out), "--batch-size-per-device", "4",
+                "--total-batch-size", "8", "--num-workers", "1", "--no-export-onnx", "--no-export-transformers",
+                "--augment-backend", "device"], launcher=[sys.executable])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["step"] == 4 and metrics[-1]["skipped_images"] >= 1  # photo_dir holds one corrupt file
+    assert (out / "final" / "model.safetensors").exists()
