@@ -120,7 +120,7 @@ async def search(request: Request, state: ReadyState, _: Auth,
     else:
         raise ServiceError(415, "unsupported_media_type",
                            "send multipart/form-data (an image file) or application/json ({image} or {id})")
-    if k is not None and body_k is not None and int(body_k) != k:
+    if k is not None and body_k is not None and _k(body_k, state) != _k(k, state):
         raise ServiceError(400, "conflicting_parameters", f"k is {k} in the query string but {body_k} in the body")
     count = _k(k if k is not None else body_k, state)
     layer = index.meta["layer"]

@@ -282,6 +282,8 @@ def test_search_route_answers_like_the_cli(indexed, trained_model, dataset, caps
         r = client.post("/search", json={"image": base64.b64encode(blob).decode()})
         assert r.json()["results"][0]["id"] == "photo1/02.jpg"
         assert client.post("/search?k=0", files={"image": ("q.jpg", blob, "image/jpeg")}).status_code == 400
+        r = client.post("/search", files={"image": ("q.jpg", blob, "image/jpeg")}, data={"k": "many"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_parameter"
         bad = client.post("/search", files={"image": ("q.jpg", b"nope", "image/jpeg")})
         assert bad.status_code == 415 and bad.json()["error"]["code"] == "unsupported_image"
         assert client.post("/search", json={"id": "no/such.jpg"}).json()["error"]["code"] == "unknown_id"
