@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import sys
 from pathlib import Path
 
 # The flags (as /proc/cpuinfo spells them) that matter for this project's speed choices.
@@ -54,8 +55,8 @@ def native_bf16() -> bool:
     try:  # pragma: no cover - non-Linux fallback
         import torch
 
-        return "BF16" in torch.backends.cpu.get_cpu_capability().upper() or "AMX" in \
-            torch.backends.cpu.get_cpu_capability().upper()
+        capability = torch.backends.cpu.get_cpu_capability().upper()
+        return "BF16" in capability or "AMX" in capability
     except Exception:
         return False
 
@@ -70,13 +71,7 @@ def cpu_summary() -> str:
     ``AMD EPYC, 2 cores; avx2 yes, avx512f yes, avx512_bf16 no, amx_bf16 no, ...; native bf16 no, vnni no``."""
     flags = cpu_flags()
     listed = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in RELEVANT_FLAGS)
-    capability = ""
-    try:
-        import sys
-
-        if "torch" in sys.modules:  # never import torch just to describe the CPU
-            capability = f"; torch capability {sys.modules['torch'].backends.cpu.get_cpu_capability()}"
-    except Exception:
-        pass
+    torch = sys.modules.get("torch")  # never import torch just to describe the CPU
+    capability = f"; torch capability {torch.backends.cpu.get_cpu_capability()}" if torch is not None else ""
     return (f"{cpu_model()}, {os.cpu_count()} cores{capability}; {listed}; "
             f"native bf16 {'yes' if native_bf16() else 'no'}, vnni {'yes' if has_vnni() else 'no'}")

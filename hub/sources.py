@@ -158,7 +158,7 @@ def _parquet_source(path: Path, column: str | None) -> FileSource:
                             f"columns: {strings})")
     if column not in schema.names:
         raise DataError(f"{path.name} has no column {column!r}; string columns: {strings}")
-    values = [v for v in pq.read_table(path, columns=[column]).column(column).to_pylist()]
+    values = pq.read_table(path, columns=[column]).column(column).to_pylist()
     if any(v is None for v in values):
         raise DataError(f"{path.name}: column {column!r} has empty rows")
     paths = [Path(v) if Path(v).is_absolute() else path.parent / v for v in values]

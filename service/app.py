@@ -12,7 +12,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI  # noqa: F401  (the type create_app returns)
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service.backends import Backend, build_backend, resolve_for_backend

@@ -2,27 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 
 from hub.layers import check_layers, output_name
 from service.embedding import (
     EmbedOptions,
-    decode_and_preprocess,
     decode_base64_image,
     encode_vector,
     make_options,
     parse_bool,
-    run_images,
 )
 from service.errors import ServiceError
+from service.requests import embed_blobs, read_form, read_json
 from service.schemas import (
     EMBED_ERRORS,
     MULTIPART_EMBED_SCHEMA,
@@ -38,30 +34,12 @@ router = APIRouter()
 OPTION_NAMES = ("layers", "pooling", "normalize", "encoding")
 
 
-def _malformed(err: ValidationError | ValueError) -> ServiceError:
-    if isinstance(err, ValidationError):
-        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors())
-    else:
-        detail = str(err)
-    return ServiceError(422, "malformed_request", f"malformed JSON body: {detail}")
-
-
 def _normalized(name: str, value: Any) -> Any:
     if name == "layers":
         return check_layers(value)
     if name == "normalize":
         return parse_bool(value, name)
     return value
-
-
-async def _json_body(request: Request, schema: type[BaseModel]) -> BaseModel:
-    raw = await request.body()
-    try:
-        return schema.model_validate(json.loads(raw))
-    except json.JSONDecodeError as err:
-        raise _malformed(ValueError(f"not JSON ({err.msg} at position {err.pos})")) from None
-    except ValidationError as err:
-        raise _malformed(err) from None
 
 
 def _check_count(count: int, state: ServiceState) -> None:
@@ -71,16 +49,6 @@ def _check_count(count: int, state: ServiceState) -> None:
     limit = state.settings.max_images
     if count > limit:
         raise ServiceError(413, "too_many_images", f"{count} images; at most {limit} per request")
-
-
-async def _embed_images(state: ServiceState, request: Request, blobs: list[bytes],
-                        options: EmbedOptions) -> list[dict[str, np.ndarray]]:
-    settings = state.settings
-    loop = asyncio.get_running_loop()
-    pixels = await loop.run_in_executor(state.decode_pool, decode_and_preprocess, blobs, state.config,
-                                        settings.max_pixels, state.metrics.decode_errors.inc,
-                                        settings.fast_jpeg_decode)
-    return await run_images(state.engine, pixels, settings.request_timeout_s, request.is_disconnected)
 
 
 def _response(state: ServiceState, results: list[dict[str, np.ndarray]], options: EmbedOptions) -> JSONResponse:
@@ -109,12 +77,7 @@ async def embed(request: Request, state: ReadyState, _: Auth,
     ctype = request.headers.get("content-type", "").lower()
     if ctype.startswith("multipart/form-data"):
         limit = state.settings.max_images
-        try:
-            form = await request.form(max_files=limit + 1, max_fields=limit + 8)
-        except ServiceError:  # the body limit (413), raised while the form streams in
-            raise
-        except Exception as err:
-            raise ServiceError(400, "malformed_multipart", f"cannot parse the multipart body: {err}") from None
+        form = await read_form(request, max_files=limit + 1, max_fields=limit + 8)
         unknown = sorted({key for key in form.keys() if key != "images"})
         if unknown:
             raise ServiceError(400, "unknown_field", f"unknown form field(s) {unknown}: send files in 'images' fields "
@@ -128,7 +91,7 @@ async def embed(request: Request, state: ReadyState, _: Auth,
             blobs.append(await item.read())
         options = make_options(layers, pooling, normalize, encoding, outputs)
     elif ctype.startswith("application/json"):
-        body = await _json_body(request, EmbedBody)
+        body = await read_json(request, EmbedBody)
         given = body.model_dump(exclude_unset=True)
         for name in OPTION_NAMES:
             if query[name] is not None and name in given and \
@@ -142,7 +105,7 @@ async def embed(request: Request, state: ReadyState, _: Auth,
     else:
         raise ServiceError(415, "unsupported_media_type",
                            "send multipart/form-data (images files) or application/json (base64 images)")
-    results = await _embed_images(state, request, blobs, options)
+    results = await embed_blobs(state, request, blobs)
     return _response(state, results, options)
 
 
@@ -151,7 +114,7 @@ async def embed(request: Request, state: ReadyState, _: Auth,
              openapi_extra=request_body(json_model=OpenAIEmbeddingsBody),
              description="`input`: a data:image/...;base64 URI or bare base64, or a list of them.")
 async def openai_embeddings(request: Request, state: ReadyState, _: Auth) -> JSONResponse:
-    body = await _json_body(request, OpenAIEmbeddingsBody)
+    body = await read_json(request, OpenAIEmbeddingsBody)
     if body.model is not None and body.model != state.model_id:
         raise ServiceError(400, "model_not_found", f"this server serves {state.model_id!r}, not {body.model!r}")
     size = state.config.num_features
@@ -160,8 +123,7 @@ async def openai_embeddings(request: Request, state: ReadyState, _: Auth) -> JSO
     inputs = [body.input] if isinstance(body.input, str) else body.input
     _check_count(len(inputs), state)
     blobs = [decode_base64_image(text, i) for i, text in enumerate(inputs)]
-    options = EmbedOptions(("avgpool",), "gap", True, body.encoding_format)
-    results = await _embed_images(state, request, blobs, options)
+    results = await embed_blobs(state, request, blobs)
     data: list[dict[str, Any]] = [
         {"object": "embedding", "index": i, "embedding": encode_vector(row["avgpool"], True, body.encoding_format)}
         for i, row in enumerate(results)]

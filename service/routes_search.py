@@ -8,7 +8,6 @@ and pooling the server outputs: anything else is refused at start.
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 import numpy as np
@@ -18,8 +17,9 @@ from starlette.datastructures import UploadFile
 
 from hub.hub_io import ResolvedModel
 from hub.layers import output_name
-from service.embedding import decode_and_preprocess, decode_base64_image, run_images
+from service.embedding import decode_base64_image
 from service.errors import ServiceError
+from service.requests import embed_blobs, read_form, read_json
 from service.schemas import (
     EMBED_ERRORS,
     SearchBody,
@@ -50,12 +50,11 @@ def open_search_index(settings: ServiceSettings, resolved: ResolvedModel, output
     except EmbedJobError as err:
         raise SearchIndexError(f"--index {settings.index}: {err}") from None
     manifest, meta = index.manifest, index.meta
-    served = resolved.config.weights_sha256
-    if manifest.weights_sha256 and served and manifest.weights_sha256 != served:
+    if manifest.made_with_other_weights(resolved.config):
         raise SearchIndexError(
             f"--index {settings.index} was embedded with another model ({manifest.model_id}, weights sha256 "
-            f"{manifest.weights_sha256[:12]}) than the one served ({resolved.model_id}, {served[:12]}); serve that "
-            "model, or embed the set again with this one")
+            f"{manifest.weights_sha256[:12]}) than the one served ({resolved.model_id}, "
+            f"{resolved.config.weights_sha256[:12]}); serve that model, or embed the set again with this one")
     if manifest.architecture != resolved.config.architecture:
         raise SearchIndexError(f"--index {settings.index} holds {manifest.architecture} vectors; this server runs a "
                                f"{resolved.config.architecture}")
@@ -92,12 +91,7 @@ async def search(request: Request, state: ReadyState, _: Auth,
     ctype = request.headers.get("content-type", "").lower()
     item_id, blob, body_k = None, None, None
     if ctype.startswith("multipart/form-data"):
-        try:
-            form = await request.form(max_files=2, max_fields=4)
-        except ServiceError:
-            raise
-        except Exception as err:
-            raise ServiceError(400, "malformed_multipart", f"cannot parse the multipart body: {err}") from None
+        form = await read_form(request, max_files=2, max_fields=4)
         unknown = sorted(key for key in form.keys() if key not in ("image", "k"))
         items = form.getlist("image")
         if unknown or len(items) != 1 or not isinstance(items[0], UploadFile):
@@ -106,12 +100,7 @@ async def search(request: Request, state: ReadyState, _: Auth,
         blob = await items[0].read()
         body_k = form.get("k")
     elif ctype.startswith("application/json"):
-        from pydantic import ValidationError
-
-        try:
-            body = SearchBody.model_validate(json.loads(await request.body()))
-        except (json.JSONDecodeError, ValidationError) as err:
-            raise ServiceError(422, "malformed_request", f"malformed JSON body: {err}") from None
+        body = await read_json(request, SearchBody)
         if (body.image is None) == (body.id is None):
             raise ServiceError(400, "invalid_parameter", "give exactly one of 'image' (base64) and 'id'")
         item_id, body_k = body.id, body.k
@@ -132,11 +121,7 @@ async def search(request: Request, state: ReadyState, _: Auth,
         except EmbedJobError as err:
             raise ServiceError(404, "unknown_id", str(err)) from None
     else:
-        loop = asyncio.get_running_loop()
-        pixels = await loop.run_in_executor(state.decode_pool, decode_and_preprocess, [blob], state.config,
-                                            state.settings.max_pixels, state.metrics.decode_errors.inc,
-                                            state.settings.fast_jpeg_decode)
-        rows = await run_images(state.engine, pixels, state.settings.request_timeout_s, request.is_disconnected)
+        rows = await embed_blobs(state, request, [blob])
         vector = np.asarray(rows[0][output_name(layer, index.manifest.pooling)], np.float32)
     results = await asyncio.to_thread(index.search, vector, count, item_id)
     state.metrics.searches.inc()

@@ -45,9 +45,16 @@ class TwoViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def load(self, index: int) -> Image.Image | np.ndarray | None:
+    def load(self, index: int) -> Image.Image | np.ndarray | tuple[bytes, tuple[int, int]] | None:
+        """The decoded image (``opencv``: an array; ``pil``: a PIL image), or for ``device`` the bytes and the
+        displayed size read from the header (decoding happens in the step); None when unreadable."""
         try:
             data = self.source.read(index)
+            if self.backend == "device":
+                from training.device_augment import header_size
+
+                size = header_size(data)
+                return None if size is None else (data, size)
             if self.backend == "opencv":  # OpenCV's decoder straight to an array (no PIL copy)
                 return decode_rgb(data)
             with Image.open(io.BytesIO(data)) as img:
@@ -58,30 +65,20 @@ class TwoViewDataset(Dataset):
             return None
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[Any, Any, int]:
+        """``(view1, view2, skipped)``; for the ``device`` backend ``(bytes, (draw1, draw2), skipped)``."""
         epoch, index = key
-        if self.backend == "device":
-            return self._raw_item(epoch, index)
         for skipped in range(self.max_substitutes):
-            rgb = self.load((index + skipped) % len(self))
-            if rgb is not None:
-                v1, v2 = two_views(rgb, self.augment, sample_rng(self.seed, epoch, index), self.backend)
-                return v1, v2, skipped
-        raise DataError(f"{self.max_substitutes} consecutive unreadable images from index {index}; is the data corrupt?")
-
-    def _raw_item(self, epoch: int, index: int) -> tuple[bytes, tuple[ViewDraw, ViewDraw], int]:
-        """The ``device`` backend: the bytes and both views' drawn parameters (decoded and applied in the step)."""
-        from training.device_augment import header_size
-
-        for skipped in range(self.max_substitutes):
-            try:
-                data = self.source.read((index + skipped) % len(self))
-            except OSError:
+            loaded = self.load((index + skipped) % len(self))
+            if loaded is None:
                 continue
-            size = header_size(data)
-            if size is not None:
-                rng = sample_rng(self.seed, epoch, index)
+            rng = sample_rng(self.seed, epoch, index)
+            if self.backend == "device":
+                data, (width, height) = loaded
                 cfg = self.augment
-                return data, (draw_view(rng, *size, cfg, cfg.view1), draw_view(rng, *size, cfg, cfg.view2)), skipped
+                return data, (draw_view(rng, width, height, cfg, cfg.view1),
+                              draw_view(rng, width, height, cfg, cfg.view2)), skipped
+            v1, v2 = two_views(loaded, self.augment, rng, self.backend)
+            return v1, v2, skipped
         raise DataError(f"{self.max_substitutes} consecutive unreadable images from index {index}; is the data corrupt?")
 
 
@@ -145,7 +142,7 @@ def device_views(batch: tuple, device: torch.device, augment: AugmentConfig, mea
     good = [i for i, img in enumerate(images) if img is not None]
     if not good:
         raise DataError("no image of this batch could be decoded on the device")
-    fill = [i if images[i] is not None else good[n % len(good)] for n, i in enumerate(range(len(images)))]
+    fill = [i if img is not None else good[i % len(good)] for i, img in enumerate(images)]
     skipped += len(images) - len(good)
     imgs = [images[i] for i in fill]
     m = torch.tensor(mean, device=device).view(1, 3, 1, 1)

@@ -53,8 +53,9 @@ def decode_batch(blobs: list[bytes], device: torch.device) -> list[torch.Tensor 
                     out[i] = decode_jpeg(tensor, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
                 except RuntimeError:
                     out[i] = None
+    others = set(range(len(blobs))) - set(jpegs)
     for i, blob in enumerate(blobs):
-        if out[i] is None and i not in jpegs:
+        if i in others:
             try:
                 from hub.preprocess import to_rgb
 

@@ -123,9 +123,20 @@ class Run:
     def main(self) -> bool:
         return self.accelerator.is_main_process
 
+    @property
+    def wall_s(self) -> float:
+        """Wall seconds of the run so far, a resumed run's earlier processes included."""
+        return self.budget_spent_s + time.monotonic() - self.started
+
     def trainer_state(self) -> dict[str, Any]:
-        return {"plan": self.plan.to_dict(), "budget_spent_s": self.budget_spent_s + time.monotonic() - self.started,
-                "last_loss": self.last_loss}
+        return {"plan": self.plan.to_dict(), "budget_spent_s": self.wall_s, "last_loss": self.last_loss}
+
+    def budget_outcome(self, stopped_by_budget: bool) -> dict[str, Any] | None:
+        """What a time budget planned and what was done (None without a budget): for the run record and the card."""
+        if not self.plan.budget:
+            return None
+        return {**self.plan.budget, "done_steps": self.step, "wall_min": round(self.wall_s / 60, 2),
+                "stopped_by_budget": stopped_by_budget}
 
     def save(self) -> None:
         save_checkpoint(self.accelerator, self.output, self.step, self.cfg.keep_checkpoints, self.trainer_state())
@@ -279,8 +290,7 @@ class Budget:
     def deadline_passed(self) -> bool:
         if not self.active:
             return False
-        spent = self.run.budget_spent_s + time.monotonic() - self.run.started
-        flag = torch.tensor(float(spent >= self.seconds), device=self.run.accelerator.device)
+        flag = torch.tensor(float(self.run.wall_s >= self.seconds), device=self.run.accelerator.device)
         return bool(self.run.accelerator.gather(flag).max() > 0)
 
     def after_step(self) -> None:
@@ -306,8 +316,7 @@ class Budget:
         images_per_step = run.cfg.batch_size_per_device * run.cfg.grad_accum_steps
         # one training image = two views forward + backward, about 6 forward passes; evaluation decodes too: x2
         monitor_s = self.monitor_images * step_s / max(images_per_step * 6, 1) * 2
-        elapsed = run.budget_spent_s + time.monotonic() - run.started
-        run.plan = plan_for_budget(run.plan, budget_s=self.seconds, elapsed_s=elapsed, done_steps=run.step,
+        run.plan = plan_for_budget(run.plan, budget_s=self.seconds, elapsed_s=run.wall_s, done_steps=run.step,
                                    step_s=step_s, checkpoint_s=checkpoint_s,
                                    checkpoint_every=run.cfg.checkpoint_every, monitor_s=monitor_s,
                                    export_s=estimate_export_s(checkpoint_s, run.cfg.export_onnx))
@@ -430,7 +439,7 @@ def train_loop(run: Run) -> LoopResult:
 # Stage 3: publish
 
 
-def publish(run: Run, result: LoopResult, name: str) -> Path:
+def publish(run: Run, result: LoopResult, name: str, budget: dict[str, Any] | None = None) -> Path:
     """Save the online backbone as a hub model folder with its card."""
     cfg, record = run.cfg, run.record
     encoder = BYOLModel(ModelConfig.from_dict(run.model_config.to_dict()))
@@ -446,11 +455,8 @@ def publish(run: Run, result: LoopResult, name: str) -> Path:
                                "optimizer_batch": record["optimizer_batch"], "lr": record["lr"],
                                "precision": record["precision"], "world_size": record["world_size"],
                                "skipped_images": result.skipped, "resolved_config": cfg.to_dict()}
-    if run.plan.budget:
-        wall = run.budget_spent_s + time.monotonic() - run.started
-        encoder.config.training["time_budget"] = {**run.plan.budget, "done_steps": run.step,
-                                                  "wall_min": round(wall / 60, 2),
-                                                  "stopped_by_budget": result.stopped_by_budget}
+    if budget:
+        encoder.config.training["time_budget"] = budget
     folder = encoder.save_pretrained(run.output / "final", onnx=cfg.export_onnx, transformers=cfg.export_transformers)
     logger.info("published the online encoder to %s (final loss %.4f)", folder, result.last_loss)
     return folder
@@ -468,13 +474,13 @@ def train(args: argparse.Namespace) -> Path | None:
     else:
         run.save()
         if run.main:
-            final = publish(run, result, args.model_name or run.output.name)
-            if run.plan.budget:
-                wall = run.budget_spent_s + time.monotonic() - run.started
-                run.record["time_budget"] = {**run.plan.budget, "done_steps": run.step, "wall_min": round(wall / 60, 2)}
+            budget = run.budget_outcome(result.stopped_by_budget)
+            final = publish(run, result, args.model_name or run.output.name, budget)
+            if budget:
+                run.record["time_budget"] = budget
                 run.write_record()
                 logger.info("time budget %.3g min: %d of %d planned steps done in %.2f min", run.cfg.time_budget_min,
-                            run.step, run.plan.total_steps, wall / 60)
+                            run.step, run.plan.total_steps, budget["wall_min"])
     run.accelerator.wait_for_everyone()
     run.accelerator.end_training()
     return final

@@ -133,7 +133,7 @@ def embed_query(manifest, image: bytes, layer: str):
     settings = ServiceSettings(model=manifest.model_id, revision=None if manifest.revision.startswith("sha256:")
                                else manifest.revision)
     resolved = resolve_for_backend(settings)
-    if manifest.weights_sha256 and resolved.config.weights_sha256 != manifest.weights_sha256:
+    if manifest.made_with_other_weights(resolved.config):
         raise EmbedJobError(f"the model at {manifest.model_id} now has other weights (sha256 "
                             f"{str(resolved.config.weights_sha256)[:12]}) than the set was embedded with "
                             f"({manifest.weights_sha256[:12]})")

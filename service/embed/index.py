@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -167,12 +168,13 @@ class LoadedIndex:
         table = feather.read_table(root / IDS_FILE)
         return cls(folder, manifest, meta, index, table.column("id").to_pylist(), table.column("path").to_pylist())
 
+    @cached_property
+    def _positions(self) -> dict[str, int]:
+        return {item_id: row for row, item_id in enumerate(self.ids)}
+
     def row_of(self, item_id: str) -> int:
         try:
             return self._positions[item_id]
-        except AttributeError:
-            self._positions = {v: i for i, v in enumerate(self.ids)}
-            return self.row_of(item_id)
         except KeyError:
             raise EmbedJobError(f"no embedded image with id {item_id!r} in this index") from None
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.hub_io import ResolvedModel
-from hub.layers import check_layers, output_name
+from hub.layers import check_layers, output_name, serving_outputs
 from hub.sources import ImageSource, open_source
 from service.embed.shards import (
     EmbedJobError,
@@ -72,7 +72,7 @@ class EmbedSettings:
             raise EmbedJobError(f"--batch-size must be positive, got {self.batch_size}")
 
 
-def serving_settings(settings: EmbedSettings, threads: int | None = None):
+def serving_settings(settings: EmbedSettings):
     """The server's settings for the same model and backend (so the job resolves and runs it as the server does)."""
     from service.settings import ServiceSettings
 
@@ -87,8 +87,8 @@ def serving_settings(settings: EmbedSettings, threads: int | None = None):
             except ImportError:
                 pass
     return ServiceSettings(model=settings.model, revision=settings.revision, local_files_only=settings.local_files_only,
-                           backend=settings.backend, device=device, threads=settings.threads if threads is None
-                           else threads, max_pixels=settings.max_pixels)
+                           backend=settings.backend, device=device, threads=settings.threads,
+                           max_pixels=settings.max_pixels)
 
 
 def build_manifest(settings: EmbedSettings, resolved: ResolvedModel, source: ImageSource, outputs: list[str]) -> Manifest:
@@ -208,18 +208,8 @@ def run_job(settings: EmbedSettings) -> JobSummary:
     out = Path(settings.output)
     out.mkdir(parents=True, exist_ok=True)
     with FolderLock(out), StopFlag() as stop:
-        backend = None
-        if settings.engine == "local":
-            backend = build_backend(resolved, serve)
-            outputs = backend.outputs
-        else:
-            from hub.layers import serving_outputs
-
-            outputs = serving_outputs(resolved.config.stem, resolved.config.input_size)
-            if settings.backend == "onnx":  # export a missing graph once here, not in every actor at once
-                from service.backends.onnx import onnx_path
-
-                onnx_path(resolved, "fp32")
+        # what every backend outputs for this model (the serving graph's outputs): no backend is loaded just to plan
+        outputs = serving_outputs(resolved.config.stem, resolved.config.input_size)
         manifest = build_manifest(settings, resolved, source, outputs)
         todo = prepare_folder(out, manifest, settings.overwrite)
         summary = JobSummary(shards_total=manifest.shard_count, shards_skipped=manifest.shard_count - len(todo),
@@ -233,9 +223,14 @@ def run_job(settings: EmbedSettings) -> JobSummary:
         bar = _progress(manifest.input_count, done_images, settings.progress)
         writer = ShardWriter(out, manifest)
         try:
-            if settings.engine == "local":
-                _run_local(settings, source, manifest, resolved, backend, shards, writer, bar, stop)
-            else:
+            if settings.engine == "local" and shards:
+                _run_local(settings, source, manifest, resolved, build_backend(resolved, serve), shards, writer, bar,
+                           stop)
+            elif shards:
+                if settings.backend == "onnx":  # export a missing graph once here, not in every actor at once
+                    from service.backends.onnx import onnx_path
+
+                    onnx_path(resolved, "fp32")
                 from service.embed.ray_engine import run_ray
 
                 run_ray(settings, serve, manifest, shards, writer, bar, stop)

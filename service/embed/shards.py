@@ -91,6 +91,10 @@ class Manifest:
         return [f"{name}: {getattr(self, name)!r} -> {getattr(other, name)!r}" for name in IDENTITY_FIELDS
                 if getattr(self, name) != getattr(other, name)]
 
+    def made_with_other_weights(self, config: Any) -> bool:
+        """True when both the manifest and ``config`` record weights and they are not the same ones."""
+        return bool(self.weights_sha256 and config.weights_sha256 and self.weights_sha256 != config.weights_sha256)
+
     def schema_metadata(self) -> dict[bytes, bytes]:
         keep = ("model_id", "revision", "weights_sha256", "pooling", "normalize", "dtype", "layers", "dims")
         return {b"byol": json.dumps({k: getattr(self, k) for k in keep}).encode()}

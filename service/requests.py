@@ -1,0 +1,54 @@
+"""Reading request bodies and embedding their images: shared by ``/embed``, ``/v1/embeddings`` and ``/search``.
+
+Bodies are read by hand (not as FastAPI body parameters) so every malformed body gets this service's error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+from fastapi import Request
+from pydantic import BaseModel, ValidationError
+
+from service.embedding import decode_and_preprocess, run_images
+from service.errors import ServiceError
+from service.state import ServiceState
+
+
+def malformed(err: ValidationError | ValueError) -> ServiceError:
+    if isinstance(err, ValidationError):
+        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in err.errors())
+    else:
+        detail = str(err)
+    return ServiceError(422, "malformed_request", f"malformed JSON body: {detail}")
+
+
+async def read_json(request: Request, schema: type[BaseModel]) -> BaseModel:
+    raw = await request.body()
+    try:
+        return schema.model_validate(json.loads(raw))
+    except json.JSONDecodeError as err:
+        raise malformed(ValueError(f"not JSON ({err.msg} at position {err.pos})")) from None
+    except ValidationError as err:
+        raise malformed(err) from None
+
+
+async def read_form(request: Request, *, max_files: int, max_fields: int):
+    try:
+        return await request.form(max_files=max_files, max_fields=max_fields)
+    except ServiceError:  # the body limit (413), raised while the form streams in
+        raise
+    except Exception as err:
+        raise ServiceError(400, "malformed_multipart", f"cannot parse the multipart body: {err}") from None
+
+
+async def embed_blobs(state: ServiceState, request: Request, blobs: list[bytes]) -> list[dict[str, np.ndarray]]:
+    """Decode in the decode pool (the server's limits and decode setting), then through the batching engine."""
+    settings = state.settings
+    loop = asyncio.get_running_loop()
+    pixels = await loop.run_in_executor(state.decode_pool, decode_and_preprocess, blobs, state.config,
+                                        settings.max_pixels, state.metrics.decode_errors.inc,
+                                        settings.fast_jpeg_decode)
+    return await run_images(state.engine, pixels, settings.request_timeout_s, request.is_disconnected)
