@@ -27,6 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks import processes  # noqa: E402
+
 
 def make_images(folder: Path, count: int) -> list[Path]:
     import skimage
@@ -73,11 +75,13 @@ def job(model: Path, data: Path, out: Path, batch: int, engine: str, workers: in
     shutil.rmtree(out, ignore_errors=True)
     summary = run_job(EmbedSettings(model=str(model), input=str(data), output=str(out), batch_size=batch,
                                     shard_size=max(batch * 2, 64), engine=engine, workers=workers, progress=False))
-    assert summary.errors == 0 and not summary.interrupted, summary.line()
+    if summary.interrupted:  # the job stopped at a shard boundary on Ctrl-C / SIGTERM (and shut its cluster down)
+        raise KeyboardInterrupt
+    assert summary.errors == 0, summary.line()
     return summary.images / summary.seconds
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=512, help="JPEGs to embed (default 512)")
     parser.add_argument("--arch", default="resnet50", help="resnet18/34/50/101/152 (default resnet50)")
@@ -86,30 +90,43 @@ def main() -> None:
     parser.add_argument("--ray-workers", type=int, default=1, help="Ray actors (default 1 on 2 cores)")
     args = parser.parse_args()
 
-    from hub import BYOLModel, ModelConfig
     from hub.hardware import cpu_summary
 
     threads = os.cpu_count() or 2
-    print(f"CPU: {cpu_summary()}")
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        paths = make_images(root / "images", args.images)
-        model = root / "model"
-        BYOLModel(ModelConfig(architecture=args.arch, name=f"random-{args.arch}")).save_pretrained(
-            model, onnx=True, transformers=False)
-        raw = raw_backend(model, paths, args.batch, threads)
-        local = job(model, root / "images", root / "out-local", args.batch, "local", 0)
-        print(f"{args.images} JPEGs (500x375), {args.arch} at 224x224, batch {args.batch}, {threads} cores")
-        print(f"  raw backend (pre-decoded tensors) {raw:7.1f} img/s")
-        print(f"  byol-embed, local engine          {local:7.1f} img/s")
-        print(f"  ratio job / raw backend: {local / raw:.2f}x")
-        if args.ray:
-            ray_ips = job(model, root / "images", root / "out-ray", args.batch, "ray", args.ray_workers)
-            print(f"  byol-embed, ray engine            {ray_ips:7.1f} img/s  (local cluster, {args.ray_workers} actor(s),"
-                  " start-up included)")
-            print(f"  ratio ray / local: {ray_ips / local:.2f}x")
+    print(f"CPU: {cpu_summary()}", flush=True)
+    try:
+        with processes.interruptible(), tempfile.TemporaryDirectory() as tmp:
+            measure(args, Path(tmp), threads)
+    except KeyboardInterrupt:
+        print("interrupted: the job and any Ray cluster it started have been stopped", flush=True)
+        return 130
+    finally:
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
+    return 0
+
+
+def measure(args: argparse.Namespace, root: Path, threads: int) -> None:
+    from hub import BYOLModel, ModelConfig
+
+    paths = make_images(root / "images", args.images)
+    model = root / "model"
+    BYOLModel(ModelConfig(architecture=args.arch, name=f"random-{args.arch}")).save_pretrained(
+        model, onnx=True, transformers=False)
+    raw = raw_backend(model, paths, args.batch, threads)
+    local = job(model, root / "images", root / "out-local", args.batch, "local", 0)
+    print(f"{args.images} JPEGs (500x375), {args.arch} at 224x224, batch {args.batch}, {threads} cores")
+    print(f"  raw backend (pre-decoded tensors) {raw:7.1f} img/s")
+    print(f"  byol-embed, local engine          {local:7.1f} img/s")
+    print(f"  ratio job / raw backend: {local / raw:.2f}x", flush=True)
+    if args.ray:
+        ray_ips = job(model, root / "images", root / "out-ray", args.batch, "ray", args.ray_workers)
+        print(f"  byol-embed, ray engine            {ray_ips:7.1f} img/s  (local cluster, {args.ray_workers} actor(s),"
+              " start-up included)")
+        print(f"  ratio ray / local: {ray_ips / local:.2f}x", flush=True)
 
 
 if __name__ == "__main__":
     np.set_printoptions(precision=3)
-    main()
+    sys.exit(main())

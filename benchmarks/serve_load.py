@@ -1,6 +1,6 @@
 """Load test on loopback: this server vs the raw engine, a naive FastAPI + torch endpoint, and LitServe.
 
-    python benchmarks/serve_load.py [--model DIR] [--concurrency 1 4 8 16] [--seconds 8]
+    python benchmarks/serve_load.py [--model DIR | --arch resnet50 --crop 224] [--concurrency 1 4 8 16] [--seconds 8]
 
 Every server runs in its own process on 127.0.0.1 and gets JPEG uploads (one image per request) from
 a bounded asyncio load generator; it reports images/s and p50/p99 latency per concurrency. In the same
@@ -8,6 +8,9 @@ run: the raw engine (in-process ONNX Runtime on the same graph, already-preproce
 server's max batch size), a naive FastAPI endpoint with one torch forward per request (written here),
 and LitServe serving the same ONNX graph with its dynamic batching (``pip install -e ".[bench]"``).
 Without --model, a ResNet-50 with random weights is built for timing only (speed does not depend on weights).
+
+Each server starts in a session of its own and is stopped as a whole process group (LitServe's workers
+included) when its turn ends, when the benchmark fails, and on Ctrl-C or SIGTERM (``benchmarks/processes.py``).
 """
 
 import argparse
@@ -24,6 +27,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks import processes  # noqa: E402
 
 MAX_BATCH, WAIT_MS = 8, 10
 
@@ -126,7 +131,8 @@ def serve_litserve(model: str, port: int) -> None:
     ls.LitServer(api, accelerator="cpu", workers_per_device=1).run(port=port, generate_client_file=False)
 
 
-def start(kind: str, model: str) -> tuple[subprocess.Popen, str]:
+def start(kind: str, model: str, logs: Path) -> tuple[subprocess.Popen, str]:
+    """Start a server in its own session (``processes.stop`` ends it with every worker it forks)."""
     port = free_port()
     if kind.startswith("ours"):
         cmd = [sys.executable, "-m", "service.cli", "--model", model, "--port", str(port), "--max-batch-size",
@@ -134,23 +140,28 @@ def start(kind: str, model: str) -> tuple[subprocess.Popen, str]:
                "--max-body-bytes", str(64 * 2**20)] + (["--fast-jpeg-decode"] if kind == "ours-fast" else [])
     else:
         cmd = [sys.executable, __file__, "--serve", kind, "--model", model, "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO)
+    log = logs / f"{kind}.log"
+    with open(log, "wb") as out:  # a file, not a pipe: a chatty server never blocks on a full pipe
+        proc = processes.start(cmd, stdout=subprocess.DEVNULL, stderr=out, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
     import httpx
 
-    deadline = time.time() + 180
-    probe = "/ready" if kind.startswith("ours") else "/docs" if kind == "naive" else "/health"
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{kind} server exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(url + probe, timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    proc.kill()
-    raise RuntimeError(f"{kind} server did not start")
+    try:
+        deadline = time.time() + 180
+        probe = "/ready" if kind.startswith("ours") else "/docs" if kind == "naive" else "/health"
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{kind} server exited: {log.read_text(errors='replace')[-2000:]}")
+            try:
+                if httpx.get(url + probe, timeout=1).status_code == 200:
+                    return proc, url
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"{kind} server did not start in 180 s")
+    except BaseException:
+        processes.stop(proc)
+        raise
 
 
 async def load(url: str, images: list[bytes], concurrency: int, seconds: float) -> tuple[float, float, float]:
@@ -205,13 +216,18 @@ def raw_engine(model: str, images: list[bytes], seconds: float) -> float:
     return done / (time.perf_counter() - start)
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=None, help="model folder with model.onnx (default: random ResNet-50)")
+    parser.add_argument("--model", default=None, help="model folder with model.onnx (default: a random-init model "
+                        "of --arch at --crop, built for timing only)")
+    parser.add_argument("--arch", default="resnet50", help="architecture of the random model (default resnet50)")
+    parser.add_argument("--crop", type=int, default=224, help="input size of the random model (default 224; its "
+                        "resize is crop x 8/7)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16], help="clients (default 1 4 8 16)")
     parser.add_argument("--seconds", type=float, default=8, help="seconds per measurement (default 8)")
-    parser.add_argument("--peers", nargs="+", default=["naive", "litserve"], choices=["naive", "litserve", "ours-fast"],
-                        help="what else to load; ours-fast is this server with --fast-jpeg-decode")
+    parser.add_argument("--peers", nargs="*", default=["naive", "litserve"], choices=["naive", "litserve", "ours-fast"],
+                        help="what else to load (default naive litserve); ours-fast is this server with "
+                        "--fast-jpeg-decode")
     parser.add_argument("--phone", action="store_true",
                         help="upload 12-megapixel phone photos (4032x3024 JPEGs) instead of ~500 px ones")
     parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
@@ -219,26 +235,36 @@ def main() -> None:
     args = parser.parse_args()
     if args.serve:
         {"naive": serve_naive, "litserve": serve_litserve}[args.serve](args.model, args.port)
-        return
-    tmp = None
+        return 0
+    try:
+        with processes.interruptible(), tempfile.TemporaryDirectory() as tmp:
+            measure(args, Path(tmp))
+    except KeyboardInterrupt:
+        print("interrupted: every server this benchmark started has been stopped", flush=True)
+        return 130
+    return 0
+
+
+def measure(args: argparse.Namespace, tmp: Path) -> None:
     model = args.model
     if model is None:
-        from hub import BYOLModel, ModelConfig
+        from hub import BYOLModel, ModelConfig, PreprocessConfig
 
-        tmp = tempfile.TemporaryDirectory()
-        model = str(Path(tmp.name) / "r50")
-        BYOLModel(ModelConfig(architecture="resnet50", name="random-r50-for-timing")).save_pretrained(model, onnx=True)
+        model = str(tmp / "model")
+        pre = PreprocessConfig(resize_size=round(args.crop * 8 / 7), crop_size=args.crop)
+        BYOLModel(ModelConfig(architecture=args.arch, preprocessing=pre, name=f"random-{args.arch}-for-timing")
+                  ).save_pretrained(model, onnx=True, transformers=False)
     images = jpegs(phone=args.phone)
     raw = raw_engine(model, images, args.seconds)
     from hub.hardware import cpu_summary
 
     print(f"CPU: {cpu_summary()}")
     print(f"{'12-megapixel phone' if args.phone else '~500 px'} JPEG uploads")
-    print(f"raw engine (ONNX Runtime in-process, batch {MAX_BATCH}, preprocessed): {raw:.1f} img/s")
+    print(f"raw engine (ONNX Runtime in-process, batch {MAX_BATCH}, preprocessed): {raw:.1f} img/s", flush=True)
     best: dict[str, float] = {}
     for kind in ["ours", *args.peers]:
         try:
-            proc, url = start(kind, model)
+            proc, url = start(kind, model, tmp)
         except (RuntimeError, ImportError) as err:
             print(f"{kind}: skipped ({str(err)[-300:]})")
             continue
@@ -246,14 +272,13 @@ def main() -> None:
             for c in args.concurrency:
                 ips, p50, p99 = asyncio.run(load(url, images, c, args.seconds))
                 best[kind] = max(best.get(kind, 0), ips)
-                print(f"{kind:<9} c={c:<3} {ips:7.1f} img/s  p50 {p50:7.1f} ms  p99 {p99:7.1f} ms")
+                print(f"{kind:<9} c={c:<3} {ips:7.1f} img/s  p50 {p50:7.1f} ms  p99 {p99:7.1f} ms", flush=True)
         finally:
-            proc.terminate()
-            proc.wait(timeout=60)
+            processes.stop(proc)
     for kind, value in best.items():
         print(f"best {kind:<9} {value:7.1f} img/s = {value / raw:.2f}x raw engine (ratio ours / raw engine)"
               + (f", {best['ours'] / value:.2f}x ours/{kind}" if kind != "ours" and "ours" in best else ""))
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

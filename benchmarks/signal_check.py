@@ -17,7 +17,6 @@ import argparse
 import copy
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks import processes  # noqa: E402
 
 
 def make_data(root: Path, size: int, per_photo: int) -> tuple[Path, Path, Path]:
@@ -64,7 +65,7 @@ def train_ours(data: Path, out: Path, minutes: float, batch: int, size: int, epo
            "--blur-probs", "0", "0", "--epochs", str(epochs), "--warmup-epochs", "2", "--base-lr", "0.3",
            "--mixed-precision", "bf16" if bf16 else "no", "--num-workers", "2", "--time-budget-min", str(minutes),
            "--checkpoint-every", "100000", "--log-every", "20", "--no-export-onnx"]
-    subprocess.run(cmd, check=True, cwd=REPO)
+    processes.run(cmd, check=True, cwd=REPO)
     return out / "final"
 
 
@@ -186,4 +187,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with processes.interruptible():  # SIGTERM unwinds like Ctrl-C: the training run's whole group is stopped
+        main()

@@ -23,18 +23,20 @@ from service.embed.shards import EmbedJobError, Manifest, ShardRows
 logger = logging.getLogger(__name__)
 
 
-def _init(address: str | None) -> dict[str, Any]:
+def _init(address: str | None) -> bool:
+    """Connect to (or start) a cluster; True when this call started or connected it (so the job disconnects)."""
     try:
         import ray
     except ImportError:
         raise EmbedJobError("--engine ray needs ray (pip install 'byol[embed]')") from None
-    if not ray.is_initialized():
-        if address in (None, "", "local"):
-            ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False,
-                     num_cpus=os.cpu_count() or 2)
-        else:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-    return ray.cluster_resources()
+    if ray.is_initialized():
+        return False
+    if address in (None, "", "local"):
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 num_cpus=os.cpu_count() or 2)
+    else:
+        ray.init(address=address, log_to_driver=False, configure_logging=False)
+    return True
 
 
 class ShardWorker:
@@ -66,9 +68,21 @@ class ShardWorker:
 def run_ray(settings: Any, serve: Any, manifest: Manifest, shards: list[dict[str, int]], writer: Any, bar: Any,
             stop: Any) -> None:
     import ray
+
+    connected_here = _init(settings.ray_address)
+    try:
+        _run_pool(settings, serve, manifest, shards, writer, bar, stop)
+    finally:
+        if connected_here:  # a local cluster the job started ends with it (an existing one is only disconnected)
+            ray.shutdown()
+
+
+def _run_pool(settings: Any, serve: Any, manifest: Manifest, shards: list[dict[str, int]], writer: Any, bar: Any,
+              stop: Any) -> None:
+    import ray
     from ray.util import ActorPool
 
-    resources = _init(settings.ray_address)
+    resources = ray.cluster_resources()
     cpus = float(resources.get("CPU", 1))
     gpus = int(resources.get("GPU", 0))
     actors_wanted = settings.workers or (gpus if gpus else max(1, int(cpus) // 2))

@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
+from benchmarks import processes
 from service.client import AsyncEmbeddingClient, EmbeddingClient, EmbeddingError
 
 
@@ -27,9 +28,8 @@ def free_port() -> int:
 
 def start_server(model, *extra: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--model", str(model), "--port", str(port),
-                             "--max-wait-ms", "2", *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = processes.start([sys.executable, "-m", "service.cli", "--model", str(model), "--port", str(port),
+                            "--max-wait-ms", "2", *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -41,7 +41,7 @@ def start_server(model, *extra: str) -> tuple[subprocess.Popen, str]:
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    proc.kill()
+    processes.stop(proc)
     raise AssertionError("server did not become ready")
 
 
@@ -49,8 +49,7 @@ def start_server(model, *extra: str) -> tuple[subprocess.Popen, str]:
 def server(trained_model):
     proc, url = start_server(trained_model)
     yield proc, url
-    proc.terminate()
-    proc.wait(timeout=30)
+    processes.stop(proc, timeout=30)
 
 
 def test_onnx_server_process_does_not_load_torch(server):

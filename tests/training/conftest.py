@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from benchmarks import processes
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = str(REPO / "training" / "pretrain.py")
 SMALL = ["--batch-size-per-device", "4", "--total-batch-size", "8", "--num-workers", "0"]
@@ -34,4 +36,4 @@ def photo_dir(tmp_path_factory, photo_paths):
 def run(args: list[str], launcher: list[str] | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     launcher = launcher or ["accelerate", "launch", "--cpu", "--num_processes", "1"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.run([*launcher, SCRIPT, *args], capture_output=True, text=True, env=env, timeout=300)
+    return processes.run([*launcher, SCRIPT, *args], capture_output=True, text=True, env=env, timeout=300)
