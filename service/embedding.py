@@ -1,6 +1,6 @@
-"""From request images to response embeddings: options, decoding, batching, encoding.
+"""From request images to response embeddings: decoding, batching, encoding (the options: ``service.options``).
 
-Shared by ``/embed`` and ``/v1/embeddings``; knows the model (through ``hub``) and the engine, not HTTP.
+Shared by ``/embed``, ``/v1/embeddings`` and ``/search``; knows the model (through ``hub``) and the engine, not HTTP.
 """
 
 from __future__ import annotations
@@ -8,59 +8,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from hub.config import ModelConfig
-from hub.errors import ImageDecodeError, LayerError
-from hub.layers import check_layers, output_name
+from hub.errors import ImageDecodeError
 from hub.preprocess import decode_image, preprocess_one
 from service.engine import BatchEngine
 from service.errors import ServiceError, image_error
-
-SERVED_POOLINGS = ("gap", "mhead")
-ENCODINGS = ("float", "base64")
-
-
-@dataclass(frozen=True)
-class EmbedOptions:
-    layers: tuple[str, ...] = ("avgpool",)
-    pooling: str = "gap"
-    normalize: bool = False
-    encoding: str = "float"
-
-
-def parse_bool(value: Any, name: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ServiceError(400, "invalid_parameter", f"{name} must be true or false, got {value!r}")
-
-
-def make_options(layers: Any, pooling: Any, normalize: Any, encoding: Any, outputs: list[str]) -> EmbedOptions:
-    """Validate options against what the served model outputs."""
-    try:
-        names = check_layers(layers if layers is not None else ("avgpool",))
-    except LayerError as err:
-        raise ServiceError(400, "invalid_parameter", str(err)) from None
-    pooling = pooling or "gap"
-    if pooling not in SERVED_POOLINGS:
-        raise ServiceError(400, "invalid_parameter", f"unknown pooling {pooling!r}; accepted: {', '.join(SERVED_POOLINGS)}")
-    missing = [n for n in names if output_name(n, pooling) not in outputs]
-    if missing:
-        raise ServiceError(400, "invalid_parameter", f"pooling {pooling!r} is not available for {', '.join(missing)} on "
-                           "this model (its maps are smaller than the mhead grids); use pooling 'gap'")
-    encoding = encoding or "float"
-    if encoding not in ENCODINGS:
-        raise ServiceError(400, "invalid_parameter", f"unknown encoding {encoding!r}; accepted: float, base64")
-    return EmbedOptions(names, pooling, parse_bool(normalize, "normalize") if normalize is not None else False,
-                        encoding)
 
 
 def decode_base64_image(text: str, index: int) -> bytes:
@@ -133,11 +88,13 @@ async def run_images(engine: BatchEngine, pixels: np.ndarray, timeout: float,
             gathered.cancel()
 
 
-def encode_vector(vector: np.ndarray, normalize: bool, encoding: str) -> list[float] | str:
-    vector = vector.astype(np.float32, copy=False)
+def encode_vector(vector: np.ndarray, normalize: bool, encoding: str) -> np.ndarray | str:
+    """One embedding for the response: a float32 array (written by ``NumpyJSONResponse``) or base64 of its
+    little-endian float32 bytes."""
+    vector = np.ascontiguousarray(vector, dtype=np.float32)
     if normalize:
         norm = float(np.linalg.norm(vector))
-        vector = vector / norm if norm > 0 else vector
+        vector = vector / np.float32(norm) if norm > 0 else vector
     if encoding == "base64":
-        return base64.b64encode(vector.astype("<f4").tobytes()).decode("ascii")
-    return vector.tolist()
+        return base64.b64encode(vector.astype("<f4", copy=False).tobytes()).decode("ascii")
+    return vector

@@ -9,6 +9,7 @@ import asyncio
 import json
 
 import numpy as np
+import orjson
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
@@ -28,7 +29,7 @@ def malformed(err: ValidationError | ValueError) -> ServiceError:
 async def read_json(request: Request, schema: type[BaseModel]) -> BaseModel:
     raw = await request.body()
     try:
-        return schema.model_validate(json.loads(raw))
+        return schema.model_validate(orjson.loads(raw))
     except json.JSONDecodeError as err:
         raise malformed(ValueError(f"not JSON ({err.msg} at position {err.pos})")) from None
     except ValidationError as err:

@@ -6,19 +6,14 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
-from hub.layers import check_layers, output_name
-from service.embedding import (
-    EmbedOptions,
-    decode_base64_image,
-    encode_vector,
-    make_options,
-    parse_bool,
-)
+from hub.layers import output_name
+from service.embedding import decode_base64_image, encode_vector
 from service.errors import ServiceError
+from service.options import EmbedOptions, embed_options
 from service.requests import embed_blobs, read_form, read_json
+from service.responses import NumpyJSONResponse
 from service.schemas import (
     EMBED_ERRORS,
     MULTIPART_EMBED_SCHEMA,
@@ -31,15 +26,6 @@ from service.schemas import (
 from service.state import Auth, ReadyState, ServiceState
 
 router = APIRouter()
-OPTION_NAMES = ("layers", "pooling", "normalize", "encoding")
-
-
-def _normalized(name: str, value: Any) -> Any:
-    if name == "layers":
-        return check_layers(value)
-    if name == "normalize":
-        return parse_bool(value, name)
-    return value
 
 
 def _check_count(count: int, state: ServiceState) -> None:
@@ -51,13 +37,13 @@ def _check_count(count: int, state: ServiceState) -> None:
         raise ServiceError(413, "too_many_images", f"{count} images; at most {limit} per request")
 
 
-def _response(state: ServiceState, results: list[dict[str, np.ndarray]], options: EmbedOptions) -> JSONResponse:
+def _response(state: ServiceState, results: list[dict[str, np.ndarray]], options: EmbedOptions) -> NumpyJSONResponse:
     names = {layer: output_name(layer, options.pooling) for layer in options.layers}
     data = [{"index": i, "embeddings": {layer: encode_vector(row[name], options.normalize, options.encoding)
                                         for layer, name in names.items()}}
             for i, row in enumerate(results)]
     dims = {layer: int(results[0][name].shape[0]) for layer, name in names.items()}
-    return JSONResponse({"model": state.model_id, "revision": state.revision, "backend": state.backend.name,
+    return NumpyJSONResponse({"model": state.model_id, "revision": state.revision, "backend": state.backend.name,
                          "pooling": options.pooling, "normalized": options.normalize, "encoding": options.encoding,
                          "dims": dims, "data": data})
 
@@ -71,9 +57,8 @@ async def embed(request: Request, state: ReadyState, _: Auth,
                 pooling: str | None = Query(None, description="gap (default) or mhead"),
                 normalize: str | None = Query(None, description="L2-normalize each embedding (default false)"),
                 encoding: str | None = Query(None, description="float (default) or base64 (little-endian float32)"),
-                ) -> JSONResponse:
+                ) -> NumpyJSONResponse:
     query = {"layers": layers, "pooling": pooling, "normalize": normalize, "encoding": encoding}
-    outputs = state.backend.outputs
     ctype = request.headers.get("content-type", "").lower()
     if ctype.startswith("multipart/form-data"):
         limit = state.settings.max_images
@@ -89,17 +74,10 @@ async def embed(request: Request, state: ReadyState, _: Auth,
             if not isinstance(item, UploadFile):
                 raise ServiceError(400, "invalid_image", f"image {index} is a text field, not a file", index=index)
             blobs.append(await item.read())
-        options = make_options(layers, pooling, normalize, encoding, outputs)
+        options = embed_options(query, None, state.backend.outputs)
     elif ctype.startswith("application/json"):
         body = await read_json(request, EmbedBody)
-        given = body.model_dump(exclude_unset=True)
-        for name in OPTION_NAMES:
-            if query[name] is not None and name in given and \
-                    _normalized(name, query[name]) != _normalized(name, given[name]):
-                raise ServiceError(400, "conflicting_parameters",
-                                   f"{name} is {query[name]!r} in the query string but {given[name]!r} in the body")
-        merged = {name: given[name] if name in given else query[name] for name in OPTION_NAMES}
-        options = make_options(merged["layers"], merged["pooling"], merged["normalize"], merged["encoding"], outputs)
+        options = embed_options(query, body.model_dump(exclude_unset=True, exclude={"images"}), state.backend.outputs)
         _check_count(len(body.images), state)
         blobs = [decode_base64_image(text, i) for i, text in enumerate(body.images)]
     else:
@@ -113,7 +91,7 @@ async def embed(request: Request, state: ReadyState, _: Auth,
              response_model=OpenAIEmbeddingsResponse, responses=EMBED_ERRORS,
              openapi_extra=request_body(json_model=OpenAIEmbeddingsBody),
              description="`input`: a data:image/...;base64 URI or bare base64, or a list of them.")
-async def openai_embeddings(request: Request, state: ReadyState, _: Auth) -> JSONResponse:
+async def openai_embeddings(request: Request, state: ReadyState, _: Auth) -> NumpyJSONResponse:
     body = await read_json(request, OpenAIEmbeddingsBody)
     if body.model is not None and body.model != state.model_id:
         raise ServiceError(400, "model_not_found", f"this server serves {state.model_id!r}, not {body.model!r}")
@@ -127,5 +105,5 @@ async def openai_embeddings(request: Request, state: ReadyState, _: Auth) -> JSO
     data: list[dict[str, Any]] = [
         {"object": "embedding", "index": i, "embedding": encode_vector(row["avgpool"], True, body.encoding_format)}
         for i, row in enumerate(results)]
-    return JSONResponse({"object": "list", "data": data, "model": state.model_id,
+    return NumpyJSONResponse({"object": "list", "data": data, "model": state.model_id,
                          "usage": {"prompt_tokens": 0, "total_tokens": 0}})

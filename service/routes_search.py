@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
 from hub.hub_io import ResolvedModel
@@ -20,6 +19,7 @@ from hub.layers import output_name
 from service.embedding import decode_base64_image
 from service.errors import ServiceError
 from service.requests import embed_blobs, read_form, read_json
+from service.responses import NumpyJSONResponse
 from service.schemas import (
     EMBED_ERRORS,
     SearchBody,
@@ -83,7 +83,7 @@ def _k(value: Any, state: ServiceState) -> int:
              description="multipart/form-data with one `image` file, or JSON `{image: base64}` or `{id: ...}`; "
                          "`k` in the body or the query string (default 10, capped by the server's search_max_k).")
 async def search(request: Request, state: ReadyState, _: Auth,
-                 k: int | None = Query(None, description="number of results (default 10)")) -> JSONResponse:
+                 k: int | None = Query(None, description="number of results (default 10)")) -> NumpyJSONResponse:
     index = state.search_index
     if index is None:
         raise ServiceError(404, "no_index", "this server has no index; start it with --index EMBEDDINGS_FOLDER "
@@ -125,6 +125,7 @@ async def search(request: Request, state: ReadyState, _: Auth,
         vector = np.asarray(rows[0][output_name(layer, index.manifest.pooling)], np.float32)
     results = await asyncio.to_thread(index.search, vector, count, item_id)
     state.metrics.searches.inc()
-    if not state.settings.search_return_paths:
-        results = [{"id": r["id"], "score": r["score"]} for r in results]
-    return JSONResponse({"model": state.model_id, "k": count, "results": results})
+    keys = ("id", "path") if state.settings.search_return_paths else ("id",)
+    # scores are FAISS's float32: written as the shortest text that gives back that float32
+    results = [{**{key: r[key] for key in keys}, "score": np.float32(r["score"])} for r in results]
+    return NumpyJSONResponse({"model": state.model_id, "k": count, "results": results})

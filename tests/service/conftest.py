@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
@@ -63,3 +64,19 @@ def onnx_client(trained_model):
 def torch_client(trained_model):
     with make_client(trained_model, backend="torch", max_wait_ms=2) as client:
         yield client
+
+
+def float32_from_json_text(text: str, *path) -> np.ndarray:
+    """The floats at ``path`` in a JSON response, parsed from their text as float32, after checking that each
+    is written as float32 text (at most 9 significant digits; a float64 rendering takes 16-17)."""
+    import json
+    import re
+
+    node = json.loads(text, parse_float=lambda token: token)
+    for key in path:
+        node = node[key]
+    tokens = node if isinstance(node, list) else [node]
+    for token in tokens:
+        digits = re.sub(r"[eE].*$", "", str(token)).lstrip("-").replace(".", "").strip("0")
+        assert len(digits) <= 9, f"{token} is not the shortest float32 text"
+    return np.array([float(t) for t in tokens], dtype=np.float32)

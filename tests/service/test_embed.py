@@ -6,7 +6,7 @@ from PIL import Image
 
 from hub import BYOLModel
 from hub.layers import LAYERS
-from tests.service.conftest import image_bytes, make_client
+from tests.service.conftest import float32_from_json_text, image_bytes, make_client
 
 ALL = ",".join(LAYERS)
 
@@ -45,6 +45,30 @@ def test_embeddings_equal_the_model_on_the_same_photos(onnx_client, trained_mode
     for layer in ("feature3", "avgpool"):
         got = _vectors(body, layer)
         assert np.abs(got - ref[layer]).max() <= 1e-4 * np.abs(ref[layer]).max()
+
+
+def test_float_responses_parse_back_to_exactly_the_model_float32(onnx_client, photo_bytes):
+    """The float text round-trips: parsed as float32 it equals the base64 bytes (the model's float32) exactly."""
+    files = _multipart(photo_bytes[:2])
+    as_text = onnx_client.post("/embed?layers=feature3,avgpool", files=files)
+    as_bytes = onnx_client.post("/embed?layers=feature3,avgpool&encoding=base64", files=files).json()
+    for i in range(2):
+        for layer in ("feature3", "avgpool"):
+            exact = np.frombuffer(base64.b64decode(as_bytes["data"][i]["embeddings"][layer]), "<f4")
+            parsed = float32_from_json_text(as_text.text, "data", i, "embeddings", layer)
+            assert np.array_equal(parsed, exact), layer
+    uri = "data:image/jpeg;base64," + base64.b64encode(photo_bytes[0]).decode()
+    text = onnx_client.post("/v1/embeddings", json={"input": uri, "encoding_format": "float"})
+    raw = onnx_client.post("/v1/embeddings", json={"input": uri, "encoding_format": "base64"}).json()
+    exact = np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), "<f4")
+    assert np.array_equal(float32_from_json_text(text.text, "data", 0, "embedding"), exact)
+    # and the text is well under what the standard library writes for the same float32 vectors
+    import json
+
+    stdlib = json.dumps({"data": [{"embeddings": {
+        layer: np.frombuffer(base64.b64decode(v), "<f4").tolist() for layer, v in item["embeddings"].items()}}
+        for item in as_bytes["data"]]})
+    assert len(as_text.content) < 0.7 * len(stdlib)
 
 
 def test_onnx_and_torch_backends_agree(onnx_client, torch_client, photo_bytes):

@@ -22,7 +22,8 @@ pq = pytest.importorskip("pyarrow.parquet")
 pytest.importorskip("faiss")
 
 from service.embed.cli import main  # noqa: E402
-from tests.service.conftest import image_bytes, make_client  # noqa: E402
+from service.embed.index import LoadedIndex  # noqa: E402
+from tests.service.conftest import float32_from_json_text, image_bytes, make_client  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 LAYERS = ("avgpool", "feature3")
@@ -277,6 +278,11 @@ def test_search_route_answers_like_the_cli(indexed, trained_model, dataset, caps
         assert set(body["results"][0]) == {"id", "score"}  # stored paths stay private by default
         r = client.post("/search", json={"id": "photo1/02.jpg", "k": 2})
         assert r.status_code == 200 and len(r.json()["results"]) == 2
+        # scores are FAISS's float32, written so that they parse back to exactly those float32
+        loaded = LoadedIndex.open(indexed)
+        expected = [x["score"] for x in loaded.search(loaded.vector_of("photo1/02.jpg"), 2, exclude="photo1/02.jpg")]
+        scores = [float32_from_json_text(r.text, "results", i, "score")[0] for i in range(2)]
+        assert np.array_equal(np.array(scores, np.float32), np.array(expected, np.float32))
         import base64
 
         r = client.post("/search", json={"image": base64.b64encode(blob).decode()})
