@@ -10,6 +10,7 @@ center crop (torchvision's rounding) -> [0, 1] -> normalize -> NCHW float32.
 
 from __future__ import annotations
 
+import functools
 import io
 import warnings
 from collections.abc import Sequence
@@ -100,12 +101,28 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+@functools.lru_cache(maxsize=16)
+def _normalize_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """``(3, 256)`` float32: channel c's value for each 8-bit level, ``(level / 255 - mean[c]) / std[c]``
+    computed in float32 exactly as an elementwise pass over the image would (so the result is bit-identical)."""
+    levels = np.arange(256, dtype=np.float32) * np.float32(1 / 255)
+    return np.ascontiguousarray(((levels[:, None] - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).T)
+
+
+def normalize_chw(rgb: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """``(H, W, 3)`` uint8 -> ``(3, H, W)`` float32 normalized: one table look-up per pixel and channel, written
+    straight into the channel-first array (no float HWC intermediate, no transpose copy)."""
+    table = _normalize_table(cfg.mean, cfg.std)
+    out = np.empty((3, *rgb.shape[:2]), np.float32)
+    for c in range(3):
+        np.take(table[c], rgb[:, :, c], out=out[c])
+    return out
+
+
 def preprocess_one(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     """One RGB image -> ``(3, crop, crop)`` float32, normalized."""
     img = center_crop(resize_shorter(to_rgb(img), cfg.resize_size, cfg.interpolation), cfg.crop_size)
-    arr = np.asarray(img, dtype=np.float32) * np.float32(1 / 255)
-    arr = (arr - np.asarray(cfg.mean, np.float32)) / np.asarray(cfg.std, np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    return normalize_chw(np.asarray(img), cfg)
 
 
 def preprocess(images: Sequence[Image.Image], cfg: PreprocessConfig) -> np.ndarray:

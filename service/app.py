@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from service.backends import Backend, build_backend, resolve_for_backend
+from service.backends import Backend, build_backend, inference_plan, resolve_for_backend
 from service.engine import BatchEngine
 from service.errors import error_response, install_error_handlers
 from service.routes_embed import router as embed_router
@@ -95,7 +95,12 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
 
         resolved = await asyncio.to_thread(resolve_for_backend, settings)
         state.config, state.model_id, state.revision = resolved.config, resolved.model_id, resolved.revision
-        state.backend = backend or await asyncio.to_thread(build_backend, resolved, settings)
+        plan = state.plan = inference_plan(settings)
+        if settings.inference_streams > plan.streams:
+            logger.warning("inference_streams %d: the %s backend on %s runs one stream", settings.inference_streams,
+                           settings.backend, settings.device)
+        state.backend = backend or await asyncio.to_thread(
+            build_backend, resolved, settings.model_copy(update={"threads": plan.threads_per_stream}))
         await asyncio.to_thread(state.backend.warmup, resolved.config.input_size)
         if settings.index:
             from service.routes_search import open_search_index
@@ -103,13 +108,14 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
             state.search_index = await asyncio.to_thread(open_search_index, settings, resolved, state.backend.outputs)
         state.engine = BatchEngine(state.backend, max_batch_size=settings.max_batch_size,
                                    max_wait_ms=settings.max_wait_ms, queue_size=settings.queue_size,
-                                   on_batch=state.metrics.observe_batch)
+                                   on_batch=state.metrics.observe_batch, streams=plan.streams)
         state.metrics.queue_depth.set_function(lambda: state.engine.depth if state.engine else 0)
         await state.engine.start()
         state.ready = True
         demo = " -- DEMO MODEL (smoke-trained, weak features; not for real work)" if resolved.config.demo else ""
-        logger.info("serving %s @ %s with %s (%s), %s %s%s", state.model_id, state.revision, state.backend.name,
-                    state.backend.precision, resolved.config.architecture, resolved.folder, demo)
+        logger.info("serving %s @ %s with %s (%s, %d stream(s) x %d thread(s)), %s %s%s", state.model_id,
+                    state.revision, state.backend.name, state.backend.precision, plan.streams,
+                    plan.threads_per_stream, resolved.config.architecture, resolved.folder, demo)
         yield
         state.ready = False
         await state.engine.stop()

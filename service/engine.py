@@ -1,10 +1,12 @@
 """Dynamic batching: images from concurrent requests are gathered into batches and run off the event loop.
 
 The engine knows nothing about HTTP. ``submit`` enqueues one request's images (all or none: the queue is
-bounded, which is the backpressure) and returns one future per image; a single worker task takes up to
+bounded, which is the backpressure) and returns one future per image; a worker task takes up to
 ``max_batch_size`` images, waiting at most ``max_wait_ms`` for more once it has one, runs the backend in
-a dedicated thread, and scatters the rows back. Images whose future was cancelled (the client left or
-timed out) are dropped before they reach the model.
+a dedicated thread, and scatters the rows back. With ``streams`` > 1, up to that many batches run at once,
+each in its own thread: a batch is formed as soon as a stream is free, so the cores never wait while the
+clients of the batch just answered send their next images and those are decoded. Images whose future was
+cancelled (the client left or timed out) are dropped before they reach the model.
 """
 
 from __future__ import annotations
@@ -33,14 +35,15 @@ class _Item:
 
 class BatchEngine:
     def __init__(self, backend: Backend, *, max_batch_size: int = 32, max_wait_ms: float = 5.0,
-                 queue_size: int = 256, on_batch: Callable[[int], None] | None = None) -> None:
+                 queue_size: int = 256, on_batch: Callable[[int], None] | None = None, streams: int = 1) -> None:
         self.backend = backend
         self.max_batch_size, self.max_wait = max_batch_size, max_wait_ms / 1000.0
         self.queue_size = queue_size
         self.on_batch = on_batch
+        self.streams = streams
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
         self._pending = 0
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="byol-infer")
+        self._executor = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="byol-infer")
         self._task: asyncio.Task | None = None
         self._accepting = False
 
@@ -100,29 +103,40 @@ class BatchEngine:
         return batch
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        free = asyncio.Semaphore(self.streams)
+        running: set[asyncio.Task] = set()
         while True:
+            await free.acquire()
             batch = await self._next_batch()
             if batch is None:
-                return
+                break
             self._pending -= len(batch)
             live = [item for item in batch if not item.future.done()]
             if not live:
+                free.release()
                 continue
-            pixels = np.stack([item.pixels for item in live])
-            try:
-                outputs = await loop.run_in_executor(self._executor, self.backend.run, pixels)
-            except Exception as err:  # the backend failed on this batch: fail its requests, keep serving
-                logger.exception("inference failed on a batch of %d", len(live))
-                for item in live:
-                    if not item.future.done():
-                        item.future.set_exception(RuntimeError(f"inference failed: {err}"))
-                continue
-            if self.on_batch:
-                self.on_batch(len(live))
-            for i, item in enumerate(live):
+            task = asyncio.create_task(self._run(live))
+            running.add(task)
+            task.add_done_callback(lambda t: (running.discard(t), free.release()))
+        if running:  # stopping: the batches still running finish and answer
+            await asyncio.gather(*running)
+
+    async def _run(self, live: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        pixels = np.stack([item.pixels for item in live])
+        try:
+            outputs = await loop.run_in_executor(self._executor, self.backend.run, pixels)
+        except Exception as err:  # the backend failed on this batch: fail its requests, keep serving
+            logger.exception("inference failed on a batch of %d", len(live))
+            for item in live:
                 if not item.future.done():
-                    item.future.set_result({name: value[i] for name, value in outputs.items()})
+                    item.future.set_exception(RuntimeError(f"inference failed: {err}"))
+            return
+        if self.on_batch:
+            self.on_batch(len(live))
+        for i, item in enumerate(live):
+            if not item.future.done():
+                item.future.set_result({name: value[i] for name, value in outputs.items()})
 
     async def stop(self) -> None:
         """Stop accepting, finish what is queued, then stop the worker."""

@@ -55,6 +55,8 @@ async def info(state: State, _: Auth) -> dict:
         "architecture": cfg.architecture, "stem": cfg.stem, "layers": list(dims["gap"]), "poolings": ["gap", "mhead"],
         "dims": dims, "preprocessing": cfg.to_dict()["preprocessing"],
         "max_batch_size": s.max_batch_size, "max_wait_ms": s.max_wait_ms,
+        "inference": None if state.plan is None else {"streams": state.plan.streams,
+                                                      "threads_per_stream": state.plan.threads_per_stream},
         "decode": "jpeg-draft (fast_jpeg_decode: reduced-scale DCT decode of large JPEGs)" if s.fast_jpeg_decode
         else "exact",
         "limits": {"max_images": s.max_images, "max_body_bytes": s.max_body_bytes, "max_pixels": s.max_pixels},

@@ -156,6 +156,7 @@ class InfoResponse(BaseModel):
     preprocessing: dict[str, Any] | None = None
     max_batch_size: int | None = None
     max_wait_ms: float | None = None
+    inference: dict[str, int] | None = Field(None, description="streams (batches run at once) and threads_per_stream")
     decode: str | None = Field(None, description="exact, or jpeg-draft when fast_jpeg_decode is on")
     limits: Limits | None = None
     provenance: dict[str, Any] | None = None

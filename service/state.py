@@ -27,6 +27,7 @@ class ServiceState:
     revision: str = ""
     backend: Backend | None = None
     engine: BatchEngine | None = None
+    plan: Any = None  # service.backends.InferencePlan, set by the lifespan
     ready: bool = False
     search_index: Any = None  # service.embed.index.LoadedIndex when --index is set
     started: int = field(default_factory=lambda: int(time.time()))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 from hub.config import CARD_NAME, ONNX_INT8_NAME, ONNX_NAME, WEIGHTS_NAME
 from hub.hub_io import ResolvedModel, resolve_model
 from service.backends.base import Backend
@@ -19,6 +22,24 @@ def resolve_for_backend(settings: ServiceSettings) -> ResolvedModel:
     return resolve_model(settings.model, files=(WEIGHTS_NAME,), optional_files=(CARD_NAME,), **kwargs)
 
 
+@dataclass(frozen=True)
+class InferencePlan:
+    """How the server runs its model: ``streams`` batches at once, each on ``threads_per_stream`` threads."""
+
+    streams: int
+    threads_per_stream: int
+
+
+def inference_plan(settings: ServiceSettings) -> InferencePlan:
+    """Streams and threads for the server (``inference_streams``, ``threads``). Only ONNX Runtime on a CPU runs
+    several batches at once (its session runs are concurrent and each brings its own threads); torch shares one
+    intra-op pool between callers, and a GPU is fed best by one stream."""
+    threads = settings.threads or os.cpu_count() or 1
+    concurrent = settings.backend == "onnx" and not settings.device.startswith("cuda")
+    streams = min(settings.inference_streams or 2, threads) if concurrent else 1
+    return InferencePlan(streams, max(1, threads // streams))
+
+
 def build_backend(resolved: ResolvedModel, settings: ServiceSettings) -> Backend:
     """The backend the settings ask for (imports torch only for the torch backend)."""
     if settings.backend == "onnx":
@@ -32,4 +53,4 @@ def build_backend(resolved: ResolvedModel, settings: ServiceSettings) -> Backend
                         channels_last=settings.channels_last, threads=settings.threads)
 
 
-__all__ = ["Backend", "build_backend", "resolve_for_backend"]
+__all__ = ["Backend", "InferencePlan", "build_backend", "inference_plan", "resolve_for_backend"]

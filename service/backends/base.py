@@ -21,7 +21,8 @@ class Backend(ABC):
 
     @abstractmethod
     def run(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
-        """Embed one batch (called from one worker thread at a time)."""
+        """Embed one batch (called from one worker thread at a time, or from several where the server's
+        ``inference_plan`` runs streams: ONNX Runtime's CPU sessions)."""
 
     def warmup(self, input_size: int, batch_sizes: tuple[int, ...] = (1, 2)) -> None:
         for n in batch_sizes:

@@ -123,13 +123,11 @@ def augmented_batches(model, paths: list, labels: np.ndarray, layers: tuple[str,
     """The faithful mode: RandomResizedCrop + flip of each image, through the frozen backbone (eval mode)."""
     from PIL import Image
 
-    from hub.preprocess import to_rgb
+    from hub.preprocess import normalize_chw, to_rgb
     from training.augment import crop_box, sample_rng
 
     pre = model.config.preprocessing
     size = pre.crop_size
-    mean = np.asarray(pre.mean, np.float32)
-    std = np.asarray(pre.std, np.float32)
     y = torch.from_numpy(labels).long()
 
     def view(index: int, epoch: int) -> np.ndarray:
@@ -140,8 +138,7 @@ def augmented_batches(model, paths: list, labels: np.ndarray, layers: tuple[str,
             out = img.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
         if rng.random() < 0.5:
             out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        arr = (np.asarray(out, np.float32) / 255.0 - mean) / std
-        return arr.transpose(2, 0, 1)
+        return normalize_chw(np.asarray(out), pre)
 
     def batches(epoch: int):
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
