@@ -85,6 +85,63 @@ def test_engine_batches_concurrent_requests_and_scatters_in_order():
         assert [row["avgpool"][0] for row in rows] == [100 * r + i for i in range(3)]
 
 
+def test_engine_streams_run_batches_at_once_and_each_image_gets_its_own_row():
+    import threading
+    import time
+
+    class OverlapBackend(SlowBackend):
+        def __init__(self) -> None:
+            super().__init__(delay=0.1)
+            self.running = self.most = 0
+            self.lock = threading.Lock()
+
+        def run(self, pixels):
+            with self.lock:
+                self.running += 1
+                self.most = max(self.most, self.running)
+            try:
+                return super().run(pixels)
+            finally:
+                with self.lock:
+                    self.running -= 1
+
+    async def scenario(streams):
+        backend = OverlapBackend()
+        engine = BatchEngine(backend, max_batch_size=4, max_wait_ms=0, queue_size=64, streams=streams)
+        await engine.start()
+        start = time.perf_counter()
+        futures = [engine.submit(_pixels(4, 100 * r)) for r in range(4)]
+        results = [await asyncio.gather(*f) for f in futures]
+        elapsed = time.perf_counter() - start
+        await engine.stop()
+        return backend, results, elapsed
+
+    one, _, serial = asyncio.run(scenario(1))
+    two, results, parallel = asyncio.run(scenario(2))
+    assert one.most == 1 and two.most == 2  # two batches really ran at the same time
+    assert parallel < serial * 0.75
+    for r, rows in enumerate(results):
+        assert [row["avgpool"][0] for row in rows] == [100 * r + i for i in range(4)]
+
+
+def test_inference_plan_splits_the_threads_between_streams(onnx_client):
+    from service.backends import inference_plan
+    from service.settings import ServiceSettings
+
+    served = inference_plan(ServiceSettings())
+    assert onnx_client.get("/info").json()["inference"] == {"streams": served.streams,
+                                                             "threads_per_stream": served.threads_per_stream}
+
+    plan = inference_plan(ServiceSettings(threads=4))
+    assert (plan.streams, plan.threads_per_stream) == (2, 2)
+    one = inference_plan(ServiceSettings(threads=4, inference_streams=1))
+    assert (one.streams, one.threads_per_stream) == (1, 4)
+    torch_plan = inference_plan(ServiceSettings(threads=4, backend="torch", inference_streams=2))
+    assert (torch_plan.streams, torch_plan.threads_per_stream) == (1, 4)  # torch shares one intra-op pool
+    single_core = inference_plan(ServiceSettings(threads=1))
+    assert (single_core.streams, single_core.threads_per_stream) == (1, 1)
+
+
 def test_engine_backpressure_cancellation_and_drain():
     async def scenario():
         backend = SlowBackend(delay=0.1)
