@@ -131,6 +131,11 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
                          description="Multi-layer image embeddings (feature1..feature5, avgpool) from BYOL ResNets.")
     app.state.service = state
     app.state.settings = settings
+    # uploads stay in memory up to the body limit: Starlette spools each file part over 1 MB to a temporary file
+    # on disk and reads it back in a worker thread, a disk round trip for every phone photo (the limit bounds memory)
+    from starlette.formparsers import MultiPartParser
+
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, settings.max_body_bytes)
     install_error_handlers(app)
     app.include_router(ops_router)
     app.include_router(embed_router)
