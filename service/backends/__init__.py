@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
+
 from hub.config import CARD_NAME, ONNX_INT8_NAME, ONNX_NAME, WEIGHTS_NAME
 from hub.hub_io import ResolvedModel, resolve_model
 from service.backends.base import Backend
@@ -40,6 +42,36 @@ def inference_plan(settings: ServiceSettings) -> InferencePlan:
     return InferencePlan(streams, max(1, threads // streams))
 
 
+class StreamedBackend(Backend):
+    """A backend whose batches run as ``streams`` slices at once (the server's engine runs whole batches on
+    streams itself; the dataset job, which has one batch at a time, splits each batch instead). With one thread
+    per slice no operator waits at a barrier for a thread that a decode thread has preempted."""
+
+    def __init__(self, inner: Backend, streams: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.inner, self.streams = inner, streams
+        self.name, self.precision = inner.name, inner.precision
+        self._pool = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="byol-stream")
+
+    @property
+    def outputs(self) -> list[str]:
+        return self.inner.outputs
+
+    def run(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+        if len(pixel_values) < 2:
+            return self.inner.run(pixel_values)
+        parts = list(self._pool.map(self.inner.run, np.array_split(pixel_values, min(self.streams, len(pixel_values)))))
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def build_streamed_backend(resolved: ResolvedModel, settings: ServiceSettings) -> Backend:
+    """The backend for one batch at a time (``byol-embed``): each batch split over the ``inference_plan``'s streams."""
+    plan = inference_plan(settings)
+    backend = build_backend(resolved, settings.model_copy(update={"threads": plan.threads_per_stream}))
+    return StreamedBackend(backend, plan.streams) if plan.streams > 1 else backend
+
+
 def build_backend(resolved: ResolvedModel, settings: ServiceSettings) -> Backend:
     """The backend the settings ask for (imports torch only for the torch backend)."""
     if settings.backend == "onnx":
@@ -53,4 +85,5 @@ def build_backend(resolved: ResolvedModel, settings: ServiceSettings) -> Backend
                         channels_last=settings.channels_last, threads=settings.threads)
 
 
-__all__ = ["Backend", "InferencePlan", "build_backend", "inference_plan", "resolve_for_backend"]
+__all__ = ["Backend", "InferencePlan", "StreamedBackend", "build_backend", "build_streamed_backend", "inference_plan",
+           "resolve_for_backend"]

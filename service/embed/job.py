@@ -117,6 +117,8 @@ class JobSummary:
     shards_total: int = 0
     shards_skipped: int = 0
     seconds: float = 0.0
+    startup_s: float = 0.0  # from the start to the first embedded images (listing, model load; Ray: cluster, actors)
+    steady_images_per_s: float = 0.0  # after the first embedded images
     interrupted: bool = False
     output: str = ""
     engine: str = "local"
@@ -127,7 +129,29 @@ class JobSummary:
         state = "interrupted at a shard boundary; rerun the same command to resume" if self.interrupted else "done"
         return (f"{state}: {self.images} images ({self.errors} errors) in {self.shards_written} new shards "
                 f"({self.shards_skipped} already done, {self.shards_total} in the plan), {self.seconds:.1f} s, "
-                f"{rate:.1f} images/s, engine {self.engine}, output {self.output}")
+                f"{rate:.1f} images/s (start-up {self.startup_s:.1f} s, then {self.steady_images_per_s:.1f} "
+                f"images/s), engine {self.engine}, output {self.output}")
+
+
+class Progress:
+    """The progress bar, and when the first images were embedded (start-up apart from the steady rate)."""
+
+    def __init__(self, total: int, initial: int, enabled: bool) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, initial=initial, unit="img", desc="embed", disable=not enabled,
+                        dynamic_ncols=True, smoothing=0.1)
+        self.first_at: float | None = None
+        self.first_count = self.count = 0
+
+    def update(self, count: int) -> None:
+        if self.first_at is None:
+            self.first_at, self.first_count = time.perf_counter(), count
+        self.count += count
+        self.bar.update(count)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class StopFlag:
@@ -165,7 +189,9 @@ class ShardWriter:
         self.folder, self.manifest = folder, manifest
         self.queue: queue.Queue[ShardRows | None] = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
-        self.written: list[ShardRows] = []
+        # counts only: the rows themselves go once written (the job's memory does not grow with the dataset)
+        self.shards = self.images = self.errors = 0
+        self.error_examples: list[str] = []
         self.thread = threading.Thread(target=self._run, name="byol-embed-writer", daemon=True)
         self.thread.start()
 
@@ -173,7 +199,11 @@ class ShardWriter:
         while (rows := self.queue.get()) is not None:
             try:
                 write_shard(self.folder, self.manifest, rows)
-                self.written.append(rows)
+                self.shards += 1
+                self.images += len(rows.ids)
+                self.errors += rows.error_count
+                self.error_examples += [f"{rows.ids[i]}: {e}" for i, e in enumerate(rows.errors) if e][
+                    :5 - len(self.error_examples)]
             except BaseException as err:  # surfaced to the main thread on the next put/close
                 self.error = err
 
@@ -182,24 +212,16 @@ class ShardWriter:
             raise self.error
         self.queue.put(rows)
 
-    def close(self) -> list[ShardRows]:
+    def close(self) -> None:
         self.queue.put(None)
         self.thread.join()
         if self.error:
             raise self.error
-        return self.written
-
-
-def _progress(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, unit="img", desc="embed", disable=not enabled, dynamic_ncols=True,
-                smoothing=0.1)
 
 
 def run_job(settings: EmbedSettings) -> JobSummary:
     """Plan, check the folder, embed the shards still to do, write each atomically. Resumable."""
-    from service.backends import build_backend, resolve_for_backend
+    from service.backends import build_streamed_backend, resolve_for_backend
 
     started = time.perf_counter()
     source = open_source(settings.input, path_column=settings.path_column)
@@ -220,12 +242,12 @@ def run_job(settings: EmbedSettings) -> JobSummary:
                     "pooling %s, engine %s", manifest.input_count, manifest.shard_count, manifest.shard_size,
                     len(shards), summary.shards_skipped, manifest.model_id, manifest.revision,
                     ",".join(manifest.layers), manifest.pooling, settings.engine)
-        bar = _progress(manifest.input_count, done_images, settings.progress)
+        bar = Progress(manifest.input_count, done_images, settings.progress)
         writer = ShardWriter(out, manifest)
         try:
             if settings.engine == "local" and shards:
-                _run_local(settings, source, manifest, resolved, build_backend(resolved, serve), shards, writer, bar,
-                           stop)
+                _run_local(settings, source, manifest, resolved, build_streamed_backend(resolved, serve), shards,
+                           writer, bar, stop)
             elif shards:
                 if settings.backend == "onnx":  # export a missing graph once here, not in every actor at once
                     from service.backends.onnx import onnx_path
@@ -235,26 +257,35 @@ def run_job(settings: EmbedSettings) -> JobSummary:
 
                 run_ray(settings, serve, manifest, shards, writer, bar, stop)
         finally:
-            written = writer.close()
+            writer.close()
             bar.close()
-        summary.shards_written = len(written)
-        summary.images = sum(len(r.ids) for r in written)
-        summary.errors = sum(r.error_count for r in written)
-        summary.error_examples = [f"{r.ids[i]}: {e}" for r in written for i, e in enumerate(r.errors) if e][:5]
+        summary.shards_written, summary.images, summary.errors = writer.shards, writer.images, writer.errors
+        summary.error_examples = writer.error_examples
         summary.interrupted = stop.stopped and summary.shards_written + summary.shards_skipped < manifest.shard_count
-    summary.seconds = time.perf_counter() - started
+    ended = time.perf_counter()
+    summary.seconds = ended - started
+    if bar.first_at is not None:
+        summary.startup_s = bar.first_at - started
+        if ended > bar.first_at:
+            summary.steady_images_per_s = (bar.count - bar.first_count) / (ended - bar.first_at)
     return summary
 
 
 def _run_local(settings: EmbedSettings, source: ImageSource, manifest: Manifest, resolved: ResolvedModel, backend,
                shards: list[dict[str, int]], writer: ShardWriter, bar, stop: StopFlag) -> None:
-    from service.embed.pipeline import embed_shard
+    import itertools
+
+    from service.embed.pipeline import embed_shard, read_ahead
 
     workers = settings.workers or max(2, (os.cpu_count() or 2))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="byol-decode") as pool:
+        # one read-ahead over every shard to do: decoding runs on into the next shard while this one finishes
+        indices = itertools.chain.from_iterable(range(s["start"], s["stop"]) for s in shards)
+        decoded = read_ahead(source, resolved.config, pool, indices, batch_size=settings.batch_size,
+                             max_pixels=settings.max_pixels)
         for shard in shards:
             if stop.stopped:
                 break
             rows = embed_shard(source, manifest, resolved.config, backend, shard, pool, batch_size=settings.batch_size,
-                               max_pixels=settings.max_pixels, on_images=bar.update)
+                               max_pixels=settings.max_pixels, on_images=bar.update, decoded=decoded)
             writer.put(rows)

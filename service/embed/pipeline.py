@@ -7,8 +7,9 @@ corrupt or oversized image becomes a row with its ``error`` set, never a crash a
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
@@ -45,7 +46,7 @@ def decode_item(source: ImageSource, index: int, config: ModelConfig, max_pixels
         return Decoded(None, f"cannot decode: {type(err).__name__}: {err}")
 
 
-def _ordered(pool: Executor, fn: Callable[[int], Decoded], indices: range, window: int) -> Iterator[Decoded]:
+def _ordered(pool: Executor, fn: Callable[[int], Decoded], indices: Iterable[int], window: int) -> Iterator[Decoded]:
     """``pool.map`` with a bounded read-ahead (so a million-image shard never queues a million futures)."""
     futures = []
     it = iter(indices)
@@ -60,10 +61,19 @@ def _ordered(pool: Executor, fn: Callable[[int], Decoded], indices: range, windo
             futures.append(pool.submit(fn, nxt))
 
 
+def read_ahead(source: ImageSource, config: ModelConfig, pool: Executor, indices: Iterable[int], *, batch_size: int,
+               max_pixels: int) -> Iterator[Decoded]:
+    """The items at ``indices``, decoded in ``pool`` a bounded window ahead, in order. One iterator over several
+    shards keeps the window full across their boundaries (the model never waits for a new shard's first batch)."""
+    return _ordered(pool, lambda i: decode_item(source, i, config, max_pixels), indices,
+                    window=max(batch_size * 4, 16))
+
+
 def embed_shard(source: ImageSource, manifest: Manifest, config: ModelConfig, backend: Backend, shard: dict[str, int],
                 pool: Executor, *, batch_size: int, max_pixels: int,
-                on_images: Callable[[int], None] | None = None) -> ShardRows:
-    """Embed the items ``shard["start"]:shard["stop"]`` of ``source`` in order."""
+                on_images: Callable[[int], None] | None = None, decoded: Iterator[Decoded] | None = None) -> ShardRows:
+    """Embed the items ``shard["start"]:shard["stop"]`` of ``source`` in order (``decoded``: a ``read_ahead``
+    already running over these items, and maybe the next shards'; the shard takes exactly its own from it)."""
     start, stop = shard["start"], shard["stop"]
     count = stop - start
     names = {layer: output_name(layer, manifest.pooling) for layer in manifest.layers}
@@ -87,9 +97,9 @@ def embed_shard(source: ImageSource, manifest: Manifest, config: ModelConfig, ba
         batch.clear()
         rows.clear()
 
-    decoded = _ordered(pool, lambda i: decode_item(source, i, config, max_pixels), range(start, stop),
-                       window=max(batch_size * 4, 16))
-    for row, item in enumerate(decoded):
+    if decoded is None:
+        decoded = read_ahead(source, config, pool, range(start, stop), batch_size=batch_size, max_pixels=max_pixels)
+    for row, item in enumerate(itertools.islice(decoded, count)):
         if item.error is not None:
             errors[row] = item.error
             if on_images:

@@ -47,12 +47,12 @@ class ShardWorker:
         from concurrent.futures import ThreadPoolExecutor
 
         from hub.sources import open_source
-        from service.backends import build_backend, resolve_for_backend
+        from service.backends import build_streamed_backend, resolve_for_backend
         from service.settings import ServiceSettings
 
         settings = ServiceSettings(**serve_settings)
         self.resolved = resolve_for_backend(settings)
-        self.backend = build_backend(self.resolved, settings)
+        self.backend = build_streamed_backend(self.resolved, settings)
         self.manifest = Manifest(**manifest)
         self.source = open_source(input_spec, path_column=path_column)
         self.pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="byol-decode")

@@ -6,7 +6,7 @@ from PIL import Image
 
 from hub.config import PreprocessConfig
 from hub.errors import ImageDecodeError
-from hub.preprocess import decode_image, preprocess
+from hub.preprocess import decode_image, normalize_chw, preprocess
 
 
 def _bytes(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -24,6 +24,19 @@ def test_matches_torchvision_eval_transform(photos):
     assert ours.shape == (len(photos), 3, 224, 224) and ours.dtype == np.float32
     for i, img in enumerate(photos):
         assert np.abs(tv(img).numpy() - ours[i]).max() < 1e-5
+
+
+def test_table_normalization_is_bit_identical_to_the_elementwise_formula(photos):
+    """The per-level table gives exactly (x / 255 - mean) / std in float32, channel first, for every level."""
+    cfg = PreprocessConfig(mean=(0.1, 0.5, 0.9), std=(0.2, 0.3, 0.7))
+    levels = np.arange(256, dtype=np.uint8)
+    images = [np.asarray(photos[0].convert("RGB")), np.stack([levels.reshape(16, 16)] * 3, axis=-1)]
+    for rgb in images:
+        formula = (rgb.astype(np.float32) * np.float32(1 / 255) - np.asarray(cfg.mean, np.float32)) / \
+            np.asarray(cfg.std, np.float32)
+        got = normalize_chw(rgb, cfg)
+        assert got.shape == (3, *rgb.shape[:2]) and got.dtype == np.float32 and got.flags.c_contiguous
+        assert np.array_equal(got, formula.transpose(2, 0, 1))
 
 
 def test_exif_orientation_is_applied(photos):

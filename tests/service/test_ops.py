@@ -164,3 +164,15 @@ def test_engine_backpressure_cancellation_and_drain():
     backend, first, queued = asyncio.run(scenario())
     assert all(f.done() and not f.cancelled() for f in first + queued[:2])  # drained, not dropped
     assert sum(backend.batches) == 4  # the two cancelled images never reached the model
+
+
+def test_streamed_backend_splits_a_batch_and_gives_its_rows_in_order():
+    from service.backends import StreamedBackend
+
+    inner = SlowBackend(delay=0.0)
+    streamed = StreamedBackend(inner, 2)
+    pixels = _pixels(7)
+    out = streamed.run(pixels)
+    assert sorted(inner.batches) == [3, 4]  # two slices, run at once
+    assert np.array_equal(out["avgpool"], pixels.reshape(7, -1)[:, :4])
+    assert streamed.run(_pixels(1))["avgpool"].shape == (1, 4) and inner.batches[-1] == 1
