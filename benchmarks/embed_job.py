@@ -111,6 +111,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=32, help="inference batch (default 32)")
     parser.add_argument("--ray", action="store_true", help="also run the Ray engine on a local cluster")
     parser.add_argument("--ray-workers", type=int, default=1, help="Ray actors (default 1 on 2 cores)")
+    parser.add_argument("--rounds", type=int, default=1, help="measure raw and the local job this many times, "
+                        "alternating, and report the median of each round's ratios (a shared machine drifts "
+                        "between phases; default 1)")
     args = parser.parse_args()
 
     from hub.hardware import cpu_summary
@@ -131,28 +134,38 @@ def main() -> int:
 
 
 def measure(args: argparse.Namespace, root: Path, threads: int) -> None:
+    import statistics
+
     from hub import BYOLModel, ModelConfig
 
     paths = make_images(root / "images", args.images)
     model = root / "model"
     BYOLModel(ModelConfig(architecture=args.arch, name=f"random-{args.arch}")).save_pretrained(
         model, onnx=True, transformers=False)
-    raw, _ = raw_backend(model, paths, args.batch, streamed=False)
-    raw_streams, infer_cpu = raw_backend(model, paths, args.batch, streamed=True)
     decode_cpu = decode_core_time(model, root / "images")
-    ceiling = infer_cpu / (infer_cpu + decode_cpu)
-    local = job(model, root / "images", root / "out-local", args.batch, "local", 0)
-    local_ips = local.images / local.seconds
     print(f"{args.images} JPEGs (500x375), {args.arch} at 224x224, batch {args.batch}, {threads} cores")
-    print(f"  raw backend (pre-decoded tensors) {raw:7.1f} img/s   (one ONNX Runtime session, every core)")
-    print(f"  raw, as the job runs it (streams) {raw_streams:7.1f} img/s   inference {infer_cpu * 1000:.1f} core-ms/img")
     print(f"  read + decode + preprocess        {1 / decode_cpu:7.1f} img/s/core   {decode_cpu * 1000:.2f} core-ms/img")
-    print(f"  byol-embed, local engine          {local_ips:7.1f} img/s   (start-up {local.startup_s:.1f} s, then "
-          f"{local.steady_images_per_s:.1f} img/s)")
-    print(f"  ratio job / raw backend: {local_ips / raw:.3f}x   job / raw as the job runs it: {local_ips / raw_streams:.3f}x")
-    print(f"  ceiling (inference / (inference + decode), the job's own inference): {ceiling:.3f}x   "
-          f"job / ceiling: {local_ips / raw_streams / ceiling:.3f}   steady state / ceiling: "
-          f"{local.steady_images_per_s / raw_streams / ceiling:.3f}", flush=True)
+    ratios: dict[str, list[float]] = {"raw": [], "raw_streams": [], "ceiling": [], "steady_ceiling": []}
+    for round_ in range(args.rounds):
+        raw, _ = raw_backend(model, paths, args.batch, streamed=False)
+        raw_streams, infer_cpu = raw_backend(model, paths, args.batch, streamed=True)
+        ceiling = infer_cpu / (infer_cpu + decode_cpu)
+        local = job(model, root / "images", root / "out-local", args.batch, "local", 0)
+        local_ips = local.images / local.seconds
+        ratios["raw"].append(local_ips / raw)
+        ratios["raw_streams"].append(local_ips / raw_streams)
+        ratios["ceiling"].append(local_ips / raw_streams / ceiling)
+        ratios["steady_ceiling"].append(local.steady_images_per_s / raw_streams / ceiling)
+        tag = f" (round {round_ + 1})" if args.rounds > 1 else ""
+        print(f"  raw backend (pre-decoded tensors) {raw:7.1f} img/s   one ONNX Runtime session, every core{tag}")
+        print(f"  raw, as the job runs it (streams) {raw_streams:7.1f} img/s   inference {infer_cpu * 1000:.1f} "
+              f"core-ms/img; ceiling (inference / (inference + decode)) {ceiling:.3f}x")
+        print(f"  byol-embed, local engine          {local_ips:7.1f} img/s   (start-up {local.startup_s:.1f} s, then "
+              f"{local.steady_images_per_s:.1f} img/s)", flush=True)
+    med = {k: statistics.median(v) for k, v in ratios.items()}
+    print(f"  ratio job / raw backend: {med['raw']:.3f}x   job / raw as the job runs it: {med['raw_streams']:.3f}x")
+    print(f"  job / ceiling: {med['ceiling']:.3f}   steady state / ceiling: {med['steady_ceiling']:.3f}"
+          + (f"   (medians of {args.rounds} rounds)" if args.rounds > 1 else ""), flush=True)
     if args.ray:
         ray = job(model, root / "images", root / "out-ray", args.batch, "ray", args.ray_workers)
         ray_ips = ray.images / ray.seconds

@@ -17,7 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service.backends import Backend, build_backend, inference_plan, resolve_for_backend
 from service.engine import BatchEngine
-from service.errors import error_response, install_error_handlers
+from service.errors import DrainingError, error_response, install_error_handlers
 from service.routes_embed import router as embed_router
 from service.routes_ops import router as ops_router
 from service.routes_search import router as search_router
@@ -27,6 +27,7 @@ from service.state import ServiceState
 logger = logging.getLogger("service")
 access_log = logging.getLogger("service.access")
 KNOWN_ROUTES = {"/embed", "/v1/embeddings", "/v1/models", "/info", "/health", "/ready", "/metrics", "/search"}
+WORK_ROUTES = {"/embed", "/v1/embeddings", "/search"}  # refused while draining; counted in flight
 DOCS_STATIC = "/docs-static"
 
 
@@ -58,7 +59,11 @@ class RequestMiddleware:
             length = int(headers.get(b"content-length", b"0") or 0)
         except ValueError:
             length = 0
-        if length > limit:
+        working = path in WORK_ROUTES
+        if working and self.state.draining:
+            err = DrainingError()
+            await error_response(err.status, err.code, err.message, headers=err.headers)(scope, receive, send_wrapper)
+        elif length > limit:
             response = error_response(413, "body_too_large", f"request body is {length} bytes; the limit is {limit}")
             await response(scope, receive, send_wrapper)
         else:
@@ -74,7 +79,15 @@ class RequestMiddleware:
                     raise ServiceError(413, "body_too_large", f"request body exceeds the limit of {limit} bytes")
                 return message
 
-            await self.app(scope, receive_limited, send_wrapper)
+            if working:
+                self.state.in_flight += 1
+            try:
+                await self.app(scope, receive_limited, send_wrapper)
+            finally:
+                if working:
+                    self.state.in_flight -= 1
+                    if self.state.draining:
+                        self.state.finished_while_draining += 1
         elapsed = time.perf_counter() - start
         metrics = self.state.metrics
         metrics.requests.labels(route, str(status)).inc()
@@ -110,6 +123,8 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
                                    max_wait_ms=settings.max_wait_ms, queue_size=settings.queue_size,
                                    on_batch=state.metrics.observe_batch, streams=plan.streams)
         state.metrics.queue_depth.set_function(lambda: state.engine.depth if state.engine else 0)
+        state.metrics.in_flight.set_function(lambda: state.in_flight)
+        state.metrics.draining.set_function(lambda: int(state.draining))
         await state.engine.start()
         state.ready = True
         demo = " -- DEMO MODEL (smoke-trained, weak features; not for real work)" if resolved.config.demo else ""

@@ -31,6 +31,47 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _draining_server(config, state, timeout: float):
+    """uvicorn's server with a drain in front of its shutdown: the first SIGTERM / Ctrl-C marks the service as
+    draining (``/ready`` 503, new work 503 + Retry-After, the listener still open so that callers get an answer
+    rather than a refused connection); once nothing is in flight or queued, or after ``timeout`` seconds, uvicorn
+    shuts down as usual (lifespan: the engine finishes its queue). The exit status is 0. A second signal is
+    uvicorn's own: shut down now."""
+    import time
+
+    import uvicorn
+
+    logger = logging.getLogger("service")
+
+    class DrainingServer(uvicorn.Server):
+        drain_started: float | None = None
+
+        def handle_exit(self, sig, frame) -> None:
+            if self.drain_started is None and state.ready:
+                self.drain_started = time.monotonic()
+                state.begin_drain()
+                logger.info("signal %d: draining (%d requests in flight, %d images queued; at most %g s)", sig,
+                            state.in_flight, state.engine.depth if state.engine else 0, timeout)
+                return
+            super().handle_exit(sig, frame)
+
+        async def on_tick(self, counter: int) -> bool:
+            should_exit = await super().on_tick(counter)
+            if self.drain_started is None or should_exit:
+                return should_exit
+            waited = time.monotonic() - self.drain_started
+            if state.drained or waited > timeout:
+                if not state.drained:  # out of time: uvicorn's own grace period is then short too
+                    self.config.timeout_graceful_shutdown = 1
+                logger.info("drained in %.1f s: %d requests finished while draining%s", waited,
+                            state.finished_while_draining,
+                            "" if state.drained else f", {state.in_flight} still in flight at the timeout")
+                return True
+            return False
+
+    return DrainingServer(config)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import uvicorn
     from pydantic import ValidationError
@@ -52,8 +93,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"byol-serve: starting on http://{host}:{settings.port} (model {settings.model}, backend {settings.backend})\n"
           f"  try: curl -F images=@photo.jpg 'http://{host}:{settings.port}/embed?layers=feature5,avgpool'\n"
           f"       curl http://{host}:{settings.port}/info", flush=True)
-    uvicorn.run(app, host=host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=30,
-                access_log=False)
+    config = uvicorn.Config(app, host=host, port=settings.port, log_level=settings.log_level, access_log=False,
+                            timeout_graceful_shutdown=5)  # after the drain: the last responses go out
+    _draining_server(config, app.state.service, settings.drain_timeout_s).run()
     return 0
 
 

@@ -12,6 +12,9 @@ class Metrics:
         self.latency = Histogram("byol_request_latency_seconds", "request latency", ["route"],
                                  buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
                                  registry=self.registry)
+        self.in_flight = Gauge("byol_requests_in_flight", "embedding and search requests being answered",
+                               registry=self.registry)
+        self.draining = Gauge("byol_draining", "1 while the server drains after SIGTERM", registry=self.registry)
         self.queue_depth = Gauge("byol_queue_depth", "images waiting for inference", registry=self.registry)
         self.batch_size = Histogram("byol_batch_size", "images per inference batch",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=self.registry)

@@ -40,6 +40,10 @@ class ServiceSettings(BaseSettings):
         "(12-megapixel phone photos decode ~8x faster; embeddings differ slightly from the exact path, cosine in "
         "the README); off: exact, the same vectors as byol-embed and the library")
     request_timeout_s: float = Field(60.0, gt=0, description="per-request timeout")
+    drain_timeout_s: float = Field(
+        25.0, gt=0, description="on SIGTERM (or Ctrl-C): /ready answers 503 at once, new /embed, /v1/embeddings and "
+        "/search requests get 503 with Retry-After, the requests in flight and queued finish; the process exits 0 "
+        "once drained or after this many seconds (keep it below the orchestrator's grace period)")
     api_keys: list[str] = Field(default_factory=list, description="accepted Bearer keys (empty: no auth)")
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS")
     host: str = Field("127.0.0.1", description="bind address")

@@ -29,11 +29,22 @@ class ServiceState:
     engine: BatchEngine | None = None
     plan: Any = None  # service.backends.InferencePlan, set by the lifespan
     ready: bool = False
+    draining: bool = False  # SIGTERM: refuse new work, finish what is in flight, then exit
+    in_flight: int = 0  # admitted /embed, /v1/embeddings and /search requests not answered yet
+    finished_while_draining: int = 0
     search_index: Any = None  # service.embed.index.LoadedIndex when --index is set
     started: int = field(default_factory=lambda: int(time.time()))
     decode_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2),
                                                    thread_name_prefix="byol-decode"))
+
+
+    def begin_drain(self) -> None:
+        self.draining, self.ready = True, False
+
+    @property
+    def drained(self) -> bool:
+        return self.in_flight == 0 and (self.engine is None or self.engine.depth == 0)
 
 
 def get_state(request: Request) -> ServiceState:
@@ -42,7 +53,8 @@ def get_state(request: Request) -> ServiceState:
 
 def ready_state(request: Request) -> ServiceState:
     state: ServiceState = request.app.state.service
-    if not state.ready or state.engine is None or not state.engine.accepting:
+    # while draining, requests admitted before the signal go on (the middleware refuses new ones)
+    if not (state.ready or state.draining) or state.engine is None or not state.engine.accepting:
         raise ServiceError(503, "not_ready", "the model is not loaded yet or the server is shutting down",
                            headers={"Retry-After": "5"})
     return state

@@ -117,25 +117,49 @@ def test_client_retries_after_503(monkeypatch):
 
 
 def test_sigterm_drains_in_flight_requests(trained_model, photo_bytes):
-    proc, url = start_server(trained_model, "--max-batch-size", "8")
-    files = [("images", (f"{i}.jpg", photo_bytes[i % 4], "image/jpeg")) for i in range(32)]
-    statuses: list[int] = []
+    """SIGTERM with 8 requests in flight: /ready is 503 at once, new work gets 503 + Retry-After, all 8 answer 200
+    with the right vectors, and the process exits 0 once drained."""
+    proc, url = start_server(trained_model, "--max-batch-size", "8", "--drain-timeout-s", "60")
+    try:
+        files = [("images", (f"{i}.jpg", photo_bytes[i % 4], "image/jpeg")) for i in range(32)]
+        query = "/embed?layers=feature1,avgpool&pooling=mhead"
+        reference = httpx.post(url + query, files=files[:4], timeout=60).json()
+        results: list = []
 
-    def call() -> None:
-        try:
-            statuses.append(httpx.post(url + "/embed?layers=feature1&pooling=mhead", files=files, timeout=60).status_code)
-        except httpx.HTTPError as err:
-            statuses.append(repr(err))
+        def call() -> None:
+            try:
+                results.append(httpx.post(url + query, files=files, timeout=120))
+            except httpx.HTTPError as err:
+                results.append(err)
 
-    threads = [threading.Thread(target=call) for _ in range(4)]
-    for t in threads:
-        t.start()
-    time.sleep(0.3)
-    os.kill(proc.pid, signal.SIGTERM)
-    for t in threads:
-        t.join(60)
-    # uvicorn shuts down gracefully, then re-raises SIGTERM so the exit status says what stopped it
-    assert proc.wait(timeout=60) in (0, -signal.SIGTERM)
-    log = proc.stdout.read()
-    assert statuses == [200, 200, 200, 200], (statuses, log[-2000:])
+        threads = [threading.Thread(target=call) for _ in range(8)]
+        for t in threads:
+            t.start()
+        deadline = time.time() + 30
+        while "byol_requests_in_flight 8.0" not in httpx.get(url + "/metrics").text and time.time() < deadline:
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGTERM)  # with 8 requests in flight
+        time.sleep(0.3)
+        ready = httpx.get(url + "/ready", timeout=10)
+        draining_gauge = "byol_draining 1.0" in httpx.get(url + "/metrics", timeout=10).text
+        refused = httpx.post(url + query, files=files[:1], timeout=10)
+        alive_during_drain = any(t.is_alive() for t in threads)
+        for t in threads:
+            t.join(120)
+        code = proc.wait(timeout=60)
+        log = proc.stdout.read()
+    finally:
+        processes.stop(proc)
+    assert alive_during_drain, "the requests finished before the drain was checked; make them heavier"
+    assert ready.status_code == 503 and draining_gauge
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "draining"
+    assert refused.headers["retry-after"]
+    assert [getattr(r, "status_code", r) for r in results] == [200] * 8, log[-2000:]
+    for r in results:
+        for layer in ("feature1", "avgpool"):
+            got = np.array([d["embeddings"][layer] for d in r.json()["data"][:4]])
+            ref = np.array([d["embeddings"][layer] for d in reference["data"]])
+            assert np.abs(got - ref).max() <= 1e-5
+    assert code == 0, log[-2000:]
+    assert "8 requests finished while draining" in log, log[-2000:]
     assert "stopped after draining the queue" in log
