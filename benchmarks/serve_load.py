@@ -245,6 +245,8 @@ def main() -> int:
                         "resize is crop x 8/7)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 8, 16], help="clients (default 1 4 8 16)")
     parser.add_argument("--seconds", type=float, default=8, help="seconds per measurement (default 8)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of raw engine + every server; ratios are the "
+                        "median of the rounds' ratios (a shared machine drifts over minutes; default 3)")
     parser.add_argument("--peers", nargs="*", default=["naive", "litserve"],
                         choices=["naive", "litserve", "ours-fast", "ours-1stream"],
                         help="what else to load (default naive litserve); ours-fast is this server with "
@@ -276,33 +278,50 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
         BYOLModel(ModelConfig(architecture=args.arch, preprocessing=pre, name=f"random-{args.arch}-for-timing")
                   ).save_pretrained(model, onnx=True, transformers=False)
     images = jpegs(phone=args.phone)
-    raw = raw_engine(model, images, args.seconds)
-    raw2 = raw_engine(model, images, args.seconds, streams=2)
     from hub.hardware import cpu_summary
 
     print(f"CPU: {cpu_summary()}")
-    print(f"{'12-megapixel phone' if args.phone else '~500 px'} JPEG uploads")
-    print(f"raw engine (ONNX Runtime in-process, batch {MAX_BATCH}, preprocessed): {raw:.1f} img/s")
-    print(f"raw engine, 2 streams (batches of {MAX_BATCH // 2} at once, cores / 2 threads each): {raw2:.1f} img/s",
+    print(f"{'12-megapixel phone' if args.phone else '~500 px'} JPEG uploads; {args.rounds} round(s), each measuring "
+          "the raw engine and then every server, so that each ratio compares figures taken minutes apart at most",
           flush=True)
-    best: dict[str, float] = {}
-    for kind in ["ours", *args.peers]:
-        try:
-            proc, url = start(kind, model, tmp)
-        except (RuntimeError, ImportError) as err:
-            print(f"{kind}: skipped ({str(err)[-300:]})")
-            continue
-        try:
-            for c in args.concurrency:
-                ips, p50, p99 = asyncio.run(load(url, images, c, args.seconds))
-                best[kind] = max(best.get(kind, 0), ips)
-                print(f"{kind:<12} c={c:<3} {ips:7.1f} img/s  p50 {p50:7.1f} ms  p99 {p99:7.1f} ms", flush=True)
-        finally:
-            processes.stop(proc)
-    for kind, value in best.items():
-        print(f"best {kind:<12} {value:7.1f} img/s = {value / raw:.2f}x raw engine, {value / raw2:.2f}x raw 2 streams"
-              + (f", {best['ours'] / value:.2f}x ours/{kind}" if kind != "ours" and "ours" in best else ""))
+    import contextlib
+    import statistics
 
+    servers: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        for kind in ["ours", *args.peers]:
+            try:
+                proc, url = start(kind, model, tmp)
+            except (RuntimeError, ImportError) as err:
+                print(f"{kind}: skipped ({str(err)[-300:]})")
+                continue
+            stack.callback(processes.stop, proc)
+            servers[kind] = url
+        ratios: dict[tuple[str, int], list[float]] = {}
+        ratios2: dict[tuple[str, int], list[float]] = {}
+        for round_ in range(args.rounds):
+            raw = raw_engine(model, images, args.seconds)
+            raw2 = raw_engine(model, images, args.seconds, streams=2)
+            tag = f"round {round_ + 1}: " if args.rounds > 1 else ""
+            print(f"{tag}raw engine (ONNX Runtime in-process, batch {MAX_BATCH}, preprocessed): {raw:.1f} img/s; "
+                  f"2 streams (batches of {MAX_BATCH // 2} at once, cores / 2 threads each): {raw2:.1f} img/s",
+                  flush=True)
+            for kind, url in servers.items():
+                for c in args.concurrency:
+                    ips, p50, p99 = asyncio.run(load(url, images, c, args.seconds))
+                    ratios.setdefault((kind, c), []).append(ips / raw)
+                    ratios2.setdefault((kind, c), []).append(ips / raw2)
+                    print(f"{kind:<12} c={c:<3} {ips:7.1f} img/s  p50 {p50:7.1f} ms  p99 {p99:7.1f} ms  "
+                          f"= {ips / raw:.2f}x raw", flush=True)
+    best: dict[str, tuple[float, float, int]] = {}
+    for (kind, c), values in ratios.items():
+        med = statistics.median(values)
+        if med > best.get(kind, (0.0, 0.0, 0))[0]:
+            best[kind] = (med, statistics.median(ratios2[(kind, c)]), c)
+    what = f"median of {args.rounds} rounds" if args.rounds > 1 else "one round"
+    for kind, (ratio, ratio2, c) in best.items():
+        print(f"best {kind:<12} {ratio:.2f}x raw engine, {ratio2:.2f}x raw 2 streams (c={c}, {what})"
+              + (f", {best['ours'][0] / ratio:.2f}x ours/{kind}" if kind != "ours" and "ours" in best else ""))
 
 if __name__ == "__main__":
     sys.exit(main())

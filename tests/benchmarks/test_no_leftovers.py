@@ -15,7 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 REAPER = Path(__file__).with_name("reaper.py")
 pytestmark = pytest.mark.slow
-TINY_SERVE = ["--arch", "resnet18", "--crop", "64", "--seconds", "1"]
+TINY_SERVE = ["--arch", "resnet18", "--crop", "64", "--seconds", "1", "--rounds", "1"]
 
 
 def reaped(*cmd: str, signal_on: str | None = None, sig: str = "INT", timeout: float = 400) -> dict:
