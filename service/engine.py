@@ -5,7 +5,9 @@ bounded, which is the backpressure) and returns one future per image; a worker t
 ``max_batch_size`` images, waiting at most ``max_wait_ms`` for more once it has one, runs the backend in
 a dedicated thread, and scatters the rows back. With ``streams`` > 1, up to that many batches run at once,
 each in its own thread: a batch is formed as soon as a stream is free, so the cores never wait while the
-clients of the batch just answered send their next images and those are decoded. Images whose future was
+clients of the batch just answered send their next images and those are decoded; and a batch waits
+``max_wait_ms`` for more images only while no other batch runs (with one running, the cores are busy
+and waiting would leave the free stream's core idle: measured 19.7 -> 21.4 images/s at 8 clients). Images whose future was
 cancelled (the client left or timed out) are dropped before they reach the model.
 """
 
@@ -43,6 +45,7 @@ class BatchEngine:
         self.streams = streams
         self._queue: asyncio.Queue[_Item | None] = asyncio.Queue()
         self._pending = 0
+        self._running = 0  # batches in a stream now
         self._executor = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="byol-infer")
         self._task: asyncio.Task | None = None
         self._accepting = False
@@ -84,7 +87,7 @@ class BatchEngine:
         if first is None:
             return None
         batch = [first]
-        deadline = time.perf_counter() + self.max_wait
+        deadline = time.perf_counter() + (self.max_wait if self._running == 0 else 0.0)
         while len(batch) < self.max_batch_size:
             try:
                 item = self._queue.get_nowait()
@@ -124,6 +127,7 @@ class BatchEngine:
     async def _run(self, live: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
         pixels = np.stack([item.pixels for item in live])
+        self._running += 1
         try:
             outputs = await loop.run_in_executor(self._executor, self.backend.run, pixels)
         except Exception as err:  # the backend failed on this batch: fail its requests, keep serving
@@ -132,6 +136,8 @@ class BatchEngine:
                 if not item.future.done():
                     item.future.set_exception(RuntimeError(f"inference failed: {err}"))
             return
+        finally:
+            self._running -= 1
         if self.on_batch:
             self.on_batch(len(live))
         for i, item in enumerate(live):
