@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from service.backends import Backend, build_backend, inference_plan, resolve_for_backend
+from service.backends import Backend, build_planned_backend, inference_plan, resolve_for_backend
 from service.engine import BatchEngine
 from service.errors import DrainingError, error_response, install_error_handlers
 from service.routes_embed import router as embed_router
@@ -112,8 +112,7 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
         if settings.inference_streams > plan.streams:
             logger.warning("inference_streams %d: the %s backend on %s runs one stream", settings.inference_streams,
                            settings.backend, settings.device)
-        state.backend = backend or await asyncio.to_thread(
-            build_backend, resolved, settings.model_copy(update={"threads": plan.threads_per_stream}))
+        state.backend = backend or await asyncio.to_thread(build_planned_backend, resolved, settings, plan)
         await asyncio.to_thread(state.backend.warmup, resolved.config.input_size)
         if settings.index:
             from service.routes_search import open_search_index

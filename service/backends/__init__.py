@@ -65,10 +65,15 @@ class StreamedBackend(Backend):
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
+def build_planned_backend(resolved: ResolvedModel, settings: ServiceSettings, plan: InferencePlan) -> Backend:
+    """The backend one stream of ``plan`` runs (its share of the threads)."""
+    return build_backend(resolved, settings.model_copy(update={"threads": plan.threads_per_stream}))
+
+
 def build_streamed_backend(resolved: ResolvedModel, settings: ServiceSettings) -> Backend:
     """The backend for one batch at a time (``byol-embed``): each batch split over the ``inference_plan``'s streams."""
     plan = inference_plan(settings)
-    backend = build_backend(resolved, settings.model_copy(update={"threads": plan.threads_per_stream}))
+    backend = build_planned_backend(resolved, settings, plan)
     return StreamedBackend(backend, plan.streams) if plan.streams > 1 else backend
 
 
@@ -85,5 +90,5 @@ def build_backend(resolved: ResolvedModel, settings: ServiceSettings) -> Backend
                         channels_last=settings.channels_last, threads=settings.threads)
 
 
-__all__ = ["Backend", "InferencePlan", "StreamedBackend", "build_backend", "build_streamed_backend", "inference_plan",
-           "resolve_for_backend"]
+__all__ = ["Backend", "InferencePlan", "StreamedBackend", "build_backend", "build_planned_backend",
+           "build_streamed_backend", "inference_plan", "resolve_for_backend"]
