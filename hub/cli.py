@@ -106,6 +106,11 @@ def _export(args: argparse.Namespace) -> int:
     if args.format == "onnx" and out.parent.resolve() == Path(args.model_dir).resolve():
         # keeps config.json's onnx record in step (and the transformers/ folder as it was)
         model.save_pretrained(args.model_dir, onnx=True, transformers=bool(model.config.transformers))
+    elif args.format == "triton":
+        out = export(model, "triton", out, name=args.triton_name, max_batch_size=args.max_batch_size,
+                     kind=args.instance_kind, count=args.instances)
+        print(f"wrote {out}/config.pbtxt and {out}/1/model.onnx\n"
+              f"  run: tritonserver --model-repository {out.parent}")
     else:
         export(model, args.format, out)
     print(f"wrote {out}")
@@ -170,9 +175,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a model folder to another format")
     p.add_argument("model_dir", help="model folder with config.json and model.safetensors")
     p.add_argument("--format", required=True, choices=FORMATS,
-                   help="onnx: model.onnx in the folder (the serving contract); torchvision/timm: resnet state "
+                   help="onnx: model.onnx in the folder (the serving contract); triton: a Triton model repository "
+                        "(config.pbtxt + 1/model.onnx) under --output; torchvision/timm: resnet state "
                         "dicts; detectron2: .pkl with MoCo renaming; mmdet: state_dict with backbone. keys")
-    p.add_argument("--output", default=None, help="where to write (default: MODEL_DIR/model.onnx or MODEL_DIR/exports/)")
+    p.add_argument("--output", "--out", default=None,
+                   help="where to write (default: MODEL_DIR/model.onnx or MODEL_DIR/exports/...); for triton the "
+                        "model repository folder, the model goes into OUTPUT/<name>/")
+    p.add_argument("--triton-name", default=None,
+                   help="triton: the model's name in the repository (default: the model's name, else byol-<arch>)")
+    p.add_argument("--max-batch-size", type=int, default=32, help="triton: max_batch_size (default 32)")
+    p.add_argument("--instance-kind", choices=("cpu", "gpu"), default="cpu",
+                   help="triton: instance_group kind, KIND_CPU or KIND_GPU (default cpu)")
+    p.add_argument("--instances", type=int, default=1, help="triton: model instances (instance_group count, default 1)")
     p.add_argument("--int8", action="store_true",
                    help="onnx only: also write model.int8.onnx (static QDQ quantization, per-channel weights)")
     p.add_argument("--calibration", default=None,

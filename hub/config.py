@@ -23,7 +23,7 @@ ONNX_INT8_NAME = "model.int8.onnx"
 CARD_NAME = "README.md"
 PADDINGS = ("torch", "tf_same")
 # Formats hub.export writes (named here so torch-free code can list them; checkpoint layouts: hub.checkpoint_layouts).
-EXPORT_FORMATS = ("onnx", "torchvision", "timm", "detectron2", "mmdet")
+EXPORT_FORMATS = ("onnx", "triton", "torchvision", "timm", "detectron2", "mmdet")
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -6,6 +6,7 @@
   with PyTorch's TorchScript-based exporter (``dynamo=False``): it needs no ``onnxscript`` and gives a
   plain, well-optimized graph for a ResNet. Opset, outputs and the weights' sha256 go into
   ``config.json``.
+- ``triton``: a Triton Inference Server model repository around the same ONNX graph (:mod:`hub.triton`).
 - ``torchvision`` / ``timm``: ``resnetXX`` state dicts (no ``fc``: load with ``strict=False`` into
   torchvision); the ``timm`` folder is what ``timm.create_model("local-dir:<folder>", pretrained=True)`` loads
   (``num_classes=0``, ``features_only=True`` or a new head with ``num_classes=N``). A model folder written by
@@ -100,12 +101,18 @@ def _d2_name(key: str) -> str:
     return key.replace("downsample.0", "shortcut").replace("downsample.1", "shortcut.norm")
 
 
-def export(model: Any, fmt: str, out: str | Path) -> Path:
-    """Export ``model`` in ``fmt`` to ``out`` (a file, or a folder for ``timm``); returns the path."""
+def export(model: Any, fmt: str, out: str | Path, **options: Any) -> Path:
+    """Export ``model`` in ``fmt`` to ``out`` (a file, or a folder for ``timm`` and ``triton``); returns the path.
+
+    ``options`` go to :func:`hub.triton.export_triton` (``name``, ``max_batch_size``, ``kind``, ``count``)."""
     out = Path(out)
     arch = model.config.architecture
     if fmt == "onnx":
         return export_onnx(model, out)
+    if fmt == "triton":
+        from hub.triton import export_triton
+
+        return export_triton(model, out, **options)
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; accepted: {', '.join(FORMATS)}")
     state = _portable_state(model, fmt)
@@ -142,6 +149,7 @@ def default_export_path(folder: str | Path, fmt: str, architecture: str) -> Path
     folder = Path(folder)
     return {
         "onnx": folder / ONNX_NAME,
+        "triton": folder / "exports" / "triton",
         "torchvision": folder / "exports" / f"{architecture}_torchvision.pth",
         "timm": folder / "exports" / "timm",
         "detectron2": folder / "exports" / f"{architecture}_detectron2.pkl",
