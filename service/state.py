@@ -33,6 +33,7 @@ class ServiceState:
     in_flight: int = 0  # admitted /embed, /v1/embeddings and /search requests not answered yet
     finished_while_draining: int = 0
     search_index: Any = None  # service.embed.index.LoadedIndex when --index is set
+    serving_unit: str | None = None  # one replica of several (Ray Serve): who this process is, for /metrics
     started: int = field(default_factory=lambda: int(time.time()))
     decode_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2),

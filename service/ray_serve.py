@@ -1,0 +1,252 @@
+"""The embedding service as a Ray Serve application: the same FastAPI app, one model load per replica.
+
+    serve run service.ray_serve:app                        # settings from BYOL_* in the replicas' environment
+    serve run service.ray_serve:build model=org/byol-r50-ep200 backend=onnx   # or as builder arguments
+    serve deploy docker/ray/serve.yaml                     # the Serve config (KubeRay: docker/k8s/rayservice.yaml)
+    byol-serve --engine ray --replicas 2                   # starts Ray (or joins --ray-address) and Serve
+
+Each replica builds the app of :func:`service.app.create_app` (every route, API keys, limits, the batching engine,
+``/search``) inside its actor, so its lifespan loads and warms the model there, once. What Ray adds:
+
+- ``X-Byol-Replica: replica=<id>; node=<node id>; ip=<address>`` on every response: who served it.
+- Serve's health check calls the backend: one image through the replica's batching engine (an overloaded queue
+  is busy, not unhealthy); a replica whose engine stopped or whose inference fails is replaced by Serve.
+- ``/metrics`` through the proxy is the view of the one replica that answered: it says so in a header
+  (``X-Byol-Metrics-Scope: replica``) and on its first line. The deployment's figures are Ray's own metrics
+  (``ray_serve_*`` on each node's metrics export port), see the README.
+- Inference threads: ``BYOL_THREADS=0`` means the CPUs Ray gave the replica (``ray_actor_options.num_cpus``), not
+  the node's cores, so replicas sharing a node do not oversubscribe it.
+- Requests on a replica that dies mid-request: Serve's HTTP proxy would answer 500 or drop the connection. The
+  proxy middleware :func:`proxy_middlewares` (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``, set by
+  ``byol-serve --engine ray``; set it on the Ray nodes for ``serve run``/KubeRay) replays such a request on another
+  replica (the embedding routes are pure functions of the request) and answers a clean 503 with Retry-After when
+  none can take it. Responses of the app itself, errors included, pass through untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ray import serve
+
+logger = logging.getLogger("service.ray")
+
+APP_NAME = "byol"
+DEPLOYMENT_NAME = "BYOLEmbedder"
+REPLICA_HEADER = "X-Byol-Replica"
+REPLICA_MARK = REPLICA_HEADER.lower().encode()
+PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+PROXY_CALLBACK = "service.ray_serve:proxy_middlewares"
+# routes whose requests may be replayed on another replica (pure functions of the request)
+REPLAYABLE = {"/embed", "/v1/embeddings", "/search", "/info", "/v1/models"}
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "max_ongoing_requests": 32,  # requests batch inside the replica: let them in (Serve's default is 5)
+    "health_check_period_s": 10,
+    "health_check_timeout_s": 30,
+    "ray_actor_options": {"num_cpus": 1},
+}
+
+
+class _ReplicaHeader:
+    """Adds who served the request to every response; marks ``/metrics`` as one replica's view."""
+
+    def __init__(self, app, value: str) -> None:
+        self.app, self.value = app, value.encode("latin-1")
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        metrics = scope.get("path") == "/metrics"
+
+        async def send_with_header(message) -> None:
+            if message["type"] == "http.response.start":
+                extra = [(REPLICA_MARK, self.value)]
+                if metrics:
+                    extra.append((b"x-byol-metrics-scope", b"replica"))
+                # Serve's proxy adds the request's x-request-id to the response itself (the same id: the app reads
+                # it from the request), so the app's copy would only repeat it
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
+                message["headers"] = [*kept, *extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
+@serve.deployment(name=DEPLOYMENT_NAME, **DEFAULT_OPTIONS)
+@serve.ingress()
+class BYOLEmbedder:
+    """One replica: its own model, batching engine and metrics. ``settings``: ``ServiceSettings`` fields that
+    override the replica's ``BYOL_*`` environment."""
+
+    def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        import ray
+
+        from service.settings import ServiceSettings
+
+        resolved = ServiceSettings(**(settings or {}))
+        context = ray.get_runtime_context()
+        if resolved.threads == 0:  # the CPUs Ray gave this replica, not the node's cores
+            cpus = context.get_assigned_resources().get("CPU", 0)
+            resolved = resolved.model_copy(update={"threads": max(1, int(cpus))})
+        self.settings = resolved
+        replica = serve.get_replica_context().replica_id.unique_id
+        self.identity = f"replica={replica}; node={context.get_node_id()}; ip={ray.util.get_node_ip_address()}"
+        self.state = None
+
+    def __serve_build_asgi_app__(self):
+        from service.app import create_app
+
+        app = create_app(self.settings)
+        self.state = app.state.service
+        self.state.serving_unit = self.identity
+        app.add_middleware(_ReplicaHeader, value=self.identity)
+        return app
+
+    async def check_health(self) -> None:
+        """Serve's health check: one image through this replica's engine and backend."""
+        import numpy as np
+
+        from service.errors import QueueFullError
+
+        state = self.state
+        if state is None or state.engine is None or not state.ready:
+            if state is not None and state.draining:
+                return  # shutting down on purpose: Serve is already replacing this replica
+            raise RuntimeError("the model is not loaded or the batching engine is not running")
+        if not state.engine.alive:
+            raise RuntimeError("the batching engine stopped")
+        size = state.config.input_size
+        try:
+            (future,) = state.engine.submit(np.zeros((1, 3, size, size), np.float32))
+        except QueueFullError:
+            return  # busy, not broken: the engine loop is alive and its queue full
+        outputs = await asyncio.wait_for(future, timeout=25)
+        if not all(np.isfinite(v).all() for v in outputs.values()):
+            raise RuntimeError("inference returned non-finite values")
+
+
+def deployment_options(*, replicas: int | None = None, autoscale: tuple[int, int] | None = None,
+                       replica_cpus: float | None = None, max_replicas_per_node: int | None = None,
+                       drain_timeout_s: float | None = None) -> dict[str, Any]:
+    """Serve deployment options from ``byol-serve --engine ray``'s flags (``None``: Serve's or our default)."""
+    options: dict[str, Any] = {}
+    if replicas is not None and autoscale is not None:
+        raise ValueError("give --replicas or --autoscale, not both")
+    if replicas is not None:
+        if replicas < 1:
+            raise ValueError(f"--replicas must be >= 1, got {replicas}")
+        options["num_replicas"] = replicas
+    if autoscale is not None:
+        low, high = autoscale
+        if not 0 <= low <= high or high < 1:
+            raise ValueError(f"--autoscale MIN:MAX needs 0 <= MIN <= MAX and MAX >= 1, got {low}:{high}")
+        options["num_replicas"] = "auto"
+        options["autoscaling_config"] = {"min_replicas": low, "max_replicas": high, "target_ongoing_requests": 8}
+    if replica_cpus is not None:
+        if replica_cpus <= 0:
+            raise ValueError(f"--replica-cpus must be > 0, got {replica_cpus}")
+        options["ray_actor_options"] = {"num_cpus": replica_cpus}
+    if max_replicas_per_node is not None:
+        if max_replicas_per_node < 1:
+            raise ValueError(f"--max-replicas-per-node must be >= 1, got {max_replicas_per_node}")
+        options["max_replicas_per_node"] = max_replicas_per_node
+    if drain_timeout_s is not None:  # Serve waits this long for a stopping replica's requests
+        options["graceful_shutdown_timeout_s"] = drain_timeout_s
+    return options
+
+
+def build(args: dict[str, Any] | None = None, **options: Any):
+    """The application: ``args`` are ``ServiceSettings`` fields (over the replicas' ``BYOL_*``), ``options``
+    Serve deployment options. Serve calls it as an application builder (``import_path: service.ray_serve:build``
+    with ``args:`` in the Serve config)."""
+    from service.settings import ServiceSettings
+
+    args = dict(args or {})
+    unknown = sorted(set(args) - set(ServiceSettings.model_fields))
+    if unknown:
+        raise ValueError(f"unknown settings {', '.join(unknown)}; accepted: {', '.join(ServiceSettings.model_fields)}")
+    deployment = BYOLEmbedder.options(**options) if options else BYOLEmbedder
+    return deployment.bind(args or None)
+
+
+# `serve run service.ray_serve:app`: every setting from the replicas' BYOL_* environment
+app = build()
+
+
+class ReplayOnReplicaLoss:
+    """An ASGI middleware in front of Serve's HTTP proxy (see the module docstring).
+
+    A response that did not come from the app (each replica adds ``X-Byol-Replica`` to every response it sends)
+    with status 500, or no response at all, means the replica was lost under the request: for the replayable routes
+    the buffered request goes again (``attempts`` in all), then a 503 with Retry-After. The body is buffered, so
+    bodies are bounded by the app's own limit (``BYOL_MAX_BODY_BYTES``) a moment later anyway."""
+
+    def __init__(self, app, attempts: int = 3, max_body_bytes: int = 64 * 1024 * 1024) -> None:
+        self.app, self.attempts, self.max_body_bytes = app, attempts, max_body_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope.get("path") not in REPLAYABLE:
+            return await self.app(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            more = message.get("more_body", False)
+            if size > self.max_body_bytes:  # too large to hold: no replay, the app answers 413
+                return await self.app(scope, _replay(b"".join(chunks), receive, more_body=True), send)
+        body = b"".join(chunks)
+        for attempt in range(self.attempts):
+            outcome = {"forwarded": False, "lost": False}
+
+            async def forward(message, outcome=outcome) -> None:
+                if message["type"] == "http.response.start" and not outcome["forwarded"]:
+                    headers = {k.lower() for k, _ in message.get("headers", [])}
+                    if message["status"] >= 500 and REPLICA_MARK not in headers and message["status"] != 503:
+                        outcome["lost"] = True
+                        return
+                    outcome["forwarded"] = True
+                if outcome["forwarded"]:
+                    await send(message)
+
+            try:
+                await self.app(scope, _replay(body, receive), forward)
+            except Exception:
+                if outcome["forwarded"]:
+                    raise
+                outcome["lost"] = True
+            if outcome["forwarded"]:
+                return
+            logger.warning("%s: the replica was lost under the request (attempt %d of %d)", scope.get("path"),
+                           attempt + 1, self.attempts)
+            await asyncio.sleep(0.2 * (attempt + 1))
+        from service.errors import error_response
+
+        response = error_response(503, "replica_unavailable", "the replica serving this request stopped and no "
+                                  "other could take it; retry", headers={"Retry-After": "2"})
+        await response(scope, receive, send)
+
+
+def _replay(body: bytes, receive, more_body: bool = False):
+    sent = False
+
+    async def replay():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": more_body}
+        return await receive()  # the rest of an unbuffered body, or the client's disconnect
+
+    return replay
+
+
+def proxy_middlewares() -> list:
+    """``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=service.ray_serve:proxy_middlewares``: the middlewares of
+    Serve's HTTP proxy (Starlette ``Middleware`` objects, as Serve asks)."""
+    from starlette.middleware import Middleware
+
+    return [Middleware(ReplayOnReplicaLoss)]
