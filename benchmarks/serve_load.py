@@ -16,6 +16,7 @@ included) when its turn ends, when the benchmark fails, and on Ctrl-C or SIGTERM
 import argparse
 import asyncio
 import io
+import os
 import socket
 import subprocess
 import sys
@@ -139,6 +140,10 @@ def start(kind: str, model: str, logs: Path) -> tuple[subprocess.Popen, str]:
                str(MAX_BATCH), "--max-wait-ms", str(WAIT_MS), "--log-level", "warning",
                "--max-body-bytes", str(64 * 2**20)] + (["--fast-jpeg-decode"] if kind == "ours-fast" else []) + \
             (["--inference-streams", "1"] if kind == "ours-1stream" else [])
+    elif kind == "ray-serve":  # the same app as one Ray Serve replica on every core, behind Serve's HTTP proxy
+        cmd = [sys.executable, "-m", "service.cli", "--engine", "ray", "--replicas", "1", "--replica-cpus",
+               str(os.cpu_count() or 1), "--model", model, "--port", str(port), "--max-batch-size", str(MAX_BATCH),
+               "--max-wait-ms", str(WAIT_MS), "--log-level", "warning", "--max-body-bytes", str(64 * 2**20)]
     else:
         cmd = [sys.executable, __file__, "--serve", kind, "--model", model, "--port", str(port)]
     log = logs / f"{kind}.log"
@@ -149,7 +154,7 @@ def start(kind: str, model: str, logs: Path) -> tuple[subprocess.Popen, str]:
 
     try:
         deadline = time.time() + 180
-        probe = "/ready" if kind.startswith("ours") else "/docs" if kind == "naive" else "/health"
+        probe = "/ready" if kind.startswith(("ours", "ray")) else "/docs" if kind == "naive" else "/health"
         while time.time() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"{kind} server exited: {log.read_text(errors='replace')[-2000:]}")
@@ -248,9 +253,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="rounds of raw engine + every server; ratios are the "
                         "median of the rounds' ratios (a shared machine drifts over minutes; default 3)")
     parser.add_argument("--peers", nargs="*", default=["naive", "litserve"],
-                        choices=["naive", "litserve", "ours-fast", "ours-1stream"],
+                        choices=["naive", "litserve", "ours-fast", "ours-1stream", "ray-serve"],
                         help="what else to load (default naive litserve); ours-fast is this server with "
-                        "--fast-jpeg-decode, ours-1stream with --inference-streams 1 (one batch at a time)")
+                        "--fast-jpeg-decode, ours-1stream with --inference-streams 1 (one batch at a time), "
+                        "ray-serve the same app as one Ray Serve replica (byol-serve --engine ray) behind Serve's "
+                        "proxy, on a local Ray started by it")
     parser.add_argument("--phone", action="store_true",
                         help="upload 12-megapixel phone photos (4032x3024 JPEGs) instead of ~500 px ones")
     parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
@@ -322,6 +329,11 @@ def measure(args: argparse.Namespace, tmp: Path) -> None:
     for kind, (ratio, ratio2, c) in best.items():
         print(f"best {kind:<12} {ratio:.2f}x raw engine, {ratio2:.2f}x raw 2 streams (c={c}, {what})"
               + (f", {best['ours'][0] / ratio:.2f}x ours/{kind}" if kind != "ours" and "ours" in best else ""))
+    if ("ray-serve", args.concurrency[0]) in ratios and "ours" in servers:
+        # the proxy's overhead: per concurrency, the median over rounds of (Ray Serve replica / plain byol-serve)
+        for c in args.concurrency:
+            per_round = [r / o for r, o in zip(ratios[("ray-serve", c)], ratios[("ours", c)])]
+            print(f"ray-serve / ours at c={c}: {statistics.median(per_round):.2f}x ({what})")
 
 if __name__ == "__main__":
     sys.exit(main())

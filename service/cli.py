@@ -2,6 +2,7 @@
 
     byol-serve --model org/byol-r50-ep200 --backend onnx --port 8000
     curl -F images=@cat.jpg "localhost:8000/embed?layers=feature5,avgpool&normalize=true"
+    byol-serve --engine ray --replicas 2 --max-replicas-per-node 1      # the same app on Ray Serve
 """
 
 from __future__ import annotations
@@ -28,7 +29,98 @@ def build_parser() -> argparse.ArgumentParser:
             parser.add_argument(flag, dest=name, nargs="*", default=None, help=text)
         else:
             parser.add_argument(flag, dest=name, default=None, help=text)
+    ray = parser.add_argument_group(
+        "engine", "where the app runs: one uvicorn process (default), or Ray Serve replicas (pip install "
+        "'byol[ray-serve]'; each replica loads the model once and batches on its own)")
+    ray.add_argument("--engine", choices=("uvicorn", "ray"), default="uvicorn",
+                     help="uvicorn: this process serves; ray: deploy the app on Ray Serve and keep it up until "
+                          "SIGTERM/Ctrl-C (then the application is deleted, replicas finish their requests)")
+    ray.add_argument("--replicas", type=int, default=None, help="ray: a fixed number of replicas (default 1)")
+    ray.add_argument("--autoscale", default=None, metavar="MIN:MAX",
+                     help="ray: autoscale between MIN and MAX replicas on ongoing requests (8 per replica)")
+    ray.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
+                     help="ray: join this cluster (auto: the one on this machine); default: start a local Ray")
+    ray.add_argument("--replica-cpus", type=float, default=None,
+                     help="ray: CPUs per replica (Ray's num_cpus; also the replica's inference threads when "
+                          "--threads is 0; default 1)")
+    ray.add_argument("--max-replicas-per-node", type=int, default=None,
+                     help="ray: at most this many replicas on one node, so that replicas spread over nodes "
+                          "(1: one per node; default: no limit, Ray places them)")
+    ray.add_argument("--proxy-location", choices=("EveryNode", "HeadOnly"), default="EveryNode",
+                     help="ray: Serve's HTTP proxies on every node (put the load balancer in front of all of them) "
+                          "or on the head node only (default EveryNode)")
     return parser
+
+
+def _autoscale(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    low, sep, high = text.partition(":")
+    if not sep or not low.strip().isdigit() or not high.strip().isdigit():
+        raise ValueError(f"--autoscale takes MIN:MAX (e.g. 1:4), got {text!r}")
+    return int(low), int(high)
+
+
+def _replica_settings(settings) -> dict:
+    """What the replicas get: every setting resolved here (the replicas may run on nodes without this shell's
+    BYOL_* variables), local paths made absolute (a replica's working directory is not this one's)."""
+    from pathlib import Path
+
+    values = settings.model_dump()
+    for key in ("model", "index", "cache_dir"):
+        if values.get(key) and Path(values[key]).exists():
+            values[key] = str(Path(values[key]).resolve())
+    return values
+
+
+def _run_ray(settings, args) -> int:
+    """``--engine ray``: deploy on Ray Serve, wait for SIGTERM / Ctrl-C, delete the application, stop what we
+    started."""
+    import os
+    import signal
+    import threading
+
+    from service.ray_serve import APP_NAME, PROXY_CALLBACK, PROXY_CALLBACK_ENV, build, deployment_options
+
+    try:
+        options = deployment_options(replicas=args.replicas, autoscale=_autoscale(args.autoscale),
+                                     replica_cpus=args.replica_cpus, max_replicas_per_node=args.max_replicas_per_node,
+                                     drain_timeout_s=settings.drain_timeout_s)
+    except ValueError as err:
+        print(f"byol-serve: {err}", file=sys.stderr)
+        return 2
+    logger = logging.getLogger("service")
+    # the proxies' middleware that replays requests a dying replica lost: the Ray processes started here inherit
+    # it; a cluster started elsewhere needs it in its nodes' environment (README, docker/k8s/rayservice.yaml)
+    os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)
+    import ray
+    from ray import serve
+
+    if args.ray_address:
+        logger.info("joining the Ray cluster at %s; the proxies replay lost requests only if its nodes were started "
+                    "with %s=%s", args.ray_address, PROXY_CALLBACK_ENV, PROXY_CALLBACK)
+    ray.init(address=args.ray_address, include_dashboard=False if not args.ray_address else None)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        serve.start(http_options={"host": settings.host, "port": settings.port}, proxy_location=args.proxy_location)
+        serve.run(build(_replica_settings(settings), **options), name=APP_NAME, route_prefix="/")
+        status = serve.status().applications[APP_NAME]
+        replicas = sum(d.replica_states.get("RUNNING", 0) for d in status.deployments.values())
+        print(f"byol-serve: Ray Serve application {APP_NAME!r} {status.status} with {replicas} replica(s) on "
+              f"http://{settings.host}:{settings.port} (model {settings.model}); Ctrl-C or SIGTERM stops it",
+              flush=True)
+        while not stop.wait(1.0):
+            pass
+        logger.info("stopping: deleting the application (replicas finish their requests, at most %g s)",
+                    settings.drain_timeout_s)
+        serve.delete(APP_NAME)
+    finally:
+        if not args.ray_address:
+            serve.shutdown()
+        ray.shutdown()
+    return 0
 
 
 def _draining_server(config, state, timeout: float):
@@ -80,7 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from service.settings import ServiceSettings
 
     args = build_parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if v is not None}
+    engine_flags = ("engine", "replicas", "autoscale", "ray_address", "replica_cpus", "max_replicas_per_node",
+                    "proxy_location")
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in engine_flags}
     try:
         settings = ServiceSettings(**overrides)
     except ValidationError as err:
@@ -88,6 +182,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         force=True)
+    if args.engine == "ray":
+        return _run_ray(settings, args)
     app = create_app(settings)
     host = settings.host
     print(f"byol-serve: starting on http://{host}:{settings.port} (model {settings.model}, backend {settings.backend})\n"

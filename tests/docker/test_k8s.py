@@ -15,7 +15,10 @@ from service.settings import ServiceSettings
 K8S = Path(__file__).resolve().parents[2] / "docker" / "k8s"
 DOCKERFILE = (K8S.parent / "Dockerfile").read_text()
 KUBERNETES_VERSION = "1.33.0"
-MANIFESTS = sorted(K8S.glob("*.yaml"))
+# plain Kubernetes objects; rayservice.yaml is KubeRay's custom resource, checked against Ray's own schema below
+MANIFESTS = sorted(p for p in K8S.glob("*.yaml") if p.name != "rayservice.yaml")
+SERVE_YAML = K8S.parent / "ray" / "serve.yaml"
+RAY_DOCKERFILE = (K8S.parent / "ray" / "Dockerfile").read_text()
 
 
 def load(name: str) -> dict:
@@ -119,3 +122,49 @@ def test_the_drain_fits_in_the_grace_period():
     pre_stop = pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
     drain = float(load("configmap.yaml")["data"]["BYOL_DRAIN_TIMEOUT_S"])
     assert pod["terminationGracePeriodSeconds"] > pre_stop + drain
+
+
+def test_rayservice_runs_the_serve_config_application():
+    """docker/k8s/rayservice.yaml's serveConfigV2 and docker/ray/serve.yaml: both Ray's ServeDeploySchema, equal
+    after parsing, and what they name exists: the import path is the app, the deployment is ours, every BYOL_*
+    variable is a setting that parses, and the cluster around it fits the application."""
+    pytest.importorskip("ray.serve")
+    from ray.serve import Application
+    from ray.serve.schema import ServeDeploySchema
+
+    import service.ray_serve as ray_serve
+
+    rayservice = load("rayservice.yaml")
+    assert rayservice["apiVersion"] == "ray.io/v1" and rayservice["kind"] == "RayService"
+    from_k8s = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+    from_file = yaml.safe_load(SERVE_YAML.read_text())
+    assert from_k8s == from_file
+    parsed = ServeDeploySchema.model_validate(from_file)
+    assert ServeDeploySchema.model_validate(from_k8s) == parsed
+    (app,) = parsed.applications
+    module, _, attr = app.import_path.partition(":")
+    assert module == ray_serve.__name__ and isinstance(getattr(ray_serve, attr), Application)
+    env = app.runtime_env["env_vars"]
+    byol = {k: v for k, v in env.items() if k.startswith("BYOL_")}
+    assert set(byol) <= {f"BYOL_{name.upper()}" for name in ServiceSettings.model_fields}
+    settings = ServiceSettings(**{k[5:].lower(): v for k, v in byol.items()})
+    (deployment,) = app.deployments
+    assert deployment.name == ray_serve.DEPLOYMENT_NAME
+    assert deployment.graceful_shutdown_timeout_s == settings.drain_timeout_s
+    assert deployment.max_replicas_per_node == 1
+
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    assert f"rayproject/ray:{cluster['rayVersion']}-" in RAY_DOCKERFILE  # the image's Ray is the one declared
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # no replicas on the head
+    (workers,) = cluster["workerGroupSpecs"]
+    assert float(workers["rayStartParams"]["num-cpus"]) == deployment.ray_actor_options.num_cpus
+    assert workers["maxReplicas"] == deployment.autoscaling_config["max_replicas"] if isinstance(deployment.autoscaling_config, dict) else deployment.autoscaling_config.max_replicas  # one replica per node
+    callback = f"{ray_serve.PROXY_CALLBACK_ENV}={ray_serve.PROXY_CALLBACK}"
+    assert callback in RAY_DOCKERFILE
+    pods = [cluster["headGroupSpec"]["template"], workers["template"]]
+    for pod in pods:
+        (container,) = pod["spec"]["containers"]
+        assert {e["name"]: e["value"] for e in container["env"]}[ray_serve.PROXY_CALLBACK_ENV] == ray_serve.PROXY_CALLBACK
+        assert {"containerPort": from_file["http_options"]["port"], "name": "serve"} in container["ports"]
+        mounts = {m["mountPath"] for m in container["volumeMounts"]}
+        assert env["HF_HOME"] in mounts  # the Hub cache on its own volume

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import yaml
 
 pytest.importorskip("ray.serve")
 
@@ -30,13 +33,79 @@ def _jpeg(photo_bytes, i: int):
     return [("images", (f"p{i}.jpg", photo_bytes[i % len(photo_bytes)], "image/jpeg"))]
 
 
+def test_byol_serve_engine_ray_serves_and_stops_cleanly_on_sigterm(trained_model, onnx_client, photo_bytes,
+                                                                    tmp_path):
+    """`byol-serve --engine ray`: starts a local Ray and Serve, serves the app, and on SIGTERM deletes the
+    application, shuts Ray down and exits 0 with no process left behind."""
+    import signal
+    import sys
+
+    import psutil
+
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli", "--engine", "ray", "--model", str(trained_model),
+                                 "--port", str(port), "--replicas", "1", "--replica-cpus", "1", "--max-wait-ms", "2"],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    tree: list = []
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        r = httpx.post(f"{url}/embed?layers=avgpool", files=_jpeg(photo_bytes, 0), timeout=60)
+        assert r.status_code == 200 and _replica(r)["node"], r.text
+        ref = onnx_client.post("/embed?layers=avgpool", files=_jpeg(photo_bytes, 0)).json()
+        got = np.array(r.json()["data"][0]["embeddings"]["avgpool"], np.float32)
+        assert np.abs(got - np.array(ref["data"][0]["embeddings"]["avgpool"], np.float32)).max() <= 1e-5
+        assert "with 1 replica(s)" in log.read_text()
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        assert tree  # Ray's processes
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=90) == 0, log.read_text()[-3000:]
+        _, alive = psutil.wait_procs(tree, timeout=30)
+        assert not alive, [p.info if hasattr(p, "info") else p for p in alive]
+    finally:
+        for p in [proc, *tree]:
+            try:
+                p.kill()
+            except (ProcessLookupError, psutil.NoSuchProcess):
+                pass
+        proc.wait(timeout=30)
+
+
+SERVE_YAML = Path(__file__).resolve().parents[2] / "docker" / "ray" / "serve.yaml"
+
+
+def _test_config(model: Path, port: int) -> dict:
+    """docker/ray/serve.yaml with what this machine needs: the test model, a free port, two fixed replicas of one
+    CPU (the nodes have one each). Everything else (import path, options, settings) is the file's."""
+    config = yaml.safe_load(SERVE_YAML.read_text())
+    config["http_options"]["port"] = port
+    (application,) = config["applications"]
+    application["runtime_env"]["env_vars"].update({"BYOL_MODEL": str(model), "BYOL_MAX_WAIT_MS": "2"})
+    application["runtime_env"]["env_vars"].pop("HF_HOME")
+    (deployment,) = application["deployments"]
+    deployment.pop("autoscaling_config")
+    deployment.update({"num_replicas": 2, "ray_actor_options": {"num_cpus": 1}})
+    assert deployment["max_replicas_per_node"] == 1 and config["proxy_location"] == "EveryNode"
+    return config
+
+
 @pytest.fixture(scope="module")
-def serve_cluster(trained_model):
+def serve_cluster(trained_model, tmp_path_factory):
     import ray
     from ray import serve
     from ray.cluster_utils import Cluster
 
-    from service.ray_serve import APP_NAME, PROXY_CALLBACK, PROXY_CALLBACK_ENV, build
+    from service.ray_serve import APP_NAME, PROXY_CALLBACK, PROXY_CALLBACK_ENV
 
     saved = os.environ.get(PROXY_CALLBACK_ENV)
     os.environ[PROXY_CALLBACK_ENV] = PROXY_CALLBACK  # the nodes' processes inherit it: the proxy's middleware
@@ -44,18 +113,28 @@ def serve_cluster(trained_model):
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False)
         port = _free_port()
-        # a proxy on every node, as in production; both bind the same loopback port (Serve sets SO_REUSEPORT), so
-        # the kernel spreads new connections over them as a load balancer in front of the nodes would
-        serve.start(http_options={"host": "127.0.0.1", "port": port}, proxy_location="EveryNode")
-        serve.run(build({"model": str(trained_model), "max_wait_ms": 2}, num_replicas=2, max_replicas_per_node=1),
-                  name=APP_NAME, route_prefix="/")
+        config = tmp_path_factory.mktemp("ray") / "serve.yaml"
+        config.write_text(yaml.safe_dump(_test_config(trained_model, port)))
+        # Serve's own CLI deploys the config (a proxy on every node; both bind the same loopback port, Serve sets
+        # SO_REUSEPORT, so the kernel spreads new connections over them as a load balancer in front would)
+        deploy = subprocess.run(["serve", "run", "--non-blocking", "--address", cluster.address, str(config)],
+                                capture_output=True, text=True, timeout=180)
+        assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
+        ray.init(address=cluster.address, log_to_driver=False)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            status = serve.status().applications.get(APP_NAME)
+            if status is not None and status.status in ("RUNNING", "DEPLOY_FAILED"):
+                break
+            time.sleep(1)
+        assert status is not None and status.status == "RUNNING", status
         nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
         yield {"url": f"http://127.0.0.1:{port}", "nodes": nodes}
     finally:
         try:
-            serve.shutdown()
+            if ray.is_initialized():
+                serve.shutdown()
         finally:
             ray.shutdown()
             cluster.shutdown()
