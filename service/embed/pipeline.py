@@ -7,6 +7,7 @@ corrupt or oversized image becomes a row with its ``error`` set, never a crash a
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 from collections.abc import Callable, Iterable, Iterator
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 class Decoded:
     pixels: np.ndarray | None
     error: str | None
+    sha256: str | None = None  # of the image's bytes as read (exact duplicates), None when unreadable
 
 
 def decode_item(source: ImageSource, index: int, config: ModelConfig, max_pixels: int) -> Decoded:
@@ -38,12 +40,13 @@ def decode_item(source: ImageSource, index: int, config: ModelConfig, max_pixels
         blob = source.read(index)
     except OSError as err:
         return Decoded(None, f"unreadable: {err.strerror or err}")
+    digest = hashlib.sha256(blob).hexdigest()
     try:
-        return Decoded(preprocess_one(decode_image(blob, max_pixels=max_pixels), config.preprocessing), None)
+        return Decoded(preprocess_one(decode_image(blob, max_pixels=max_pixels), config.preprocessing), None, digest)
     except ImageDecodeError as err:
-        return Decoded(None, str(err))
+        return Decoded(None, str(err), digest)
     except Exception as err:  # a decoder bug on one hostile file costs that row, not the job
-        return Decoded(None, f"cannot decode: {type(err).__name__}: {err}")
+        return Decoded(None, f"cannot decode: {type(err).__name__}: {err}", digest)
 
 
 def _ordered(pool: Executor, fn: Callable[[int], Decoded], indices: Iterable[int], window: int) -> Iterator[Decoded]:
@@ -79,6 +82,7 @@ def embed_shard(source: ImageSource, manifest: Manifest, config: ModelConfig, ba
     names = {layer: output_name(layer, manifest.pooling) for layer in manifest.layers}
     vectors = {layer: np.zeros((count, manifest.dims[layer]), np.float32) for layer in manifest.layers}
     errors: list[str | None] = [None] * count
+    digests: list[str | None] = [None] * count
     batch: list[np.ndarray] = []
     rows: list[int] = []
 
@@ -100,6 +104,7 @@ def embed_shard(source: ImageSource, manifest: Manifest, config: ModelConfig, ba
     if decoded is None:
         decoded = read_ahead(source, config, pool, range(start, stop), batch_size=batch_size, max_pixels=max_pixels)
     for row, item in enumerate(itertools.islice(decoded, count)):
+        digests[row] = item.sha256
         if item.error is not None:
             errors[row] = item.error
             if on_images:
@@ -111,4 +116,4 @@ def embed_shard(source: ImageSource, manifest: Manifest, config: ModelConfig, ba
             flush()
     flush()
     return ShardRows(shard["index"], [source.item_id(i) for i in range(start, stop)],
-                     [source.item_path(i) for i in range(start, stop)], errors, vectors)
+                     [source.item_path(i) for i in range(start, stop)], errors, vectors, digests)

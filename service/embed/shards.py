@@ -2,7 +2,9 @@
 
     emb/manifest.json              model (id, revision, weights sha256), layers, pooling, normalize, dtype,
                                    preprocessing, the input's fingerprint and the shard plan
-    emb/part-00000.parquet         one shard: id, path, error, one fixed-size-list column per layer
+    emb/part-00000.parquet         one shard: id, path, error, sha256 (of the image's bytes), one fixed-size-list
+                                   column per layer
+    emb/curation/                  duplicates.parquet, outliers.parquet (``byol-embed dedup`` / ``outliers``)
     emb/part-00000.done            written after the rename: the shard is complete
     emb/.lock                      held by the running job (two runs never share a folder)
     emb/index/                     the FAISS index and its id table (``byol-embed index``)
@@ -177,6 +179,7 @@ class ShardRows:
     paths: list[str]
     errors: list[str | None]
     vectors: dict[str, np.ndarray]
+    sha256: list[str | None] = field(default_factory=list)  # of each image's bytes; empty: not recorded
 
     @property
     def error_count(self) -> int:
@@ -188,7 +191,7 @@ def arrow_schema(manifest: Manifest):
 
     value = pa.float16() if manifest.dtype == "float16" else pa.float32()
     fields = [pa.field("id", pa.string(), nullable=False), pa.field("path", pa.string(), nullable=False),
-              pa.field("error", pa.string())]
+              pa.field("error", pa.string()), pa.field("sha256", pa.string())]
     fields += [pa.field(layer, pa.list_(value, manifest.dims[layer])) for layer in manifest.layers]
     return pa.schema(fields, metadata=manifest.schema_metadata())
 
@@ -200,7 +203,9 @@ def write_shard(folder: Path, manifest: Manifest, rows: ShardRows) -> Path:
 
     schema = arrow_schema(manifest)
     ok = np.array([e is None for e in rows.errors])
-    columns = [pa.array(rows.ids, pa.string()), pa.array(rows.paths, pa.string()), pa.array(rows.errors, pa.string())]
+    digests = rows.sha256 or [None] * len(rows.ids)
+    columns = [pa.array(rows.ids, pa.string()), pa.array(rows.paths, pa.string()), pa.array(rows.errors, pa.string()),
+               pa.array(digests, pa.string())]
     for layer in manifest.layers:
         dim = manifest.dims[layer]
         vectors = rows.vectors[layer].astype(np.float16 if manifest.dtype == "float16" else np.float32, copy=False)

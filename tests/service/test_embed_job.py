@@ -88,7 +88,7 @@ def test_every_file_has_one_row_in_plan_order_with_exact_columns(embedded, datas
     assert [p.name for p in shards] == [f"part-{i:05d}.parquet" for i in range(6)]
     assert all((embedded / f"part-{i:05d}.done").exists() for i in range(6))
     table = read_all(embedded)
-    assert table.column_names == ["id", "path", "error", "avgpool", "feature3"]
+    assert table.column_names == ["id", "path", "error", "sha256", "avgpool", "feature3"]
     assert table.schema.field("avgpool").type == pa.list_(pa.float32(), 512)
     assert table.column("id").to_pylist() == listed  # sorted, relative, unique
     assert table.column("path").to_pylist() == [str((dataset / i).resolve()) for i in listed]
@@ -106,7 +106,7 @@ def test_pandas_and_duckdb_read_the_shards_as_they_are(embedded):
     duckdb = pytest.importorskip("duckdb")
     shards = sorted(str(p) for p in embedded.glob("*.parquet"))  # emb/*.parquet: the shards and nothing else
     frame = pd.read_parquet(shards)
-    assert len(frame) == 27 and len(pd.read_parquet(shards[0])) == 5 and list(frame.columns) == ["id", "path", "error", "avgpool", "feature3"]
+    assert len(frame) == 27 and len(pd.read_parquet(shards[0])) == 5 and list(frame.columns) == ["id", "path", "error", "sha256", "avgpool", "feature3"]
     with duckdb.connect() as con:
         rows = con.execute(f"SELECT count(*), count(error), max(len(avgpool)) FROM '{embedded}/*.parquet'").fetchall()
     assert rows == [(27, 3, 512)]
@@ -231,7 +231,7 @@ def test_ray_engine_gives_the_local_result(trained_model, dataset, embedded, tmp
     assert "engine ray" in proc.stdout and "start-up" in proc.stdout  # start-up apart from the steady rate
     assert sorted(p.name for p in out.glob("*.parquet")) == sorted(p.name for p in embedded.glob("*.parquet"))
     local, ray = read_all(embedded), read_all(out)
-    for name in ("id", "path", "error"):
+    for name in ("id", "path", "error", "sha256"):
         assert local.column(name).to_pylist() == ray.column(name).to_pylist()
     for layer in LAYERS:
         a = np.array([v if v is not None else [0.0] * local.schema.field(layer).type.list_size

@@ -250,3 +250,31 @@ def test_killing_a_replica_under_load_answers_200_or_a_clean_503_and_serve_repla
         seen |= {_replica(httpx.post(f"{url}/embed?layers=avgpool", files=_jpeg(photo_bytes, i), timeout=60))["replica"]
                  for i in range(8)}
     assert victim not in seen and len(seen) == 2, (victim, seen)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--replicas", "0"], "--replicas must be >= 1"),
+    (["--autoscale", "4"], "--autoscale takes MIN:MAX"),
+    (["--autoscale", "3:1"], "0 <= MIN <= MAX"),
+    (["--replicas", "2", "--autoscale", "1:2"], "not both"),
+    (["--replica-cpus", "0"], "--replica-cpus must be > 0"),
+    (["--max-replicas-per-node", "0"], "--max-replicas-per-node must be >= 1"),
+])
+def test_bad_engine_options_are_refused_before_ray_starts(argv, message, capsys):
+    import ray
+
+    from service.cli import main
+
+    assert main(["--engine", "ray", "--model", "unused", *argv]) == 2
+    assert message in capsys.readouterr().err
+    assert not ray.is_initialized()
+
+
+def test_deployment_options_from_the_flags():
+    from service.ray_serve import deployment_options
+
+    assert deployment_options(autoscale=(1, 4), replica_cpus=2, max_replicas_per_node=1, drain_timeout_s=25) == {
+        "num_replicas": "auto", "ray_actor_options": {"num_cpus": 2}, "max_replicas_per_node": 1,
+        "graceful_shutdown_timeout_s": 25,
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8}}
+    assert deployment_options(replicas=3) == {"num_replicas": 3}

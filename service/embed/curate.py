@@ -1,0 +1,430 @@
+"""Curation of an embedding folder: exact and near duplicates, outliers and broken images, in bounded memory.
+
+    emb/curation/duplicates.parquet     group, id, path, representative, similarity (to it), kind: exact (the same
+                                        bytes as another member of the group) or near
+    emb/curation/outliers.parquet       id, path, score (1 - mean cosine to the k nearest non-duplicates),
+                                        percentile, rank, kind embedded|broken, error
+    emb/curation/nn_similarity.json     the histogram of nearest-neighbour cosines (to choose a threshold)
+    emb/curation/keep.txt, remove.txt   with --write-lists: representatives + singletons, and the rest
+
+Near duplicates come from a kNN graph over one layer (cosine on L2-normalized vectors; FAISS: exact
+``IndexFlatIP`` up to ``EXACT_LIMIT`` vectors, an ``IVFFlat`` index beyond, with ``nprobe`` chosen for recall),
+queried in blocks, so nothing n x n is ever built. Edges with cosine >= T are joined by union-find; then the guard
+against chaining (fastdup#302: pairs at 0.82 inside a 0.97 component): every group has a representative (the
+member with the most edges in it, then the first in the folder's order) and every member is >= T to it, or the
+members that are not are split off and grouped again among themselves. The result is deterministic for the same
+folder and settings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from service.embed.shards import EmbedJobError, Manifest, finished_shards
+
+logger = logging.getLogger(__name__)
+
+CURATION_DIR = "curation"
+DUPLICATES_FILE = "duplicates.parquet"
+OUTLIERS_FILE = "outliers.parquet"
+HISTOGRAM_FILE = "nn_similarity.json"
+EXACT_LIMIT = 50_000  # exact kNN up to this many vectors; IVF beyond
+# The default near-duplicate threshold: measured on the README's fixture (copies of real photos re-encoded at
+# JPEG quality 20, halved, cropped to 90 %, brightness +-10 %, mixed with distinct photos), see the README.
+DEFAULT_THRESHOLD = 0.86
+BLOCK = 4096  # queries per FAISS call
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise EmbedJobError("curation needs faiss-cpu (pip install 'byol[search]')") from None
+    return faiss
+
+
+@dataclass
+class Rows:
+    """The folder's rows in shard order: every id and path; the embedded ones' vectors (L2-normalized in
+    place, float32) and their positions among all rows; the errors; the sha256 of each image's bytes."""
+
+    ids: list[str]
+    paths: list[str]
+    errors: list[str | None]
+    sha256: list[str | None]
+    vectors: np.ndarray  # (embedded, dim)
+    embedded: np.ndarray  # positions in ids of the vector rows
+
+
+def load_rows(folder: Path, manifest: Manifest, layer: str) -> Rows:
+    """Read ``layer`` into one preallocated float32 matrix, normalized shard by shard (peak: the matrix and one
+    shard), with ids, paths, errors and content hashes."""
+    import pyarrow.parquet as pq
+
+    if layer not in manifest.layers:
+        raise EmbedJobError(f"layer {layer!r} was not embedded; this folder has {', '.join(manifest.layers)}")
+    shards = finished_shards(folder, manifest)
+    if len(shards) < manifest.shard_count:
+        raise EmbedJobError(f"{manifest.shard_count - len(shards)} of {manifest.shard_count} shards are not done; "
+                            "finish the run first (rerun the same `byol-embed run` command)")
+    counts = []
+    for shard in shards:
+        meta = pq.read_metadata(shard)
+        counts.append(meta.num_rows)
+    dim = manifest.dims[layer]
+    vectors = np.empty((sum(counts), dim), np.float32)
+    ids: list[str] = []
+    paths: list[str] = []
+    errors: list[str | None] = []
+    digests: list[str | None] = []
+    embedded: list[np.ndarray] = []
+    filled = 0
+    for shard in shards:
+        names = pq.read_schema(shard).names
+        columns = ["id", "path", "error", layer] + (["sha256"] if "sha256" in names else [])
+        table = pq.read_table(shard, columns=columns)
+        n = len(table)
+        shard_errors = table.column("error").to_pylist()
+        ok = np.array([e is None for e in shard_errors], bool)
+        good = table.filter(ok).column(layer).combine_chunks()
+        block = good.values.to_numpy(zero_copy_only=False).reshape(len(good), dim)
+        out = vectors[filled:filled + len(good)]
+        out[:] = block
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        out /= np.where(norms > 0, norms, 1.0)
+        embedded.append(len(ids) + np.flatnonzero(ok))
+        filled += len(good)
+        ids += table.column("id").to_pylist()
+        paths += table.column("path").to_pylist()
+        errors += shard_errors
+        digests += table.column("sha256").to_pylist() if "sha256" in names else [None] * n
+    return Rows(ids, paths, errors, digests, vectors[:filled],
+                np.concatenate(embedded) if embedded else np.zeros(0, np.int64))
+
+
+def fill_missing_hashes(rows: Rows, manifest: Manifest) -> int:
+    """Folders written before ``run`` recorded hashes: read those images again from the manifest's input."""
+    import hashlib
+
+    from hub.sources import open_source
+
+    missing = [i for i, d in enumerate(rows.sha256) if d is None and rows.errors[i] is None]
+    if not missing:
+        return 0
+    source = open_source(manifest.input)
+    position = {source.item_id(i): i for i in range(len(source))}
+    for i in missing:
+        j = position.get(rows.ids[i])
+        if j is None:
+            continue
+        try:
+            rows.sha256[i] = hashlib.sha256(source.read(j)).hexdigest()
+        except OSError:
+            pass
+    return len(missing)
+
+
+def choose_nprobe(nlist: int) -> int:
+    """IVF lists probed per query: a 64th of the lists, at least 16 (measured recall of planted duplicate pairs
+    >= 0.99 at 1 M vectors, benchmarks/curate.py)."""
+    return min(nlist, max(16, nlist // 64))
+
+
+def knn(vectors: np.ndarray, k: int, *, exact_limit: int = EXACT_LIMIT, nprobe: int | None = None, seed: int = 0,
+        progress=None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The ``k`` nearest neighbours of every row, itself left out: cosines ``(n, k)`` float32 (descending) and
+    rows ``(n, k)`` int64 (-1 where there are fewer). Queries go in blocks; the index holds the one matrix."""
+    faiss = _faiss()
+    n, dim = vectors.shape
+    k = max(1, min(k, n - 1)) if n > 1 else 1
+    if n <= exact_limit:
+        index = faiss.IndexFlatIP(dim)
+        info = {"index": "Flat (exact)"}
+    else:
+        nlist = int(2 ** round(math.log2(4 * math.sqrt(n))))
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(seed)
+        sample = vectors[np.sort(rng.choice(n, size=min(n, nlist * 39), replace=False))]
+        index.cp.seed = seed
+        index.train(sample)
+        del sample
+        index.nprobe = nprobe or choose_nprobe(nlist)
+        info = {"index": f"IVF{nlist},Flat", "nprobe": index.nprobe}
+    index.add(vectors)
+    sims = np.empty((n, k), np.float32)
+    rows = np.empty((n, k), np.int64)
+    for start in range(0, n, BLOCK):
+        stop = min(n, start + BLOCK)
+        d, i = index.search(vectors[start:stop], k + 1)
+        own = i == np.arange(start, stop)[:, None]
+        # drop each query's own row (or its last neighbour where it did not come back, e.g. exact copies tie)
+        drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
+        keep = np.ones_like(own)
+        keep[np.arange(stop - start), drop] = False
+        sims[start:stop] = d[keep].reshape(stop - start, k)
+        rows[start:stop] = i[keep].reshape(stop - start, k)
+        if progress:
+            progress(stop - start)
+    sims[rows < 0] = -1.0
+    return sims, rows, info
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = np.arange(n)
+
+    def find(self, x: int) -> int:
+        parent = self.parent
+        root = x
+        while parent[root] != root:
+            root = parent[root]
+        while parent[x] != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)  # the smaller row is the root: deterministic
+
+
+def _split_by_component(edges: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The connected components of an edge list ``(m, 2)``: ``(members sorted, their edges)`` for each, in
+    O(m log m) (edges are sorted by component, never scanned once per component)."""
+    nodes = np.unique(edges)
+    local = np.searchsorted(nodes, edges)
+    uf = _UnionFind(len(nodes))
+    for a, b in local.tolist():
+        uf.union(a, b)
+    labels = np.fromiter((uf.find(i) for i in range(len(nodes))), np.int64, len(nodes))
+    node_order = np.argsort(labels, kind="stable")
+    _, node_starts = np.unique(labels[node_order], return_index=True)
+    edge_labels = labels[local[:, 0]]
+    edge_order = np.argsort(edge_labels, kind="stable")
+    _, edge_starts = np.unique(edge_labels[edge_order], return_index=True)
+    node_groups = np.split(nodes[node_order], node_starts[1:])
+    edge_groups = np.split(edges[edge_order], edge_starts[1:])
+    return [(np.sort(m), e) for m, e in zip(node_groups, edge_groups)]
+
+
+def near_groups(vectors: np.ndarray, sims: np.ndarray, rows: np.ndarray, threshold: float) -> list[tuple[int, np.ndarray]]:
+    """Groups of rows, each ``(representative, members)`` with every member >= ``threshold`` to the
+    representative (the guard against chaining), from the kNN graph's edges at ``threshold``."""
+    q, j = np.nonzero((sims >= threshold) & (rows >= 0))
+    if len(q) == 0:
+        return []
+    a, b = q, rows[q, j]
+    edges = np.unique(np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1), axis=0)
+    edges = edges[edges[:, 0] != edges[:, 1]]
+    result: list[tuple[int, np.ndarray]] = []
+    pending = _split_by_component(edges) if len(edges) else []
+    while pending:
+        members, inside = pending.pop()
+        degree = np.bincount(np.searchsorted(members, inside.ravel()), minlength=len(members))
+        rep = int(members[np.lexsort((members, -degree))[0]])  # most edges, then the first in the folder
+        to_rep = vectors[members] @ vectors[rep]
+        close = (to_rep >= threshold) | (members == rep)
+        if close.sum() > 1:
+            result.append((rep, members[close]))
+        rest = members[~close]
+        if len(rest) > 1:
+            sub = inside[np.isin(inside[:, 0], rest) & np.isin(inside[:, 1], rest)]
+            if len(sub):
+                pending += _split_by_component(sub)
+    return sorted(result, key=lambda g: int(g[1][0]))
+
+
+def histogram(nearest: np.ndarray, bins: int = 50) -> dict[str, Any]:
+    """The nearest-neighbour cosine histogram over [0, 1] (negative cosines in the first bin)."""
+    counts, edges = np.histogram(np.clip(nearest, 0.0, 1.0), bins=bins, range=(0.0, 1.0))
+    quantiles = np.quantile(nearest, [0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99]) if len(nearest) else []
+    return {"bins": [round(float(e), 4) for e in edges], "counts": counts.tolist(),
+            "quantiles": {q: round(float(v), 4) for q, v in zip(("1%", "5%", "25%", "50%", "75%", "95%", "99%"),
+                                                                 quantiles)}}
+
+
+def format_histogram(hist: dict[str, Any], lo: float = 0.5, width: int = 40) -> str:
+    """The upper part of the histogram as text bars, two bins a line."""
+    edges, counts = hist["bins"], hist["counts"]
+    lines, pairs = [], []
+    for i in range(len(counts)):
+        if edges[i] >= lo - 1e-9:
+            pairs.append((edges[i], edges[i + 1], counts[i]))
+    merged = [(pairs[i][0], pairs[min(i + 1, len(pairs) - 1)][1], sum(p[2] for p in pairs[i:i + 2]))
+              for i in range(0, len(pairs), 2)]
+    top = max((m[2] for m in merged), default=0) or 1
+    below = sum(c for e, c in zip(edges, counts) if e < lo - 1e-9)
+    lines.append(f"  < {lo:.2f}       {below:>9}")
+    for a, b, c in merged:
+        lines.append(f"  {a:.2f}-{b:.2f}  {c:>9}  {'#' * max(1 if c else 0, round(width * c / top))}")
+    return "\n".join(lines)
+
+
+def _atomic_parquet(table, path: Path) -> None:
+    import os
+
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    from hub.files import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text)
+
+
+def dedup(folder: str | Path, *, layer: str = "avgpool", threshold: float = DEFAULT_THRESHOLD, k: int = 16,
+          write_lists: bool = False, exact_limit: int = EXACT_LIMIT, nprobe: int | None = None,
+          progress: bool = False) -> dict[str, Any]:
+    """Find exact and near-duplicate groups in ``folder``; write ``curation/duplicates.parquet``; returns the
+    summary (also written into ``curation/duplicates.json``)."""
+    import pyarrow as pa
+
+    if not -1.0 <= threshold <= 1.0:
+        raise EmbedJobError(f"--threshold is a cosine similarity in [-1, 1], got {threshold}")
+    if k < 1:
+        raise EmbedJobError(f"--k must be >= 1, got {k}")
+    folder = Path(folder)
+    manifest = Manifest.load(folder)
+    started = time.perf_counter()
+    rows = load_rows(folder, manifest, layer)
+    recomputed = fill_missing_hashes(rows, manifest)
+    n = len(rows.vectors)
+    bar = _bar(n, "kNN graph", progress)
+    sims, nn, info = knn(rows.vectors, k, exact_limit=exact_limit, nprobe=nprobe, progress=bar.update if bar else None)
+    if bar:
+        bar.close()
+    groups = near_groups(rows.vectors, sims, nn, threshold) if n > 1 else []
+    # exact duplicates (same bytes): joined by hash first, so that they are one group even where a kNN list was
+    # too short to hold every copy (more than k identical images)
+    by_hash: dict[str, list[int]] = {}
+    for i, digest in enumerate(rows.sha256):
+        if digest is not None:
+            by_hash.setdefault(digest, []).append(i)
+    records: list[dict[str, Any]] = []
+    grouped: dict[int, dict[str, Any]] = {}  # row -> its record
+    group_no = 0
+    for rep, members in groups:
+        rep_row = int(rows.embedded[rep])
+        member_rows = [int(rows.embedded[m]) for m in members]
+        hashes = [rows.sha256[r] for r in member_rows]
+        for m, row, digest in zip(members, member_rows, hashes):
+            # exact: the same bytes as another member of the group (a file copy), near: similar pixels only
+            same = digest is not None and hashes.count(digest) > 1
+            records.append({"group": group_no, "row": row, "representative": rep_row,
+                            "similarity": float(rows.vectors[m] @ rows.vectors[rep]), "kind": "exact" if same else "near"})
+            grouped[row] = records[-1]
+        group_no += 1
+    for same in sorted(by_hash.values(), key=lambda rows_: rows_[0]):
+        left = [r for r in same if r not in grouped]
+        if len(same) < 2 or not left:
+            continue
+        anchor = next((grouped[r] for r in same if r in grouped), None)
+        if anchor is not None:  # copies the kNN lists missed join their copy's group
+            for r in left:
+                records.append({"group": anchor["group"], "row": r, "representative": anchor["representative"],
+                                "similarity": 1.0, "kind": "exact"})
+                grouped[r] = records[-1]
+        elif len(left) > 1:  # identical bytes only (e.g. identical broken files)
+            for r in left:
+                records.append({"group": group_no, "row": r, "representative": left[0], "similarity": 1.0,
+                                "kind": "exact"})
+                grouped[r] = records[-1]
+            group_no += 1
+    records.sort(key=lambda r: (r["group"], r["row"] != r["representative"], r["row"]))
+    table = pa.table({
+        "group": pa.array([r["group"] for r in records], pa.int64()),
+        "id": pa.array([rows.ids[r["row"]] for r in records], pa.string()),
+        "path": pa.array([rows.paths[r["row"]] for r in records], pa.string()),
+        "representative": pa.array([rows.ids[r["representative"]] for r in records], pa.string()),
+        "similarity": pa.array([r["similarity"] for r in records], pa.float32()),
+        "kind": pa.array([r["kind"] for r in records], pa.string()),
+    })
+    out = folder / CURATION_DIR
+    _atomic_parquet(table, out / DUPLICATES_FILE)
+    nearest = sims[:, 0] if n > 1 else np.zeros(0, np.float32)
+    hist = histogram(nearest)
+    removable = sum(1 for r in records if r["row"] != r["representative"])
+    summary = {"layer": layer, "threshold": threshold, "k": k, "images": len(rows.ids), "embedded": n,
+               "groups": group_no, "in_groups": len(records), "removable": removable,
+               "exact_pairs_kind": sum(1 for r in records if r["kind"] == "exact" and r["row"] != r["representative"]),
+               "hashes_recomputed": recomputed, "search": info, "seconds": round(time.perf_counter() - started, 2)}
+    _atomic_text(out / HISTOGRAM_FILE, json.dumps({"layer": layer, **hist}, indent=1) + "\n")
+    _atomic_text(out / "duplicates.json", json.dumps(summary, indent=1) + "\n")
+    if write_lists:
+        remove = {r["row"] for r in records if r["row"] != r["representative"]}
+        _atomic_text(out / "remove.txt", "".join(rows.ids[i] + "\n" for i in sorted(remove)))
+        _atomic_text(out / "keep.txt", "".join(rows.ids[i] + "\n" for i in range(len(rows.ids)) if i not in remove))
+    summary["histogram"] = hist
+    return summary
+
+
+def outliers(folder: str | Path, *, layer: str = "avgpool", k: int = 10, threshold: float = DEFAULT_THRESHOLD,
+             exact_limit: int = EXACT_LIMIT, nprobe: int | None = None, progress: bool = False) -> dict[str, Any]:
+    """Score every embedded image: 1 - mean cosine to its ``k`` nearest neighbours that are not its own
+    duplicates (cosine >= ``threshold``); error rows are listed as broken. Writes ``curation/outliers.parquet``
+    ordered from the most outlying."""
+    import pyarrow as pa
+
+    if k < 1:
+        raise EmbedJobError(f"--k must be >= 1, got {k}")
+    folder = Path(folder)
+    manifest = Manifest.load(folder)
+    rows = load_rows(folder, manifest, layer)
+    n = len(rows.vectors)
+    slack = 8  # neighbours fetched beyond k, to leave duplicates out and still have k
+    bar = _bar(n, "kNN graph", progress)
+    sims, nn, info = knn(rows.vectors, k + slack, exact_limit=exact_limit, nprobe=nprobe,
+                         progress=bar.update if bar else None)
+    if bar:
+        bar.close()
+    valid = (nn >= 0) & (sims < threshold)
+    # the first k valid neighbours of each row
+    order = np.cumsum(valid, axis=1)
+    take = valid & (order <= k)
+    counts = take.sum(axis=1)
+    mean = np.where(counts > 0, (sims * take).sum(axis=1) / np.maximum(counts, 1), np.nan)
+    score = (1.0 - mean).astype(np.float32)
+    ranking = np.argsort(-np.nan_to_num(score, nan=-np.inf), kind="stable")
+    percentile = np.empty(n, np.float32)
+    percentile[ranking] = 100.0 * (1.0 - np.arange(n) / max(n, 1))
+    broken = [i for i, e in enumerate(rows.errors) if e is not None]
+    table = pa.table({
+        "id": pa.array([rows.ids[int(rows.embedded[i])] for i in ranking] + [rows.ids[i] for i in broken], pa.string()),
+        "path": pa.array([rows.paths[int(rows.embedded[i])] for i in ranking] + [rows.paths[i] for i in broken],
+                         pa.string()),
+        "score": pa.array(np.concatenate([score[ranking], np.full(len(broken), np.nan, np.float32)]), pa.float32()),
+        "percentile": pa.array(np.concatenate([percentile[ranking], np.full(len(broken), np.nan, np.float32)]),
+                               pa.float32()),
+        "rank": pa.array(list(range(1, n + 1)) + [None] * len(broken), pa.int64()),
+        "kind": pa.array(["embedded"] * n + ["broken"] * len(broken), pa.string()),
+        "error": pa.array([None] * n + [rows.errors[i] for i in broken], pa.string()),
+    })
+    _atomic_parquet(table, folder / CURATION_DIR / OUTLIERS_FILE)
+    top = [{"id": rows.ids[int(rows.embedded[i])], "score": round(float(score[i]), 4)} for i in ranking[:10]]
+    return {"layer": layer, "k": k, "images": len(rows.ids), "embedded": n, "broken": len(broken), "search": info,
+            "top": top, "broken_ids": [rows.ids[i] for i in broken][:10]}
+
+
+def _bar(total: int, desc: str, enabled: bool):
+    if not enabled or total == 0:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)
