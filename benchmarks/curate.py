@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,12 +43,13 @@ def planted_vectors(n: int, dim: int, *, groups_fraction: float = 0.05, seed: in
     the planted pairs (rows of the same group)."""
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((256, dim)).astype(np.float32)
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
     out = np.empty((n, dim), np.float32)
     block = 65536
-    for start in range(0, n, block):  # a cluster centre plus spread: nearest neighbours at cosine ~0.5-0.8
+    for start in range(0, n, block):  # a unit cluster centre plus as much spread: cosines within a cluster ~0.5
         stop = min(n, start + block)
-        out[start:stop] = centers[rng.integers(0, 256, stop - start)] * 0.6
-        out[start:stop] += rng.standard_normal((stop - start, dim)).astype(np.float32) / np.sqrt(dim) * 1.0
+        out[start:stop] = centers[rng.integers(0, 256, stop - start)]
+        out[start:stop] += rng.standard_normal((stop - start, dim)).astype(np.float32) / np.sqrt(dim)
     out /= np.linalg.norm(out, axis=1, keepdims=True)
     pairs = []
     row = 0
@@ -105,14 +108,22 @@ def scale(sizes: list[int], dim: int, subset: int) -> None:
             write_folder(folder, vectors)
             matrix_mb = vectors.nbytes / 2**20
             del vectors
-            before = peak_rss_mb()
+            # `byol-embed dedup` itself, in a process of its own: its peak RSS is its own (os.wait4's rusage)
             start = time.perf_counter()
-            summary = dedup(folder, threshold=0.9, progress=False)
+            proc = subprocess.Popen([sys.executable, "-m", "service.embed", "dedup", str(folder), "--threshold", "0.9",
+                                     "--json", "--no-progress"], stdout=subprocess.PIPE, cwd=REPO)
+            stdout = proc.stdout.read()
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = os.waitstatus_to_exitcode(status)
             seconds = time.perf_counter() - start
+            if proc.returncode != 0:
+                raise SystemExit(f"dedup failed ({proc.returncode})")
+            summary = json.loads(stdout)
+            peak = usage.ru_maxrss / 1024
             recall = recall_of(folder, pairs)
-            print(f"n={n:>8} dim={dim}: {seconds:7.1f} s, {summary['search']}, peak RSS {peak_rss_mb():.0f} MB "
-                  f"(= {peak_rss_mb() / matrix_mb:.2f}x the {matrix_mb:.0f} MB matrix; {before:.0f} MB before), "
-                  f"recall of {len(pairs)} planted pairs {recall:.4f}, {summary['groups']} groups", flush=True)
+            print(f"n={n:>8} dim={dim}: {seconds:7.1f} s (process start included), {summary['search']}, peak RSS "
+                  f"{peak:.0f} MB = {peak / matrix_mb:.2f}x the {matrix_mb:.0f} MB float32 matrix, recall of "
+                  f"{len(pairs)} planted pairs {recall:.4f}, {summary['groups']} groups", flush=True)
             # exact search on a subset: the same planted pairs, found by brute force (the reference for recall)
             sub_vectors, sub_pairs = planted_vectors(min(subset, n), dim)
             sub = Path(tmp) / "sub"
@@ -186,8 +197,6 @@ def photos_for_quality(folder: Path) -> list:
 
 
 def quality(model: str) -> None:
-    import subprocess
-
     import skimage
 
     from service.embed.curate import dedup

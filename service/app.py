@@ -21,12 +21,14 @@ from service.errors import DrainingError, error_response, install_error_handlers
 from service.routes_embed import router as embed_router
 from service.routes_ops import router as ops_router
 from service.routes_search import router as search_router
+from service.routes_ui import router as ui_router
 from service.settings import ServiceSettings
 from service.state import ServiceState
 
 logger = logging.getLogger("service")
 access_log = logging.getLogger("service.access")
-KNOWN_ROUTES = {"/embed", "/v1/embeddings", "/v1/models", "/info", "/health", "/ready", "/metrics", "/search"}
+KNOWN_ROUTES = {"/embed", "/v1/embeddings", "/v1/models", "/info", "/health", "/ready", "/metrics", "/search", "/",
+                "/ui", "/curation", "/curation/duplicates", "/curation/outliers"}
 WORK_ROUTES = {"/embed", "/v1/embeddings", "/search"}  # refused while draining; counted in flight
 DOCS_STATIC = "/docs-static"
 
@@ -108,6 +110,7 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
 
         resolved = await asyncio.to_thread(resolve_for_backend, settings)
         state.config, state.model_id, state.revision = resolved.config, resolved.model_id, resolved.revision
+        state.model_folder = resolved.folder
         plan = state.plan = inference_plan(settings)
         if settings.inference_streams > plan.streams:
             logger.warning("inference_streams %d: the %s backend on %s runs one stream", settings.inference_streams,
@@ -154,6 +157,7 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
     app.include_router(ops_router)
     app.include_router(embed_router)
     app.include_router(search_router)
+    app.include_router(ui_router)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"])

@@ -96,6 +96,44 @@ class SearchResponse(BaseModel):
     results: list[SearchResult]
 
 
+class CurationAvailable(BaseModel):
+    duplicates: bool = Field(description="the index folder has curation/duplicates.parquet (byol-embed dedup)")
+    outliers: bool = Field(description="the index folder has curation/outliers.parquet (byol-embed outliers)")
+
+
+class DuplicateMember(BaseModel):
+    id: str
+    similarity: float = Field(description="cosine to the group's representative")
+    kind: Literal["exact", "near"]
+
+
+class DuplicateGroup(BaseModel):
+    group: int
+    representative: str
+    members: list[DuplicateMember]
+
+
+class DuplicatesPage(BaseModel):
+    total: int = Field(description="groups in all")
+    offset: int
+    groups: list[DuplicateGroup]
+
+
+class OutlierRow(BaseModel):
+    id: str
+    rank: int | None = Field(description="1: the most unusual; null for broken images")
+    kind: Literal["embedded", "broken"]
+    score: float | None = Field(description="1 - mean cosine to the k nearest non-duplicates")
+    percentile: float | None
+    error: str | None = Field(description="why a broken image could not be embedded")
+
+
+class OutliersPage(BaseModel):
+    total: int
+    offset: int
+    rows: list[OutlierRow]
+
+
 class OpenAIEmbedding(BaseModel):
     object: Literal["embedding"] = "embedding"
     index: int

@@ -33,6 +33,8 @@ class ServiceState:
     in_flight: int = 0  # admitted /embed, /v1/embeddings and /search requests not answered yet
     finished_while_draining: int = 0
     search_index: Any = None  # service.embed.index.LoadedIndex when --index is set
+    model_folder: Any = None  # the resolved model folder (its card for GET /)
+    thumbnails: Any = None  # service.thumbs.Thumbnails, made on the first GET /thumb
     serving_unit: str | None = None  # one replica of several (Ray Serve): who this process is, for /metrics
     started: int = field(default_factory=lambda: int(time.time()))
     decode_pool: ThreadPoolExecutor = field(

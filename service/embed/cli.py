@@ -94,7 +94,7 @@ def _add_curation(sub) -> None:
     common.add_argument("--exact-limit", type=int, default=EXACT_LIMIT,
                         help=f"exact kNN (FAISS Flat) up to this many vectors, an IVF index beyond (default {EXACT_LIMIT})")
     common.add_argument("--nprobe", type=int, default=None,
-                        help="IVF lists probed per query beyond --exact-limit (default: a 64th of the lists, >= 16)")
+                        help="IVF lists probed per query beyond --exact-limit (default 16)")
     common.add_argument("--json", action="store_true", help="print the summary as JSON")
     common.add_argument("--no-progress", action="store_true", help="no progress bar")
     p = sub.add_parser("dedup", parents=[common], help="exact and near-duplicate groups",

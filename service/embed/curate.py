@@ -8,7 +8,8 @@
     emb/curation/keep.txt, remove.txt   with --write-lists: representatives + singletons, and the rest
 
 Near duplicates come from a kNN graph over one layer (cosine on L2-normalized vectors; FAISS: exact
-``IndexFlatIP`` up to ``EXACT_LIMIT`` vectors, an ``IVFFlat`` index beyond, with ``nprobe`` chosen for recall),
+``IndexFlatIP`` up to ``EXACT_LIMIT`` vectors, an ``IVF,SQ8`` index beyond whose candidates are re-ranked by their
+exact cosines),
 queried in blocks, so nothing n x n is ever built. Edges with cosine >= T are joined by union-find; then the guard
 against chaining (fastdup#302: pairs at 0.82 inside a 0.97 component): every group has a representative (the
 member with the most edges in it, then the first in the folder's order) and every member is >= T to it, or the
@@ -87,25 +88,25 @@ def load_rows(folder: Path, manifest: Manifest, layer: str) -> Rows:
     digests: list[str | None] = []
     embedded: list[np.ndarray] = []
     filled = 0
-    for shard in shards:
-        names = pq.read_schema(shard).names
+    for shard in shards:  # in record batches: the transient memory is a batch, never a whole shard
+        parquet = pq.ParquetFile(shard)
+        names = parquet.schema_arrow.names
         columns = ["id", "path", "error", layer] + (["sha256"] if "sha256" in names else [])
-        table = pq.read_table(shard, columns=columns)
-        n = len(table)
-        shard_errors = table.column("error").to_pylist()
-        ok = np.array([e is None for e in shard_errors], bool)
-        good = table.filter(ok).column(layer).combine_chunks()
-        block = good.values.to_numpy(zero_copy_only=False).reshape(len(good), dim)
-        out = vectors[filled:filled + len(good)]
-        out[:] = block
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        out /= np.where(norms > 0, norms, 1.0)
-        embedded.append(len(ids) + np.flatnonzero(ok))
-        filled += len(good)
-        ids += table.column("id").to_pylist()
-        paths += table.column("path").to_pylist()
-        errors += shard_errors
-        digests += table.column("sha256").to_pylist() if "sha256" in names else [None] * n
+        for batch in parquet.iter_batches(batch_size=16384, columns=columns):
+            batch_errors = batch.column("error").to_pylist()
+            ok = np.array([e is None for e in batch_errors], bool)
+            # flatten() keeps the embedded rows' values only (error rows are null lists)
+            block = batch.column(layer).flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+            out = vectors[filled:filled + len(block)]
+            out[:] = block
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+            out /= np.where(norms > 0, norms, 1.0)
+            embedded.append(len(ids) + np.flatnonzero(ok))
+            filled += len(block)
+            ids += batch.column("id").to_pylist()
+            paths += batch.column("path").to_pylist()
+            errors += batch_errors
+            digests += batch.column("sha256").to_pylist() if "sha256" in names else [None] * len(batch)
     return Rows(ids, paths, errors, digests, vectors[:filled],
                 np.concatenate(embedded) if embedded else np.zeros(0, np.int64))
 
@@ -133,45 +134,54 @@ def fill_missing_hashes(rows: Rows, manifest: Manifest) -> int:
 
 
 def choose_nprobe(nlist: int) -> int:
-    """IVF lists probed per query: a 64th of the lists, at least 16 (measured recall of planted duplicate pairs
-    >= 0.99 at 1 M vectors, benchmarks/curate.py)."""
-    return min(nlist, max(16, nlist // 64))
+    """IVF lists probed per query: 16 (near duplicates sit in the same list or a neighbouring one; measured recall
+    of planted duplicate pairs against exact search in benchmarks/curate.py)."""
+    return min(nlist, 16)
 
 
 def knn(vectors: np.ndarray, k: int, *, exact_limit: int = EXACT_LIMIT, nprobe: int | None = None, seed: int = 0,
         progress=None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """The ``k`` nearest neighbours of every row, itself left out: cosines ``(n, k)`` float32 (descending) and
-    rows ``(n, k)`` int64 (-1 where there are fewer). Queries go in blocks; the index holds the one matrix."""
+    rows ``(n, k)`` int64 (-1 where there are fewer). Queries go in blocks.
+
+    Up to ``exact_limit`` rows: exact (``IndexFlatIP``, which holds a copy of the matrix). Beyond: candidates from
+    an ``IVF<4·sqrt(n)>,SQ8`` index (one byte a dimension, a quarter of the matrix), then every candidate's cosine
+    computed again exactly from the float32 vectors and the lists re-sorted, so the similarities written are
+    exact and the peak memory stays near the matrix itself."""
     faiss = _faiss()
     n, dim = vectors.shape
     k = max(1, min(k, n - 1)) if n > 1 else 1
-    if n <= exact_limit:
+    approximate = n > exact_limit
+    if not approximate:
         index = faiss.IndexFlatIP(dim)
         info = {"index": "Flat (exact)"}
     else:
         nlist = int(2 ** round(math.log2(4 * math.sqrt(n))))
         quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                              faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
         sample = vectors[np.sort(rng.choice(n, size=min(n, nlist * 39), replace=False))]
         index.cp.seed = seed
         index.train(sample)
         del sample
         index.nprobe = nprobe or choose_nprobe(nlist)
-        info = {"index": f"IVF{nlist},Flat", "nprobe": index.nprobe}
-    index.add(vectors)
+        info = {"index": f"IVF{nlist},SQ8 + exact re-ranking", "nprobe": index.nprobe}
+    for start in range(0, n, 65536):
+        index.add(vectors[start:start + 65536])
+    fetch = k + 1 + (4 if approximate else 0)  # a few spare candidates for the re-ranking
     sims = np.empty((n, k), np.float32)
     rows = np.empty((n, k), np.int64)
     for start in range(0, n, BLOCK):
         stop = min(n, start + BLOCK)
-        d, i = index.search(vectors[start:stop], k + 1)
-        own = i == np.arange(start, stop)[:, None]
-        # drop each query's own row (or its last neighbour where it did not come back, e.g. exact copies tie)
-        drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
-        keep = np.ones_like(own)
-        keep[np.arange(stop - start), drop] = False
-        sims[start:stop] = d[keep].reshape(stop - start, k)
-        rows[start:stop] = i[keep].reshape(stop - start, k)
+        d, i = index.search(vectors[start:stop], fetch)
+        i = np.where(i == np.arange(start, stop)[:, None], -1, i)  # each query's own row is no neighbour
+        if approximate:  # exact cosines of the candidates, from the float32 vectors
+            d = np.einsum("qd,qkd->qk", vectors[start:stop], vectors[np.maximum(i, 0)])
+        d = np.where(i < 0, -np.inf, d)
+        order = np.argsort(-d, axis=1, kind="stable")[:, :k]
+        sims[start:stop] = np.take_along_axis(d, order, axis=1)
+        rows[start:stop] = np.take_along_axis(i, order, axis=1)
         if progress:
             progress(stop - start)
     sims[rows < 0] = -1.0

@@ -1,0 +1,79 @@
+// Shared by byol-serve's pages: every request goes to this server's own origin, with the API key (kept in
+// sessionStorage once entered) as an Authorization header. A 401 shows the key field and a clear message.
+"use strict";
+const KEY = "byol-api-key";
+
+function showMessage(text, isError) {
+  const box = document.getElementById("message");
+  box.textContent = text;
+  box.className = "message" + (isError ? " error" : "");
+  box.hidden = !text;
+}
+
+function askForKey(text) {
+  document.getElementById("keybar").hidden = false;
+  showMessage(text, true);
+}
+
+async function api(path, options = {}) {
+  const headers = new Headers(options.headers || {});
+  const key = sessionStorage.getItem(KEY);
+  if (key) headers.set("Authorization", "Bearer " + key);
+  const response = await fetch(path, { ...options, headers });
+  if (response.status === 401) {
+    askForKey(key ? "The API key was refused: enter a valid key." : "This server needs an API key: enter it to continue.");
+    throw new Error("unauthorized");
+  }
+  return response;
+}
+
+async function apiJSON(path, options) {
+  const response = await api(path, options);
+  const body = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const message = (body.error && body.error.message) || response.statusText;
+    const error = new Error(message);
+    error.status = response.status;
+    error.code = body.error && body.error.code;
+    throw error;
+  }
+  return body;
+}
+
+// thumbnails need the key too, so they are fetched and shown as object URLs (an <img src> sends no header)
+async function loadThumb(img, id) {
+  try {
+    const response = await api("/thumb/" + id.split("/").map(encodeURIComponent).join("/"));
+    if (!response.ok) { img.alt = "no thumbnail (" + response.status + ")"; return; }
+    img.src = URL.createObjectURL(await response.blob());
+  } catch (err) { img.alt = "no thumbnail"; }
+}
+
+function setupKeyBar(onKey) {
+  document.getElementById("keysave").addEventListener("click", () => {
+    const value = document.getElementById("key").value.trim();
+    if (!value) return;
+    sessionStorage.setItem(KEY, value);
+    document.getElementById("keybar").hidden = true;
+    showMessage("", false);
+    onKey();
+  });
+}
+
+function downloadCSV(name, ids) {
+  const text = "id\n" + ids.map((id) => '"' + id.replaceAll('"', '""') + '"').join("\n") + "\n";
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(new Blob([text], { type: "text/csv" }));
+  link.download = name;
+  document.body.appendChild(link);
+  link.click();
+  link.remove();
+}
+
+async function showModel() {
+  const info = await apiJSON("/info");
+  const search = info.search ? ` · index: ${info.search.count} images, layer ${info.search.layer}` : "";
+  document.getElementById("model").textContent =
+    `${info.model} · ${info.architecture} · ${info.backend}${info.demo ? " · DEMO MODEL" : ""}${search}`;
+  return info;
+}

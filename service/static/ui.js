@@ -1,0 +1,158 @@
+"use strict";
+const PAGE = { duplicates: 10, outliers: 50 };
+const state = { dupOffset: 0, outOffset: 0, selected: { duplicates: new Set(), outliers: new Set() } };
+
+function card(id, score, onClick) {
+  const div = document.createElement("div");
+  div.className = "card";
+  div.dataset.id = id;
+  const img = document.createElement("img");
+  img.alt = id;
+  loadThumb(img, id);
+  const name = document.createElement("div");
+  name.className = "id";
+  name.textContent = id;
+  div.append(img, name);
+  if (score !== undefined && score !== null) {
+    const s = document.createElement("div");
+    s.className = "score";
+    s.textContent = Number(score).toFixed(4);
+    div.append(s);
+  }
+  if (onClick) div.addEventListener("click", onClick);
+  return div;
+}
+
+function showResults(body, what) {
+  const grid = document.getElementById("results");
+  grid.replaceChildren(...body.results.map((r) => card(r.id, r.score, () => searchById(r.id))));
+  document.getElementById("query-info").textContent = `${body.results.length} results for ${what}`;
+}
+
+function k() { return document.getElementById("k").value; }
+
+async function searchFile(file) {
+  const form = new FormData();
+  form.append("image", file);
+  try {
+    showResults(await apiJSON("/search?k=" + k(), { method: "POST", body: form }), file.name);
+    showMessage("", false);
+  } catch (err) { if (err.message !== "unauthorized") showMessage("Search failed: " + err.message, true); }
+}
+
+async function searchById(id) {
+  document.getElementById("qid").value = id;
+  try {
+    showResults(await apiJSON("/search?k=" + k(), { method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ id }) }), "more like " + id);
+    showMessage("", false);
+  } catch (err) { if (err.message !== "unauthorized") showMessage("Search failed: " + err.message, true); }
+}
+
+function checkbox(tab, id) {
+  const box = document.createElement("input");
+  box.type = "checkbox";
+  box.checked = state.selected[tab].has(id);
+  box.dataset.id = id;
+  box.addEventListener("click", (e) => e.stopPropagation());
+  box.addEventListener("change", () => box.checked ? state.selected[tab].add(id) : state.selected[tab].delete(id));
+  return box;
+}
+
+async function showDuplicates() {
+  const body = await apiJSON(`/curation/duplicates?offset=${state.dupOffset}&limit=${PAGE.duplicates}`);
+  const groups = body.groups.map((g) => {
+    const div = document.createElement("div");
+    div.className = "group";
+    div.dataset.group = g.group;
+    const title = document.createElement("div");
+    title.textContent = `group ${g.group}: ${g.members.length} images, representative ${g.representative}`;
+    const members = document.createElement("div");
+    members.className = "members";
+    for (const m of g.members) {
+      const c = card(m.id, m.similarity);
+      const label = document.createElement("label");
+      label.append(checkbox("duplicates", m.id), ` ${m.kind}${m.id === g.representative ? " (representative)" : ""}`);
+      c.append(label);
+      members.append(c);
+    }
+    div.append(title, members);
+    return div;
+  });
+  document.getElementById("groups").replaceChildren(...groups);
+  const last = Math.min(body.total, state.dupOffset + body.groups.length);
+  document.getElementById("dup-page").textContent = `groups ${state.dupOffset + 1}-${last} of ${body.total}`;
+  document.getElementById("dup-prev").disabled = state.dupOffset === 0;
+  document.getElementById("dup-next").disabled = last >= body.total;
+}
+
+async function showOutliers() {
+  const body = await apiJSON(`/curation/outliers?offset=${state.outOffset}&limit=${PAGE.outliers}`);
+  const rows = body.rows.map((r) => {
+    const tr = document.createElement("tr");
+    tr.dataset.id = r.id;
+    const cells = [checkbox("outliers", r.id), r.rank ?? "", null, r.id,
+      r.score === null ? "" : Number(r.score).toFixed(4), r.percentile === null ? "" : Number(r.percentile).toFixed(1),
+      r.kind + (r.error ? ": " + r.error : "")];
+    for (const value of cells) {
+      const td = document.createElement("td");
+      if (value === null) {
+        if (r.kind === "embedded") { const img = document.createElement("img"); img.alt = r.id; loadThumb(img, r.id); td.append(img); }
+      } else if (value instanceof Node) td.append(value); else td.textContent = value;
+      tr.append(td);
+    }
+    return tr;
+  });
+  document.getElementById("outlier-rows").replaceChildren(...rows);
+  const last = Math.min(body.total, state.outOffset + body.rows.length);
+  document.getElementById("out-page").textContent = `${state.outOffset + 1}-${last} of ${body.total}`;
+  document.getElementById("out-prev").disabled = state.outOffset === 0;
+  document.getElementById("out-next").disabled = last >= body.total;
+}
+
+function selectTab(name) {
+  for (const button of document.querySelectorAll("nav.tabs button")) {
+    button.setAttribute("aria-selected", String(button.dataset.tab === name));
+  }
+  for (const panel of document.querySelectorAll(".panel")) panel.hidden = panel.id !== "panel-" + name;
+  const load = { duplicates: showDuplicates, outliers: showOutliers }[name];
+  if (load) load().catch((err) => { if (err.message !== "unauthorized") showMessage(err.message, true); });
+}
+
+async function start() {
+  try {
+    await showModel();
+    const curation = await apiJSON("/curation");
+    document.querySelector('[data-tab="duplicates"]').hidden = !curation.duplicates;
+    document.querySelector('[data-tab="outliers"]').hidden = !curation.outliers;
+    showMessage("", false);
+  } catch (err) {
+    if (err.message !== "unauthorized") showMessage("Could not load: " + err.message, true);
+  }
+}
+
+for (const button of document.querySelectorAll("nav.tabs button")) {
+  button.addEventListener("click", () => selectTab(button.dataset.tab));
+}
+document.getElementById("file").addEventListener("change", (e) => { if (e.target.files[0]) searchFile(e.target.files[0]); });
+const drop = document.getElementById("drop");
+drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (e) => {
+  e.preventDefault();
+  drop.classList.remove("over");
+  if (e.dataTransfer.files[0]) searchFile(e.dataTransfer.files[0]);
+});
+document.getElementById("byid").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const id = document.getElementById("qid").value.trim();
+  if (id) searchById(id);
+});
+document.getElementById("dup-prev").addEventListener("click", () => { state.dupOffset = Math.max(0, state.dupOffset - PAGE.duplicates); showDuplicates(); });
+document.getElementById("dup-next").addEventListener("click", () => { state.dupOffset += PAGE.duplicates; showDuplicates(); });
+document.getElementById("out-prev").addEventListener("click", () => { state.outOffset = Math.max(0, state.outOffset - PAGE.outliers); showOutliers(); });
+document.getElementById("out-next").addEventListener("click", () => { state.outOffset += PAGE.outliers; showOutliers(); });
+document.getElementById("dup-export").addEventListener("click", () => downloadCSV("duplicates-selected.csv", [...state.selected.duplicates]));
+document.getElementById("out-export").addEventListener("click", () => downloadCSV("outliers-selected.csv", [...state.selected.outliers]));
+setupKeyBar(start);
+start();

@@ -1,0 +1,180 @@
+"""The pages (`/`, `/ui`) and what they read (`/thumb`, `/curation/*`): over HTTP, and in a real browser
+(Debian's chromium driven by Playwright) against a real server process with API keys on."""
+
+from __future__ import annotations
+
+import io
+import re
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from benchmarks import processes
+from benchmarks.curate import make_near_duplicate_fixture, photos_for_quality
+from service.embed.cli import main as embed_main
+from tests.conftest import skimage_data_dir
+from tests.service.test_server_process import start_server
+
+KEY = "ui-test-key"
+STATIC = Path(__file__).resolve().parents[2] / "service" / "static"
+
+
+@pytest.fixture(scope="module")
+def emb(tmp_path_factory, trained_model) -> Path:
+    """Copies of real photos embedded, indexed, deduplicated and scored: what a user serves with --index."""
+    root = tmp_path_factory.mktemp("ui")
+    images = root / "images"
+    make_near_duplicate_fixture(photos_for_quality(skimage_data_dir())[:5], images)
+    (images / "broken.jpg").write_bytes(b"not an image")
+    out = root / "emb"
+    for argv in (["run", "--model", str(trained_model), "--input", str(images), "--output", str(out), "--no-progress"],
+                 ["index", str(out)], ["dedup", str(out), "--no-progress"], ["outliers", str(out), "--no-progress"]):
+        assert embed_main(argv) == 0, argv
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(trained_model, emb):
+    proc, url = start_server(trained_model, "--index", str(emb), "--api-keys", KEY)
+    yield url
+    processes.stop(proc, timeout=30)
+
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def test_thumbnails_only_for_ids_in_the_index(server):
+    r = httpx.get(f"{server}/thumb/orig_00.jpg", headers=AUTH)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    img = Image.open(io.BytesIO(r.content))
+    assert img.format == "JPEG" and max(img.size) <= 256
+    assert httpx.get(f"{server}/thumb/orig_00.jpg").status_code == 401  # behind the keys like every route
+    for bad in ("../../../../etc/passwd", "%2e%2e/%2e%2e/etc/passwd", "/etc/passwd", "images/orig_00.jpg",
+                "no-such-image.jpg", "broken.jpg"):
+        r = httpx.get(f"{server}/thumb/{bad}", headers=AUTH)
+        assert r.status_code == 404, (bad, r.status_code, r.text)
+        # unknown_id: not in the index (broken.jpg has no vector, so none); http_error: the client itself
+        # normalized the ../ away and the path is no route
+        assert r.headers["content-type"] == "application/json"
+        assert r.json()["error"]["code"] in ("unknown_id", "http_error"), (bad, r.text)
+    # the encoded traversal reaches the route as an id, and is refused there
+    assert httpx.get(f"{server}/thumb/%2e%2e/%2e%2e/etc/passwd", headers=AUTH).json()["error"]["code"] == "unknown_id"
+
+
+def test_pages_and_curation_routes(server):
+    for page in ("/", "/ui"):
+        r = httpx.get(server + page)  # the page itself holds nothing secret
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        assert "default-src 'self'" in r.headers["content-security-policy"]
+    assert httpx.get(f"{server}/ui/static/../app.py").status_code == 404
+    assert httpx.get(f"{server}/curation").status_code == 401
+    assert httpx.get(f"{server}/curation", headers=AUTH).json() == {"duplicates": True, "outliers": True}
+    dup = httpx.get(f"{server}/curation/duplicates?limit=2", headers=AUTH).json()
+    assert dup["total"] >= 3 and len(dup["groups"]) == 2
+    assert all(m["similarity"] >= 0.86 - 1e-4 for g in dup["groups"] for m in g["members"])
+    out = httpx.get(f"{server}/curation/outliers?offset=0&limit=100", headers=AUTH).json()
+    assert out["total"] == 26 and out["rows"][0]["rank"] == 1
+    assert [r["id"] for r in out["rows"] if r["kind"] == "broken"] == ["broken.jpg"]
+
+
+def test_static_assets_reach_no_other_origin():
+    for path in STATIC.iterdir():
+        text = path.read_text()
+        assert not re.search(r"https?://|//cdn|@import|fonts\.", text), path.name
+        assert "<script>" not in text and " style=" not in text  # the CSP allows no inline script or style
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def _until(page, js: str, timeout: float = 20) -> None:
+    """Poll an expression through page.evaluate (the pages' CSP forbids the eval that wait_for_function uses)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(f"() => {js}"):
+        assert time.monotonic() < deadline, js
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_the_page_in_a_real_browser(server, browser, tmp_path):
+    from playwright.sync_api import expect
+
+    context = browser.new_context(accept_downloads=True)
+    page = context.new_page()
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(f"{server}/ui")
+    # keys on: the page asks for one; a wrong one is refused with a clear message
+    page.wait_for_selector("#keybar:not([hidden])")
+    assert "needs an API key" in page.inner_text("#message")
+    page.fill("#key", "wrong")
+    page.click("#keysave")
+    expect(page.locator("#message")).to_contain_text("refused")
+    page.fill("#key", KEY)
+    page.click("#keysave")
+    expect(page.locator("#model")).to_contain_text("org/byol-test")
+    assert "layer avgpool" in page.inner_text("#model")
+
+    # search by upload: a grid of thumbnails with ids and scores, the copies of the photo first
+    photo = tmp_path / "query.jpg"
+    photos_for_quality(skimage_data_dir())[2].save(photo)
+    page.set_input_files("#file", str(photo))
+    page.wait_for_selector("#results .card")
+    cards = page.query_selector_all("#results .card")
+    assert len(cards) == 20  # the k selector's default
+    first = [c.get_attribute("data-id") for c in cards[:5]]
+    assert all(i.startswith(("orig_02", "copy_02")) for i in first), first
+    _until(page, "[...document.querySelectorAll('#results img')].every(i => i.naturalWidth > 0)")
+    # "more like this": a click searches by that id
+    cards[1].click()
+    expect(page.locator("#query-info")).to_contain_text("more like")
+    assert page.input_value("#qid") == first[1]
+    page.select_option("#k", "10")
+    page.fill("#qid", "orig_00.jpg")
+    page.click("#byid button")
+    expect(page.locator("#results .card")).to_have_count(10)
+
+    # duplicate groups side by side, selected and exported as CSV
+    page.click('[data-tab="duplicates"]')
+    page.wait_for_selector("#groups .group")
+    assert "groups 1-" in page.inner_text("#dup-page")
+    boxes = page.query_selector_all("#groups input[type=checkbox]")
+    chosen = [b.get_attribute("data-id") for b in boxes[:3]]
+    for box in boxes[:3]:
+        box.check()
+    with page.expect_download() as download:
+        page.click("#dup-export")
+    csv = Path(download.value.path()).read_text().splitlines()
+    assert csv[0] == "id" and [line.strip('"') for line in csv[1:]] == chosen
+
+    # outliers: ranked, the broken image listed
+    page.click('[data-tab="outliers"]')
+    page.wait_for_selector("#outlier-rows tr")
+    assert "broken" in page.inner_text("#outlier-rows")
+
+    # the landing page: model, card summary, layers
+    page.goto(f"{server}/")
+    expect(page.locator("#layers tr").nth(1)).to_be_visible()
+    assert "avgpool" in page.inner_text("#layers")
+    assert page.inner_text("#summary").strip()
+    assert not errors, errors
+    origin = server.rstrip("/")
+    assert all(url.startswith(origin + "/") or url.startswith("blob:") for url in requests), \
+        [u for u in requests if not u.startswith(origin)]
+    context.close()
