@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import base64
 import io
+import os
 import re
 import shutil
 from pathlib import Path
@@ -94,7 +96,10 @@ def browser():
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        # new headless; no background networking, component updates or other traffic of the browser's own
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--headless=new", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--disable-default-apps", "--no-first-run", "--metrics-recording-only"])
         yield browser
         browser.close()
 
@@ -110,13 +115,24 @@ def _until(page, js: str, timeout: float = 20) -> None:
 
 
 @pytest.mark.slow
-def test_the_page_in_a_real_browser(server, browser, tmp_path):
+def test_the_page_in_a_real_browser(server, browser, emb, tmp_path):
     from playwright.sync_api import expect
 
-    context = browser.new_context(accept_downloads=True)
-    page = context.new_page()
+    context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 900})
     requests: list[str] = []
-    page.on("request", lambda request: requests.append(request.url))
+    origin = server.rstrip("/")
+
+    def intercept(route) -> None:  # every request of the page goes through here; another origin's is refused
+        requests.append(route.request.url)
+        if route.request.url.startswith((origin + "/", "blob:", "data:")):
+            route.continue_()
+        else:
+            route.abort()
+
+    context.route("**/*", intercept)
+    shots = Path(os.environ.get("BYOL_SCREENSHOTS") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda err: errors.append(str(err)))
     page.goto(f"{server}/ui")
@@ -131,16 +147,16 @@ def test_the_page_in_a_real_browser(server, browser, tmp_path):
     expect(page.locator("#model")).to_contain_text("org/byol-test")
     assert "layer avgpool" in page.inner_text("#model")
 
-    # search by upload: a grid of thumbnails with ids and scores, the copies of the photo first
-    photo = tmp_path / "query.jpg"
-    photos_for_quality(skimage_data_dir())[2].save(photo)
-    page.set_input_files("#file", str(photo))
+    # search by upload: a grid of thumbnails with ids and scores; the photo's own id first, then its copies
+    images = Path(emb.parent) / "images"
+    page.set_input_files("#file", str(images / "orig_02.jpg"))
     page.wait_for_selector("#results .card")
     cards = page.query_selector_all("#results .card")
     assert len(cards) == 20  # the k selector's default
     first = [c.get_attribute("data-id") for c in cards[:5]]
-    assert all(i.startswith(("orig_02", "copy_02")) for i in first), first
+    assert first[0] == "orig_02.jpg" and all(i.startswith("copy_02") for i in first[1:]), first
     _until(page, "[...document.querySelectorAll('#results img')].every(i => i.naturalWidth > 0)")
+    page.screenshot(path=str(shots / "ui-search.png"), full_page=True)
     # "more like this": a click searches by that id
     cards[1].click()
     expect(page.locator("#query-info")).to_contain_text("more like")
@@ -149,11 +165,25 @@ def test_the_page_in_a_real_browser(server, browser, tmp_path):
     page.fill("#qid", "orig_00.jpg")
     page.click("#byid button")
     expect(page.locator("#results .card")).to_have_count(10)
+    # drag and drop a file onto the page
+    data = base64.b64encode((images / "orig_03.jpg").read_bytes()).decode()
+    transfer = page.evaluate_handle("""(b64) => {
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], "dropped.jpg", {type: "image/jpeg"}));
+        return dt; }""", data)
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    expect(page.locator("#query-info")).to_contain_text("dropped.jpg")
+    expect(page.locator("#results .card").first).to_have_attribute("data-id", "orig_03.jpg")
 
     # duplicate groups side by side, selected and exported as CSV
     page.click('[data-tab="duplicates"]')
     page.wait_for_selector("#groups .group")
     assert "groups 1-" in page.inner_text("#dup-page")
+    planted = page.locator("#groups .group").filter(has=page.locator('.card[data-id="copy_00_q20.jpg"]'))
+    expect(planted.locator('.card[data-id="orig_00.jpg"]')).to_have_count(1)  # the photo with its copy, side by side
+    _until(page, "[...document.querySelectorAll('#groups img')].every(i => i.naturalWidth > 0)")
+    page.screenshot(path=str(shots / "ui-duplicates.png"), full_page=True)
     boxes = page.query_selector_all("#groups input[type=checkbox]")
     chosen = [b.get_attribute("data-id") for b in boxes[:3]]
     for box in boxes[:3]:
@@ -167,14 +197,17 @@ def test_the_page_in_a_real_browser(server, browser, tmp_path):
     page.click('[data-tab="outliers"]')
     page.wait_for_selector("#outlier-rows tr")
     assert "broken" in page.inner_text("#outlier-rows")
+    page.screenshot(path=str(shots / "ui-outliers.png"), full_page=True)
 
     # the landing page: model, card summary, layers
     page.goto(f"{server}/")
     expect(page.locator("#layers tr").nth(1)).to_be_visible()
     assert "avgpool" in page.inner_text("#layers")
     assert page.inner_text("#summary").strip()
+    page.screenshot(path=str(shots / "landing.png"), full_page=True)
     assert not errors, errors
-    origin = server.rstrip("/")
-    assert all(url.startswith(origin + "/") or url.startswith("blob:") for url in requests), \
+    assert requests and all(url.startswith((origin + "/", "blob:")) for url in requests), \
         [u for u in requests if not u.startswith(origin)]
+    assert sorted(p.name for p in shots.iterdir()) == ["landing.png", "ui-duplicates.png", "ui-outliers.png",
+                                                        "ui-search.png"]
     context.close()
