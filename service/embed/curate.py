@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from service.embed.shards import EmbedJobError, Manifest, finished_shards
+from service.embed.shards import EmbedJobError, Manifest, complete_shards
 
 logger = logging.getLogger(__name__)
 
@@ -70,12 +70,7 @@ def load_rows(folder: Path, manifest: Manifest, layer: str) -> Rows:
     shard), with ids, paths, errors and content hashes."""
     import pyarrow.parquet as pq
 
-    if layer not in manifest.layers:
-        raise EmbedJobError(f"layer {layer!r} was not embedded; this folder has {', '.join(manifest.layers)}")
-    shards = finished_shards(folder, manifest)
-    if len(shards) < manifest.shard_count:
-        raise EmbedJobError(f"{manifest.shard_count - len(shards)} of {manifest.shard_count} shards are not done; "
-                            "finish the run first (rerun the same `byol-embed run` command)")
+    shards = complete_shards(folder, manifest, layer)
     counts = []
     for shard in shards:
         meta = pq.read_metadata(shard)

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from service.embed.shards import EmbedJobError, Manifest, finished_shards
+from service.embed.shards import EmbedJobError, Manifest, complete_shards, finished_shards
 
 logger = logging.getLogger(__name__)
 INDEX_DIR = "index"
@@ -49,12 +49,7 @@ def load_vectors(folder: Path, manifest: Manifest, layer: str) -> tuple[np.ndarr
     """Every embedded row of ``layer`` (error rows left out) in shard order, with ids and paths."""
     import pyarrow.parquet as pq
 
-    if layer not in manifest.layers:
-        raise EmbedJobError(f"layer {layer!r} was not embedded; this folder has {manifest.layers}")
-    shards = finished_shards(folder, manifest)
-    if len(shards) < manifest.shard_count:
-        raise EmbedJobError(f"{manifest.shard_count - len(shards)} of {manifest.shard_count} shards are not done; "
-                            "finish the run first (rerun the same `byol-embed run` command)")
+    shards = complete_shards(folder, manifest, layer)
     parts, ids, paths = [], [], []
     for shard in shards:
         table = pq.read_table(shard, columns=["id", "path", "error", layer])

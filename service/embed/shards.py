@@ -224,3 +224,14 @@ def write_shard(folder: Path, manifest: Manifest, rows: ShardRows) -> Path:
 
 def finished_shards(folder: Path, manifest: Manifest) -> list[Path]:
     return [folder / shard_name(s["index"]) for s in manifest.shards if done_marker(folder, s["index"]).exists()]
+
+
+def complete_shards(folder: Path, manifest: Manifest, layer: str) -> list[Path]:
+    """Every shard of a finished run that embedded ``layer``; a clear error for another layer or an unfinished run."""
+    if layer not in manifest.layers:
+        raise EmbedJobError(f"layer {layer!r} was not embedded; this folder has {', '.join(manifest.layers)}")
+    shards = finished_shards(folder, manifest)
+    if len(shards) < manifest.shard_count:
+        raise EmbedJobError(f"{manifest.shard_count - len(shards)} of {manifest.shard_count} shards are not done; "
+                            "finish the run first (rerun the same `byol-embed run` command)")
+    return shards
