@@ -35,7 +35,7 @@ class Thumbnails:
     def _source(self):
         from hub.sources import open_source
 
-        source = open_source(self.index.manifest.input)
+        source = open_source(self.index.manifest.input, **self.index.manifest.source_options)
         return source, {source.item_id(i): i for i in range(len(source))}
 
     def get(self, item_id: str) -> bytes:

@@ -79,7 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="preset name in training/configs/ (e.g. smoke, "
                         "byol_r50_8xb64_accu8_cos_lr4_8_fp16_ep200) or a .yaml path")
-    parser.add_argument("--data", required=True, help="folder of images (recursive), .txt list of paths, or .tar shards")
+    parser.add_argument("--data", required=True,
+                        help="folder of images (recursive), .txt list of paths, .tar shards, or Parquet with the image "
+                             "bytes inside (a file, a glob or a folder: Hugging Face datasets' Image column or a binary "
+                             "column, found or named by --image-column)")
+    parser.add_argument("--image-column", default=None,
+                        help="Parquet --data: the column of image bytes (default: found; 'image' where there are several)")
     parser.add_argument("--output", required=True, help="run folder (config.yaml, checkpoints/, logs/, final/)")
     parser.add_argument("--resume", nargs="?", const="auto", default=None, metavar="RUN_OR_CHECKPOINT",
                         help="continue a run: no value = the newest complete checkpoint in OUTPUT; a run folder = its "
@@ -186,7 +191,8 @@ def build_run(args: argparse.Namespace) -> Run:
     augment = AugmentConfig(size=cfg.image_size, scale=(cfg.crop_scale_min, 1.0),
                             view1=ViewParams(cfg.blur_probs[0], cfg.solarize_probs[0]),
                             view2=ViewParams(cfg.blur_probs[1], cfg.solarize_probs[1]))
-    dataset = TwoViewDataset(open_source(args.data), augment, cfg.seed, cfg.augment_backend)
+    dataset = TwoViewDataset(open_source(args.data, image_column=args.image_column), augment, cfg.seed,
+                             cfg.augment_backend)
     batch, accum = cfg.batch_size_per_device, cfg.grad_accum_steps
     spe = steps_per_epoch(len(dataset), world, batch, accum)
     plan = config_plan(spe, cfg.epochs, cfg.warmup_epochs, cfg.max_steps)

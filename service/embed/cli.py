@@ -33,9 +33,15 @@ def _add_run(sub) -> None:
     p.add_argument("--local-files-only", action="store_true", help="never contact the Hub; use its cache only")
     p.add_argument("--input", required=True,
                    help="a folder (recursive, sorted; ids relative to it), a .txt list of paths, WebDataset .tar "
-                        "shards (a file, a folder or a glob; ids <tar file>/<key>), or a .parquet file with a path "
-                        "column")
+                        "shards (a file, a folder or a glob; ids <tar file>/<key>), Parquet with the image bytes "
+                        "inside (a file, a glob or a folder of .parquet: Hugging Face datasets' Image column or a "
+                        "binary one; ids <file>/<row> or --id-column), or a .parquet file with a path column")
     p.add_argument("--path-column", default=None, help="Parquet input: the column of image paths (default: path)")
+    p.add_argument("--image-column", default=None,
+                   help="Parquet input with the image bytes inside: the Hugging Face Image column (struct<bytes, "
+                        "path>) or binary column (default: found; 'image' where there are several)")
+    p.add_argument("--id-column", default=None,
+                   help="Parquet input with the image bytes inside: the column of ids (default: <file name>/<row>)")
     p.add_argument("--output", required=True, help="output folder (manifest.json, part-NNNNN.parquet, index/)")
     p.add_argument("--layers", default="avgpool", help="comma-separated: feature1..feature5, avgpool (default avgpool)")
     p.add_argument("--pooling", default="gap", choices=("gap", "mhead"),
@@ -138,6 +144,7 @@ def _run(args: argparse.Namespace) -> int:
         normalize=args.normalize, dtype=args.dtype, backend=args.backend, device=args.device,
         batch_size=args.batch_size, shard_size=args.shard_size, engine=args.engine, ray_address=args.ray_address,
         workers=args.workers, threads=args.threads, max_pixels=args.max_pixels, path_column=args.path_column,
+        image_column=args.image_column, id_column=args.id_column,
         overwrite=args.overwrite, revision=args.revision, local_files_only=args.local_files_only,
         progress=not args.no_progress)
     summary = run_job(settings)

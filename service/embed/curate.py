@@ -115,7 +115,7 @@ def fill_missing_hashes(rows: Rows, manifest: Manifest) -> int:
     missing = [i for i, d in enumerate(rows.sha256) if d is None and rows.errors[i] is None]
     if not missing:
         return 0
-    source = open_source(manifest.input)
+    source = open_source(manifest.input, **manifest.source_options)
     position = {source.item_id(i): i for i in range(len(source))}
     for i in missing:
         j = position.get(rows.ids[i])

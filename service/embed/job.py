@@ -55,9 +55,16 @@ class EmbedSettings:
     threads: int = 0  # inference threads per backend (0: automatic)
     max_pixels: int = 40_000_000
     path_column: str | None = None
+    image_column: str | None = None  # Parquet with the image bytes inside
+    id_column: str | None = None
     overwrite: bool = False
     revision: str | None = None
     local_files_only: bool = False
+
+    def source_options(self) -> dict[str, str]:
+        """How the input is read, beyond its path (kept in the manifest: curation and thumbnails read it again)."""
+        options = {"path_column": self.path_column, "image_column": self.image_column, "id_column": self.id_column}
+        return {k: v for k, v in options.items() if v is not None}
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -106,7 +113,8 @@ def build_manifest(settings: EmbedSettings, resolved: ResolvedModel, source: Ima
                     normalize=settings.normalize, dtype=settings.dtype, dims=dims,
                     preprocessing=config.to_dict()["preprocessing"], input=str(Path(settings.input).resolve()),
                     input_kind=source.kind, input_fingerprint=source.fingerprint(), input_count=len(source),
-                    shard_size=settings.shard_size, shards=plan_shards(len(source), settings.shard_size))
+                    shard_size=settings.shard_size, shards=plan_shards(len(source), settings.shard_size),
+                    source_options=settings.source_options())
 
 
 @dataclass
@@ -224,7 +232,7 @@ def run_job(settings: EmbedSettings) -> JobSummary:
     from service.backends import build_streamed_backend, resolve_for_backend
 
     started = time.perf_counter()
-    source = open_source(settings.input, path_column=settings.path_column)
+    source = open_source(settings.input, **settings.source_options())
     serve = serving_settings(settings)
     resolved = resolve_for_backend(serve)
     out = Path(settings.output)

@@ -71,6 +71,7 @@ class Manifest:
     decode: str = "exact"
     format: str = FORMAT
     shards: list[dict[str, int]] = field(default_factory=list)  # the plan: [{"index", "start", "stop"}]
+    source_options: dict[str, str] = field(default_factory=dict)  # open_source's column options for the input
 
     @property
     def shard_count(self) -> int:
