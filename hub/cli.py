@@ -109,11 +109,11 @@ def _export(args: argparse.Namespace) -> int:
     elif args.format == "triton":
         out = export(model, "triton", out, name=args.triton_name, max_batch_size=args.max_batch_size,
                      kind=args.instance_kind, count=args.instances)
-        print(f"wrote {out}/config.pbtxt and {out}/1/model.onnx\n"
-              f"  run: tritonserver --model-repository {out.parent}")
     else:
         export(model, args.format, out)
     print(f"wrote {out}")
+    if args.format == "triton":
+        print(f"  config.pbtxt and 1/model.onnx; run: tritonserver --model-repository {out.parent}")
     if args.int8:
         from hub.quantize import load_calibration_images, quantize_int8
 
@@ -124,6 +124,7 @@ def _export(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from hub.checkpoint_layouts import LAYOUTS, SOURCES
     from hub.config import EXPORT_FORMATS as FORMATS
+    from hub.triton import INSTANCE_KINDS
     from hub.zoo import ZOO
 
     parser = argparse.ArgumentParser(prog="byol-hub", description=__doc__,
@@ -184,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--triton-name", default=None,
                    help="triton: the model's name in the repository (default: the model's name, else byol-<arch>)")
     p.add_argument("--max-batch-size", type=int, default=32, help="triton: max_batch_size (default 32)")
-    p.add_argument("--instance-kind", choices=("cpu", "gpu"), default="cpu",
+    p.add_argument("--instance-kind", choices=INSTANCE_KINDS, default="cpu",
                    help="triton: instance_group kind, KIND_CPU or KIND_GPU (default cpu)")
     p.add_argument("--instances", type=int, default=1, help="triton: model instances (instance_group count, default 1)")
     p.add_argument("--int8", action="store_true",

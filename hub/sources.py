@@ -52,6 +52,10 @@ class ImageSource:
     def item_path(self, index: int) -> str:
         raise NotImplementedError
 
+    def positions(self) -> dict[str, int]:
+        """id -> index: to read items again by the ids a job recorded."""
+        return {self.item_id(i): i for i in range(len(self))}
+
     def fingerprint(self) -> str:
         """A digest of what the source lists (ids, sizes, modification times): it changes when the input does."""
         raise NotImplementedError

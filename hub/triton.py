@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.errors import ExportError
+from hub.files import replace_dir
 
 INSTANCE_KINDS = ("cpu", "gpu")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -109,13 +110,7 @@ def export_triton(model: Any, repo: str | Path, *, name: str | None = None, max_
         (build / "byol_config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n",
                                                 encoding="utf-8")
         os.chmod(build, 0o755)
-        old = None
-        if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=repo))
-            os.replace(final, old / name)
-        os.replace(build, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(build, final)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise

@@ -119,8 +119,10 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
         await asyncio.to_thread(state.backend.warmup, resolved.config.input_size)
         if settings.index:
             from service.routes_search import open_search_index
+            from service.thumbs import Thumbnails
 
             state.search_index = await asyncio.to_thread(open_search_index, settings, resolved, state.backend.outputs)
+            state.thumbnails = Thumbnails(state.search_index, max_pixels=settings.max_pixels)
         state.engine = BatchEngine(state.backend, max_batch_size=settings.max_batch_size,
                                    max_wait_ms=settings.max_wait_ms, queue_size=settings.queue_size,
                                    on_batch=state.metrics.observe_batch, streams=plan.streams)

@@ -172,9 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from service.settings import ServiceSettings
 
     args = build_parser().parse_args(argv)
-    engine_flags = ("engine", "replicas", "autoscale", "ray_address", "replica_cpus", "max_replicas_per_node",
-                    "proxy_location")
-    overrides = {k: v for k, v in vars(args).items() if v is not None and k not in engine_flags}
+    overrides = {k: v for k, v in vars(args).items() if v is not None and k in ServiceSettings.model_fields}
     try:
         settings = ServiceSettings(**overrides)
     except ValidationError as err:

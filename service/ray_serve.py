@@ -50,7 +50,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
 
 
 class _ReplicaHeader:
-    """Adds who served the request to every response; marks ``/metrics`` as one replica's view."""
+    """Adds who served the request to every response."""
 
     def __init__(self, app, value: str) -> None:
         self.app, self.value = app, value.encode("latin-1")
@@ -58,17 +58,12 @@ class _ReplicaHeader:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        metrics = scope.get("path") == "/metrics"
-
         async def send_with_header(message) -> None:
             if message["type"] == "http.response.start":
-                extra = [(REPLICA_MARK, self.value)]
-                if metrics:
-                    extra.append((b"x-byol-metrics-scope", b"replica"))
                 # Serve's proxy adds the request's x-request-id to the response itself (the same id: the app reads
                 # it from the request), so the app's copy would only repeat it
                 kept = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"x-request-id"]
-                message["headers"] = [*kept, *extra]
+                message["headers"] = [*kept, (REPLICA_MARK, self.value)]
             await send(message)
 
         await self.app(scope, receive, send_with_header)
@@ -112,8 +107,6 @@ class BYOLEmbedder:
 
         state = self.state
         if state is None or state.engine is None or not state.ready:
-            if state is not None and state.draining:
-                return  # shutting down on purpose: Serve is already replacing this replica
             raise RuntimeError("the model is not loaded or the batching engine is not running")
         if not state.engine.alive:
             raise RuntimeError("the batching engine stopped")
@@ -179,7 +172,7 @@ class ReplayOnReplicaLoss:
     """An ASGI middleware in front of Serve's HTTP proxy (see the module docstring).
 
     A response that did not come from the app (each replica adds ``X-Byol-Replica`` to every response it sends)
-    with status 500, or no response at all, means the replica was lost under the request: for the replayable routes
+    with a 5xx status other than 503, or no response at all, means the replica was lost under the request: for the replayable routes
     the buffered request goes again (``attempts`` in all), then a 503 with Retry-After. The body is buffered, so
     bodies are bounded by the app's own limit (``BYOL_MAX_BODY_BYTES``) a moment later anyway."""
 
@@ -201,25 +194,24 @@ class ReplayOnReplicaLoss:
                 return await self.app(scope, _replay(b"".join(chunks), receive, more_body=True), send)
         body = b"".join(chunks)
         for attempt in range(self.attempts):
-            outcome = {"forwarded": False, "lost": False}
+            forwarded = False  # the response went to the client: it is the answer
 
-            async def forward(message, outcome=outcome) -> None:
-                if message["type"] == "http.response.start" and not outcome["forwarded"]:
+            async def forward(message) -> None:
+                nonlocal forwarded
+                if message["type"] == "http.response.start" and not forwarded:
                     headers = {k.lower() for k, _ in message.get("headers", [])}
-                    if message["status"] >= 500 and REPLICA_MARK not in headers and message["status"] != 503:
-                        outcome["lost"] = True
-                        return
-                    outcome["forwarded"] = True
-                if outcome["forwarded"]:
+                    if message["status"] >= 500 and message["status"] != 503 and REPLICA_MARK not in headers:
+                        return  # the proxy's own error: the replica was lost
+                    forwarded = True
+                if forwarded:
                     await send(message)
 
             try:
                 await self.app(scope, _replay(body, receive), forward)
             except Exception:
-                if outcome["forwarded"]:
+                if forwarded:
                     raise
-                outcome["lost"] = True
-            if outcome["forwarded"]:
+            if forwarded:
                 return
             logger.warning("%s: the replica was lost under the request (attempt %d of %d)", scope.get("path"),
                            attempt + 1, self.attempts)

@@ -36,10 +36,12 @@ async def ready(state: State) -> JSONResponse:
 @router.get("/metrics", summary="Prometheus metrics")
 async def metrics(state: State) -> Response:
     body = generate_latest(state.metrics.registry)
-    if state.serving_unit:  # a comment line: Prometheus ignores it, a person reading it does not
-        body = (f"# byol: the view of ONE replica ({state.serving_unit}), not of the deployment; the deployment's "
-                "metrics are Ray's (ray_serve_* on each node's metrics export port)\n").encode() + body
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
+    if not state.serving_unit:
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
+    # one replica of several: a comment line (Prometheus ignores it, a person reading it does not) and a header
+    note = (f"# byol: the view of ONE replica ({state.serving_unit}), not of the deployment; the deployment's "
+            "metrics are Ray's (ray_serve_* on each node's metrics export port)\n")
+    return Response(note.encode() + body, media_type=CONTENT_TYPE_LATEST, headers={"X-Byol-Metrics-Scope": "replica"})
 
 
 @router.get("/info", summary="what is served and how", response_model=InfoResponse,

@@ -83,11 +83,9 @@ def _index(state) -> Any:
             responses={200: {"content": {"image/jpeg": {}}, "description": "a JPEG, at most 256 px a side"},
                        **error_responses(401, 404, 422)})
 async def thumb(item_id: str, state: State, _: Auth) -> Response:
-    from service.thumbs import ThumbnailError, Thumbnails
+    from service.thumbs import ThumbnailError
 
-    index = _index(state)
-    if state.thumbnails is None:
-        state.thumbnails = Thumbnails(index, max_pixels=state.settings.max_pixels)
+    _index(state)  # 404 without an index
     try:
         data = await asyncio.to_thread(state.thumbnails.get, item_id)
     except ThumbnailError as err:

@@ -34,13 +34,12 @@ class ServiceState:
     finished_while_draining: int = 0
     search_index: Any = None  # service.embed.index.LoadedIndex when --index is set
     model_folder: Any = None  # the resolved model folder (its card for GET /)
-    thumbnails: Any = None  # service.thumbs.Thumbnails, made on the first GET /thumb
+    thumbnails: Any = None  # service.thumbs.Thumbnails of the search index (GET /thumb)
     serving_unit: str | None = None  # one replica of several (Ray Serve): who this process is, for /metrics
     started: int = field(default_factory=lambda: int(time.time()))
     decode_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2),
                                                    thread_name_prefix="byol-decode"))
-
 
     def begin_drain(self) -> None:
         self.draining, self.ready = True, False

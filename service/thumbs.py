@@ -36,7 +36,7 @@ class Thumbnails:
         from hub.sources import open_source
 
         source = open_source(self.index.manifest.input, **self.index.manifest.source_options)
-        return source, {source.item_id(i): i for i in range(len(source))}
+        return source, source.positions()
 
     def get(self, item_id: str) -> bytes:
         """A JPEG of at most ``side`` px a side; raises :class:`ThumbnailError` (404 for an id not in the index)."""

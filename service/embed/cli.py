@@ -5,7 +5,7 @@
     byol-embed index emb/ --layer avgpool [--factory "IVF4096,PQ64"]
     byol-embed search emb/ --image query.jpg -k 10 [--json]
     byol-embed search emb/ --id cats/001.jpg -k 10                            # near-duplicates of a set image
-    byol-embed dedup emb/ [--threshold 0.9] [--write-lists]                   # exact + near-duplicate groups
+    byol-embed dedup emb/ [--threshold 0.86] [--write-lists]                  # exact + near-duplicate groups
     byol-embed outliers emb/ [--k 10]                                         # the most unusual and broken images
 
 Rerunning the same `run` command resumes (finished shards are kept); other settings or a changed input are
@@ -214,7 +214,7 @@ def _dedup(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.folder) / "curation"
     print(f"{summary['groups']} duplicate groups holding {summary['in_groups']} of {summary['embedded']} embedded "
-          f"images ({summary['exact_pairs_kind']} exact copies); {summary['removable']} could go, keeping one per "
+          f"images ({summary['exact_copies']} exact copies); {summary['removable']} could go, keeping one per "
           f"group (cosine >= {summary['threshold']} on {summary['layer']}, {summary['search']['index']}, "
           f"{summary['seconds']} s) -> {out / 'duplicates.parquet'}")
     print("nearest-neighbour cosine (each image's closest other image):")

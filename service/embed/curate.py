@@ -23,13 +23,15 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from service.embed.shards import EmbedJobError, Manifest, complete_shards
+from hub.files import atomic_write, atomic_write_text
+from service.embed.index import TRAIN_PER_LIST
+from service.embed.shards import EmbedJobError, Manifest, Rows, load_rows
 
 logger = logging.getLogger(__name__)
 
@@ -52,60 +54,6 @@ def _faiss():
     return faiss
 
 
-@dataclass
-class Rows:
-    """The folder's rows in shard order: every id and path; the embedded ones' vectors (L2-normalized in
-    place, float32) and their positions among all rows; the errors; the sha256 of each image's bytes."""
-
-    ids: list[str]
-    paths: list[str]
-    errors: list[str | None]
-    sha256: list[str | None]
-    vectors: np.ndarray  # (embedded, dim)
-    embedded: np.ndarray  # positions in ids of the vector rows
-
-
-def load_rows(folder: Path, manifest: Manifest, layer: str) -> Rows:
-    """Read ``layer`` into one preallocated float32 matrix, normalized shard by shard (peak: the matrix and one
-    shard), with ids, paths, errors and content hashes."""
-    import pyarrow.parquet as pq
-
-    shards = complete_shards(folder, manifest, layer)
-    counts = []
-    for shard in shards:
-        meta = pq.read_metadata(shard)
-        counts.append(meta.num_rows)
-    dim = manifest.dims[layer]
-    vectors = np.empty((sum(counts), dim), np.float32)
-    ids: list[str] = []
-    paths: list[str] = []
-    errors: list[str | None] = []
-    digests: list[str | None] = []
-    embedded: list[np.ndarray] = []
-    filled = 0
-    for shard in shards:  # in record batches: the transient memory is a batch, never a whole shard
-        parquet = pq.ParquetFile(shard)
-        names = parquet.schema_arrow.names
-        columns = ["id", "path", "error", layer] + (["sha256"] if "sha256" in names else [])
-        for batch in parquet.iter_batches(batch_size=16384, columns=columns):
-            batch_errors = batch.column("error").to_pylist()
-            ok = np.array([e is None for e in batch_errors], bool)
-            # flatten() keeps the embedded rows' values only (error rows are null lists)
-            block = batch.column(layer).flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
-            out = vectors[filled:filled + len(block)]
-            out[:] = block
-            norms = np.linalg.norm(out, axis=1, keepdims=True)
-            out /= np.where(norms > 0, norms, 1.0)
-            embedded.append(len(ids) + np.flatnonzero(ok))
-            filled += len(block)
-            ids += batch.column("id").to_pylist()
-            paths += batch.column("path").to_pylist()
-            errors += batch_errors
-            digests += batch.column("sha256").to_pylist() if "sha256" in names else [None] * len(batch)
-    return Rows(ids, paths, errors, digests, vectors[:filled],
-                np.concatenate(embedded) if embedded else np.zeros(0, np.int64))
-
-
 def fill_missing_hashes(rows: Rows, manifest: Manifest) -> int:
     """Folders written before ``run`` recorded hashes: read those images again from the manifest's input."""
     import hashlib
@@ -116,7 +64,7 @@ def fill_missing_hashes(rows: Rows, manifest: Manifest) -> int:
     if not missing:
         return 0
     source = open_source(manifest.input, **manifest.source_options)
-    position = {source.item_id(i): i for i in range(len(source))}
+    position = source.positions()
     for i in missing:
         j = position.get(rows.ids[i])
         if j is None:
@@ -135,7 +83,7 @@ def choose_nprobe(nlist: int) -> int:
 
 
 def knn(vectors: np.ndarray, k: int, *, exact_limit: int = EXACT_LIMIT, nprobe: int | None = None, seed: int = 0,
-        progress=None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        progress: bool = False) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """The ``k`` nearest neighbours of every row, itself left out: cosines ``(n, k)`` float32 (descending) and
     rows ``(n, k)`` int64 (-1 where there are fewer). Queries go in blocks.
 
@@ -156,7 +104,7 @@ def knn(vectors: np.ndarray, k: int, *, exact_limit: int = EXACT_LIMIT, nprobe: 
         index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
                                               faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
-        sample = vectors[np.sort(rng.choice(n, size=min(n, nlist * 39), replace=False))]
+        sample = vectors[np.sort(rng.choice(n, size=min(n, nlist * TRAIN_PER_LIST), replace=False))]
         index.cp.seed = seed
         index.train(sample)
         del sample
@@ -167,6 +115,7 @@ def knn(vectors: np.ndarray, k: int, *, exact_limit: int = EXACT_LIMIT, nprobe: 
     fetch = k + 1 + (4 if approximate else 0)  # a few spare candidates for the re-ranking
     sims = np.empty((n, k), np.float32)
     rows = np.empty((n, k), np.int64)
+    bar = _bar(n, "kNN graph", progress)
     for start in range(0, n, BLOCK):
         stop = min(n, start + BLOCK)
         d, i = index.search(vectors[start:stop], fetch)
@@ -177,8 +126,10 @@ def knn(vectors: np.ndarray, k: int, *, exact_limit: int = EXACT_LIMIT, nprobe: 
         order = np.argsort(-d, axis=1, kind="stable")[:, :k]
         sims[start:stop] = np.take_along_axis(d, order, axis=1)
         rows[start:stop] = np.take_along_axis(i, order, axis=1)
-        if progress:
-            progress(stop - start)
+        if bar:
+            bar.update(stop - start)
+    if bar:
+        bar.close()
     sims[rows < 0] = -1.0
     return sims, rows, info
 
@@ -274,22 +225,10 @@ def format_histogram(hist: dict[str, Any], lo: float = 0.5, width: int = 40) -> 
     return "\n".join(lines)
 
 
-def _atomic_parquet(table, path: Path) -> None:
-    import os
-
+def _write_parquet(table, path: Path) -> None:
     import pyarrow.parquet as pq
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    from hub.files import atomic_write_text
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, text)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 def dedup(folder: str | Path, *, layer: str = "avgpool", threshold: float = DEFAULT_THRESHOLD, k: int = 16,
@@ -309,12 +248,9 @@ def dedup(folder: str | Path, *, layer: str = "avgpool", threshold: float = DEFA
     rows = load_rows(folder, manifest, layer)
     recomputed = fill_missing_hashes(rows, manifest)
     n = len(rows.vectors)
-    bar = _bar(n, "kNN graph", progress)
-    sims, nn, info = knn(rows.vectors, k, exact_limit=exact_limit, nprobe=nprobe, progress=bar.update if bar else None)
-    if bar:
-        bar.close()
+    sims, nn, info = knn(rows.vectors, k, exact_limit=exact_limit, nprobe=nprobe, progress=progress)
     groups = near_groups(rows.vectors, sims, nn, threshold) if n > 1 else []
-    # exact duplicates (same bytes): joined by hash first, so that they are one group even where a kNN list was
+    # exact duplicates (same bytes): joined by hash after, so that they are one group even where a kNN list was
     # too short to hold every copy (more than k identical images)
     by_hash: dict[str, list[int]] = {}
     for i, digest in enumerate(rows.sha256):
@@ -327,9 +263,10 @@ def dedup(folder: str | Path, *, layer: str = "avgpool", threshold: float = DEFA
         rep_row = int(rows.embedded[rep])
         member_rows = [int(rows.embedded[m]) for m in members]
         hashes = [rows.sha256[r] for r in member_rows]
+        copies = Counter(hashes)
         for m, row, digest in zip(members, member_rows, hashes):
             # exact: the same bytes as another member of the group (a file copy), near: similar pixels only
-            same = digest is not None and hashes.count(digest) > 1
+            same = digest is not None and copies[digest] > 1
             records.append({"group": group_no, "row": row, "representative": rep_row,
                             "similarity": float(rows.vectors[m] @ rows.vectors[rep]), "kind": "exact" if same else "near"})
             grouped[row] = records[-1]
@@ -360,20 +297,19 @@ def dedup(folder: str | Path, *, layer: str = "avgpool", threshold: float = DEFA
         "kind": pa.array([r["kind"] for r in records], pa.string()),
     })
     out = folder / CURATION_DIR
-    _atomic_parquet(table, out / DUPLICATES_FILE)
+    _write_parquet(table, out / DUPLICATES_FILE)
     nearest = sims[:, 0] if n > 1 else np.zeros(0, np.float32)
     hist = histogram(nearest)
-    removable = sum(1 for r in records if r["row"] != r["representative"])
+    remove = {r["row"] for r in records if r["row"] != r["representative"]}  # all but each group's representative
     summary = {"layer": layer, "threshold": threshold, "k": k, "images": len(rows.ids), "embedded": n,
-               "groups": group_no, "in_groups": len(records), "removable": removable,
-               "exact_pairs_kind": sum(1 for r in records if r["kind"] == "exact" and r["row"] != r["representative"]),
+               "groups": group_no, "in_groups": len(records), "removable": len(remove),
+               "exact_copies": sum(1 for r in records if r["kind"] == "exact" and r["row"] in remove),
                "hashes_recomputed": recomputed, "search": info, "seconds": round(time.perf_counter() - started, 2)}
-    _atomic_text(out / HISTOGRAM_FILE, json.dumps({"layer": layer, **hist}, indent=1) + "\n")
-    _atomic_text(out / "duplicates.json", json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(out / HISTOGRAM_FILE, json.dumps({"layer": layer, **hist}, indent=1) + "\n")
+    atomic_write_text(out / "duplicates.json", json.dumps(summary, indent=1) + "\n")
     if write_lists:
-        remove = {r["row"] for r in records if r["row"] != r["representative"]}
-        _atomic_text(out / "remove.txt", "".join(rows.ids[i] + "\n" for i in sorted(remove)))
-        _atomic_text(out / "keep.txt", "".join(rows.ids[i] + "\n" for i in range(len(rows.ids)) if i not in remove))
+        atomic_write_text(out / "remove.txt", "".join(rows.ids[i] + "\n" for i in sorted(remove)))
+        atomic_write_text(out / "keep.txt", "".join(rows.ids[i] + "\n" for i in range(len(rows.ids)) if i not in remove))
     summary["histogram"] = hist
     return summary
 
@@ -392,11 +328,7 @@ def outliers(folder: str | Path, *, layer: str = "avgpool", k: int = 10, thresho
     rows = load_rows(folder, manifest, layer)
     n = len(rows.vectors)
     slack = 8  # neighbours fetched beyond k, to leave duplicates out and still have k
-    bar = _bar(n, "kNN graph", progress)
-    sims, nn, info = knn(rows.vectors, k + slack, exact_limit=exact_limit, nprobe=nprobe,
-                         progress=bar.update if bar else None)
-    if bar:
-        bar.close()
+    sims, nn, info = knn(rows.vectors, k + slack, exact_limit=exact_limit, nprobe=nprobe, progress=progress)
     valid = (nn >= 0) & (sims < threshold)
     # the first k valid neighbours of each row
     order = np.cumsum(valid, axis=1)
@@ -419,7 +351,7 @@ def outliers(folder: str | Path, *, layer: str = "avgpool", k: int = 10, thresho
         "kind": pa.array(["embedded"] * n + ["broken"] * len(broken), pa.string()),
         "error": pa.array([None] * n + [rows.errors[i] for i in broken], pa.string()),
     })
-    _atomic_parquet(table, folder / CURATION_DIR / OUTLIERS_FILE)
+    _write_parquet(table, folder / CURATION_DIR / OUTLIERS_FILE)
     top = [{"id": rows.ids[int(rows.embedded[i])], "score": round(float(score[i]), 4)} for i in ranking[:10]]
     return {"layer": layer, "k": k, "images": len(rows.ids), "embedded": n, "broken": len(broken), "search": info,
             "top": top, "broken_ids": [rows.ids[i] for i in broken][:10]}

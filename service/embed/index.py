@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from service.embed.shards import EmbedJobError, Manifest, complete_shards, finished_shards
+from hub.files import replace_dir
+from service.embed.shards import EmbedJobError, Manifest, finished_shards, load_rows
 
 logger = logging.getLogger(__name__)
 INDEX_DIR = "index"
@@ -45,24 +46,6 @@ def _l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1.0)
 
 
-def load_vectors(folder: Path, manifest: Manifest, layer: str) -> tuple[np.ndarray, list[str], list[str]]:
-    """Every embedded row of ``layer`` (error rows left out) in shard order, with ids and paths."""
-    import pyarrow.parquet as pq
-
-    shards = complete_shards(folder, manifest, layer)
-    parts, ids, paths = [], [], []
-    for shard in shards:
-        table = pq.read_table(shard, columns=["id", "path", "error", layer])
-        keep = table.column("error").is_null()
-        table = table.filter(keep)
-        column = table.column(layer).combine_chunks()
-        parts.append(column.values.to_numpy(zero_copy_only=False).reshape(len(table), manifest.dims[layer]))
-        ids += table.column("id").to_pylist()
-        paths += table.column("path").to_pylist()
-    vectors = np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, manifest.dims[layer]), np.float32)
-    return vectors, ids, paths
-
-
 def nlist_of(factory: str) -> int | None:
     import re
 
@@ -80,10 +63,11 @@ def build_index(folder: str | Path, *, layer: str = "avgpool", factory: str = "F
     folder = Path(folder)
     manifest = Manifest.load(folder)
     started = time.perf_counter()
-    vectors, ids, paths = load_vectors(folder, manifest, layer)
-    if len(vectors) == 0:
+    rows = load_rows(folder, manifest, layer)  # the embedded rows, L2-normalized
+    if len(rows.vectors) == 0:
         raise EmbedJobError("no embedded rows to index (every row has an error)")
-    x = _l2_normalize(vectors)
+    x = rows.vectors
+    ids, paths = [rows.ids[i] for i in rows.embedded], [rows.paths[i] for i in rows.embedded]
     dim = x.shape[1]
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
@@ -118,14 +102,7 @@ def build_index(folder: str | Path, *, layer: str = "avgpool", factory: str = "F
     feather.write_feather(pa.table({"id": pa.array(ids, pa.string()), "path": pa.array(paths, pa.string())}),
                           tmp / IDS_FILE, compression="uncompressed")
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    final = folder / INDEX_DIR
-    if final.exists():
-        old = folder / f".{INDEX_DIR}.old-{os.getpid()}"
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(final)
+    replace_dir(tmp, folder / INDEX_DIR)
     return meta
 
 

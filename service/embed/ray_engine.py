@@ -42,8 +42,8 @@ def _init(address: str | None) -> bool:
 class ShardWorker:
     """A Ray actor: one backend, a small decode pool, whole shards in and their rows out."""
 
-    def __init__(self, serve_settings: dict[str, Any], manifest: dict[str, Any], input_spec: str,
-                 source_options: dict[str, str], decode_threads: int, batch_size: int, max_pixels: int) -> None:
+    def __init__(self, serve_settings: dict[str, Any], manifest: dict[str, Any], decode_threads: int, batch_size: int,
+                 max_pixels: int) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         from hub.sources import open_source
@@ -54,7 +54,7 @@ class ShardWorker:
         self.resolved = resolve_for_backend(settings)
         self.backend = build_streamed_backend(self.resolved, settings)
         self.manifest = Manifest(**manifest)
-        self.source = open_source(input_spec, **source_options)
+        self.source = open_source(self.manifest.input, **self.manifest.source_options)  # as the driver listed it
         self.pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="byol-decode")
         self.batch_size, self.max_pixels = batch_size, max_pixels
 
@@ -95,8 +95,8 @@ def _run_pool(settings: Any, serve: Any, manifest: Manifest, shards: list[dict[s
     serve_dict = serve.model_dump()
     serve_dict.update(threads=threads, device="cuda" if gpus and settings.backend == "torch" else serve.device)
     remote = ray.remote(ShardWorker).options(**options)
-    actors = [remote.remote(serve_dict, manifest.to_dict(), settings.input, settings.source_options(),
-                            max(2, threads), settings.batch_size, settings.max_pixels) for _ in range(actors_wanted)]
+    actors = [remote.remote(serve_dict, manifest.to_dict(), max(2, threads), settings.batch_size, settings.max_pixels)
+              for _ in range(actors_wanted)]
     logger.info("ray: %d actors (%.2f CPU%s each, %d inference threads) on a cluster of %g CPUs, %d GPUs",
                 len(actors), cpus_per_actor, ", 1 GPU" if gpus else "", threads, cpus, gpus)
     pool = ActorPool(actors)

@@ -236,3 +236,53 @@ def complete_shards(folder: Path, manifest: Manifest, layer: str) -> list[Path]:
         raise EmbedJobError(f"{manifest.shard_count - len(shards)} of {manifest.shard_count} shards are not done; "
                             "finish the run first (rerun the same `byol-embed run` command)")
     return shards
+
+
+@dataclass
+class Rows:
+    """The folder's rows in shard order: every id and path; the embedded ones' vectors (L2-normalized in
+    place, float32) and their positions among all rows; the errors; the sha256 of each image's bytes."""
+
+    ids: list[str]
+    paths: list[str]
+    errors: list[str | None]
+    sha256: list[str | None]
+    vectors: np.ndarray  # (embedded, dim)
+    embedded: np.ndarray  # positions in ids of the vector rows
+
+
+def load_rows(folder: Path, manifest: Manifest, layer: str) -> Rows:
+    """Read ``layer`` of a finished run into one preallocated float32 matrix, L2-normalized in place (peak: the
+    matrix and one record batch), with every row's id, path, error and content hash."""
+    import pyarrow.parquet as pq
+
+    shards = complete_shards(folder, manifest, layer)
+    dim = manifest.dims[layer]
+    vectors = np.empty((sum(pq.read_metadata(s).num_rows for s in shards), dim), np.float32)
+    ids: list[str] = []
+    paths: list[str] = []
+    errors: list[str | None] = []
+    digests: list[str | None] = []
+    embedded: list[np.ndarray] = []
+    filled = 0
+    for shard in shards:  # in record batches: the transient memory is a batch, never a whole shard
+        parquet = pq.ParquetFile(shard)
+        names = parquet.schema_arrow.names
+        columns = ["id", "path", "error", layer] + (["sha256"] if "sha256" in names else [])
+        for batch in parquet.iter_batches(batch_size=16384, columns=columns):
+            batch_errors = batch.column("error").to_pylist()
+            ok = np.array([e is None for e in batch_errors], bool)
+            # flatten() keeps the embedded rows' values only (error rows are null lists)
+            block = batch.column(layer).flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+            out = vectors[filled:filled + len(block)]
+            out[:] = block
+            norms = np.linalg.norm(out, axis=1, keepdims=True)
+            out /= np.where(norms > 0, norms, 1.0)
+            embedded.append(len(ids) + np.flatnonzero(ok))
+            filled += len(block)
+            ids += batch.column("id").to_pylist()
+            paths += batch.column("path").to_pylist()
+            errors += batch_errors
+            digests += batch.column("sha256").to_pylist() if "sha256" in names else [None] * len(batch)
+    return Rows(ids, paths, errors, digests, vectors[:filled],
+                np.concatenate(embedded) if embedded else np.zeros(0, np.int64))

@@ -3,6 +3,14 @@
 "use strict";
 const KEY = "byol-api-key";
 
+// the key field and the message line, at the top of every page
+document.querySelector("main").insertAdjacentHTML("afterbegin", `
+  <div id="keybar" hidden>
+    <label>API key <input id="key" type="password" autocomplete="off"></label>
+    <button id="keysave">Use key</button>
+  </div>
+  <div id="message" class="message" hidden></div>`);
+
 function showMessage(text, isError) {
   const box = document.getElementById("message");
   box.textContent = text;
