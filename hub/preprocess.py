@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import io
+import re
 import warnings
 from collections.abc import Sequence
 
@@ -59,7 +60,8 @@ def decode_image(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageDecodeError(f"image refused as a decompression bomb: {err}", too_large=True) from None
     except Exception as err:  # PIL raises many types for corrupt input; none of them may escape
-        raise ImageDecodeError(f"not a decodable image ({type(err).__name__}: {err}); "
+        detail = re.sub(r" <[^<>]* at 0x[0-9a-f]+>", "", str(err))  # no object address: the same bytes, the same message
+        raise ImageDecodeError(f"not a decodable image ({type(err).__name__}: {detail}); "
                                "send JPEG, PNG, GIF, BMP, TIFF or WebP bytes") from None
     return to_rgb(img)
 

@@ -72,55 +72,119 @@ def _stat_digest(paths: list[Path], ids: list[str]) -> str:
     return digest.hexdigest()
 
 
-class FileSource(ImageSource):
-    """Image files; ``ids`` default to the paths as given."""
+def _info_digest(ids: list[str], infos: list[dict]) -> str:
+    """The digest of a remote listing: each object's id, size and version (ETag or modification time)."""
+    digest = hashlib.sha256()
+    for item_id, info in zip(ids, infos):
+        digest.update(f"{item_id}\0{info.get('size')}\0{_version(info)}\n".encode())
+    return digest.hexdigest()
+
+
+def _version(info: dict) -> str:
+    for key in ("ETag", "etag", "md5Hash", "blob_id", "last_commit", "mtime", "LastModified", "last_modified"):
+        if info.get(key):
+            return str(info[key]).strip('"')
+    return ""
+
+
+class _Remote:
+    """Reading through an fsspec filesystem (``fs`` None: local disk)."""
+
+    fs = None
+
+    def _url(self, path) -> str:
+        return self.fs.unstrip_protocol(path) if self.fs is not None else str(Path(path).resolve())
+
+    def _cat(self, path, start: int | None = None, end: int | None = None) -> bytes:
+        if self.fs is None:
+            with open(path, "rb") as fh:
+                if start is None:
+                    return fh.read()
+                fh.seek(start)
+                return fh.read(end - start)
+        try:
+            return self.fs.cat_file(path, start=start, end=end)
+        except (FileNotFoundError, PermissionError):
+            raise
+        except Exception as err:  # a network error reading one object: said with its URL, an OSError (an error row)
+            from hub.storage import explain
+
+            raise explain(err, self._url(path)) or OSError(f"{type(err).__name__}: {err}") from None
+
+
+class FileSource(_Remote, ImageSource):
+    """Image files; ``ids`` default to the paths as given. ``fs``: the fsspec filesystem of remote ``paths``."""
 
     kind = "files"
 
-    def __init__(self, paths: list[Path], ids: list[str] | None = None) -> None:
+    def __init__(self, paths: list, ids: list[str] | None = None, fs=None, fingerprint: str | None = None) -> None:
         self.paths = paths
         self.ids = ids if ids is not None else [str(p) for p in paths]
+        self.fs, self._fingerprint = fs, fingerprint
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def read(self, index: int) -> bytes:
-        return self.paths[index].read_bytes()
+        if self.fs is None:
+            return self.paths[index].read_bytes()
+        return self._cat(self.paths[index])
 
     def item_id(self, index: int) -> str:
         return self.ids[index]
 
     def item_path(self, index: int) -> str:
-        return str(self.paths[index].resolve())
+        return self._url(self.paths[index])
 
     def fingerprint(self) -> str:
-        return _stat_digest(self.paths, self.ids)
+        return self._fingerprint or _stat_digest(self.paths, self.ids)
 
 
-class TarSource(ImageSource):
+def _tar_members(path, fs) -> list[tuple[str, int, int]]:
+    """(name, data offset, size) of a tar's image members. Remote tars are read once, front to back, in large
+    blocks (only the headers matter, but a tar has no table of contents)."""
+    members = []
+    if fs is None:
+        with tarfile.open(path) as tar:
+            return [(m.name, m.offset_data, m.size) for m in tar if m.isfile() and is_image(m.name)]
+    with fs.open(path, "rb", block_size=16 << 20, cache_type="readahead") as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
+        for m in tar:
+            if m.isfile() and is_image(m.name):
+                members.append((m.name, m.offset_data, m.size))
+    return members
+
+
+class TarSource(_Remote, ImageSource):
     """Image members of ``.tar`` shards, indexed once and read by (shard, offset, size).
 
     The id of a member is ``<tar file name>/<key>`` where the key is the member's name without its extension
-    (WebDataset's ``__key__``); a key with two image members keeps the extension to stay unique.
+    (WebDataset's ``__key__``); a key with two image members keeps the extension to stay unique. Remote shards
+    (``fs``) are indexed in parallel and each image is one ranged read.
     """
 
     kind = "tar"
 
-    def __init__(self, shards: list[Path]) -> None:
-        self.shards = shards
+    def __init__(self, shards: list, fs=None, infos: list[dict] | None = None) -> None:
+        self.shards, self.fs, self.infos = shards, fs, infos
         self.index: list[tuple[int, int, int]] = []
         self.names: list[str] = []
-        for s, shard in enumerate(shards):
-            with tarfile.open(shard) as tar:
-                for member in tar:
-                    if member.isfile() and is_image(member.name):
-                        self.index.append((s, member.offset_data, member.size))
-                        self.names.append(member.name)
-        keys = [f"{shards[s].name}/{os.path.splitext(name)[0]}" for (s, _, _), name in zip(self.index, self.names)]
+        if fs is None:
+            listed = [_tar_members(shard, None) for shard in shards]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(16, max(1, len(shards)))) as pool:
+                listed = list(pool.map(lambda s: _tar_members(s, fs), shards))
+        for s, members in enumerate(listed):
+            for name, offset, size in members:
+                self.index.append((s, offset, size))
+                self.names.append(name)
+        base = [_name(shard) for shard in shards]
+        keys = [f"{base[s]}/{os.path.splitext(name)[0]}" for (s, _, _), name in zip(self.index, self.names)]
         seen: dict[str, int] = {}
         for key in keys:
             seen[key] = seen.get(key, 0) + 1
-        self.ids = [key if seen[key] == 1 else f"{shards[s].name}/{name}"
+        self.ids = [key if seen[key] == 1 else f"{base[s]}/{name}"
                     for key, (s, _, _), name in zip(keys, self.index, self.names)]
         self._handles: dict[int, io.BufferedReader] = {}
 
@@ -129,6 +193,8 @@ class TarSource(ImageSource):
 
     def read(self, index: int) -> bytes:
         shard, offset, size = self.index[index]
+        if self.fs is not None:
+            return self._cat(self.shards[shard], offset, offset + size)
         handle = self._handles.get(shard)
         if handle is None:  # one handle per shard per worker process
             handle = self._handles[shard] = open(self.shards[shard], "rb")  # noqa: SIM115
@@ -139,13 +205,19 @@ class TarSource(ImageSource):
         return self.ids[index]
 
     def item_path(self, index: int) -> str:
-        return f"{self.shards[self.index[index][0]].resolve()}/{self.names[index]}"
+        return f"{self._url(self.shards[self.index[index][0]])}/{self.names[index]}"
 
     def fingerprint(self) -> str:
-        return _stat_digest(self.shards, [s.name for s in self.shards]) + f":{len(self)}"
+        names = [_name(s) for s in self.shards]
+        digest = _info_digest(names, self.infos) if self.fs is not None else _stat_digest(self.shards, names)
+        return digest + f":{len(self)}"
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_handles": {}}
+
+
+def _name(path) -> str:
+    return str(path).rstrip("/").rsplit("/", 1)[-1]
 
 
 def _image_column(schema, name: str, column: str | None) -> tuple[str, str]:
@@ -182,36 +254,36 @@ def _image_column(schema, name: str, column: str | None) -> tuple[str, str]:
     raise DataError(f"{name} has several image columns {[c[0] for c in found]}; pass --image-column")
 
 
-class ParquetImageSource(ImageSource):
+class ParquetImageSource(_Remote, ImageSource):
     """Images stored inside Parquet files: a Hugging Face ``Image`` column (struct<bytes, path>, as the Hub's
     image datasets are stored) or a plain binary column.
 
     Indexed once by (file, row group, row): a read loads one row group's image column, kept per thread until
-    another row group is asked for, so no worker ever holds a whole file. Ids are ``--id-column``'s values, else
-    ``<file name>/<row>``.
+    another row group is asked for, so no worker ever holds a whole file (remote files, ``fs``: only the column
+    chunks of that row group are fetched). Ids are ``--id-column``'s values, else ``<file name>/<row>``.
     """
 
     kind = "parquet-images"
 
-    def __init__(self, files: list[Path], image_column: str | None = None, id_column: str | None = None) -> None:
-        import pyarrow.parquet as pq
-
-        self.files = files
+    def __init__(self, files: list, image_column: str | None = None, id_column: str | None = None, fs=None,
+                 infos: list[dict] | None = None) -> None:
+        self.files, self.fs, self.infos = files, fs, infos
         self.index: list[tuple[int, int, int, int]] = []  # file, row group, row in it, row in the file
         self.ids: list[str] = []
         self.column, self.how = None, None
         for f, path in enumerate(files):
-            meta = pq.ParquetFile(path)
-            column, how = _image_column(meta.schema_arrow, path.name, image_column)
+            meta = self._parquet(path)
+            name = _name(path)
+            column, how = _image_column(meta.schema_arrow, name, image_column)
             if self.column not in (None, column):
-                raise DataError(f"{path.name}: its image column is {column!r}, {files[0].name}'s is {self.column!r}")
+                raise DataError(f"{name}: its image column is {column!r}, {_name(files[0])}'s is {self.column!r}")
             self.column, self.how = column, how
             if id_column is not None:
                 if id_column not in meta.schema_arrow.names:
-                    raise DataError(f"{path.name} has no column {id_column!r}; its columns: {meta.schema_arrow.names}")
-                ids = [str(v) for v in pq.read_table(path, columns=[id_column]).column(id_column).to_pylist()]
+                    raise DataError(f"{name} has no column {id_column!r}; its columns: {meta.schema_arrow.names}")
+                ids = [str(v) for v in meta.read(columns=[id_column]).column(id_column).to_pylist()]
             else:
-                ids = [f"{path.name}/{row}" for row in range(meta.metadata.num_rows)]
+                ids = [f"{name}/{row}" for row in range(meta.metadata.num_rows)]
             self.ids += ids
             start = 0
             for group in range(meta.num_row_groups):
@@ -222,16 +294,29 @@ class ParquetImageSource(ImageSource):
             raise DataError(f"--id-column {id_column!r} has repeated values; ids must be unique")
         self._local = threading.local()
 
+    def _parquet(self, path):
+        import pyarrow.parquet as pq
+
+        if self.fs is None:
+            return pq.ParquetFile(path)
+        return pq.ParquetFile(self.fs.open(path, "rb"))
+
     def __len__(self) -> int:
         return len(self.index)
 
     def read(self, index: int) -> bytes:
-        import pyarrow.parquet as pq
-
         f, group, row, _ = self.index[index]
         local = self._local
         if getattr(local, "key", None) != (f, group):
-            table = pq.ParquetFile(self.files[f]).read_row_group(group, columns=[self.column])
+            try:
+                table = self._parquet(self.files[f]).read_row_group(group, columns=[self.column])
+            except Exception as err:  # unreachable storage stops the job; a corrupt row group is that row's error
+                from hub.storage import explain
+
+                explained = explain(err, self._url(self.files[f])) if self.fs is not None else None
+                if explained is not None and not isinstance(err, FileNotFoundError):
+                    raise explained from None
+                raise OSError(f"row group {group} of {_name(self.files[f])} cannot be read: {err}") from None
             column = table.column(0).combine_chunks()
             if self.how == "struct":
                 paths = column.field("path").to_pylist() if column.type.get_field_index("path") >= 0 else None
@@ -243,8 +328,10 @@ class ParquetImageSource(ImageSource):
         if data is None:  # a Hugging Face Image with a path and no bytes: the file beside the Parquet
             path = local.paths[row] if local.paths else None
             if not path:
-                raise OSError(f"row {row} of {self.files[f].name} has no image bytes")
-            return (self.files[f].parent / path).read_bytes()
+                raise OSError(f"row {row} of {_name(self.files[f])} has no image bytes")
+            if self.fs is not None:
+                return self._cat(str(self.files[f]).rsplit("/", 1)[0] + "/" + path)
+            return (Path(self.files[f]).parent / path).read_bytes()
         return data
 
     def item_id(self, index: int) -> str:
@@ -252,10 +339,12 @@ class ParquetImageSource(ImageSource):
 
     def item_path(self, index: int) -> str:
         f, _, _, row = self.index[index]
-        return f"{self.files[f].resolve()}#row={row}"
+        return f"{self._url(self.files[f])}#row={row}"
 
     def fingerprint(self) -> str:
-        return _stat_digest(self.files, [p.name for p in self.files]) + f":{self.column}:{len(self)}"
+        names = [_name(p) for p in self.files]
+        digest = _info_digest(names, self.infos) if self.fs is not None else _stat_digest(self.files, names)
+        return digest + f":{self.column}:{len(self)}"
 
     def __getstate__(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "_local"}
@@ -297,22 +386,21 @@ def _parquet_source(path: Path, column: str | None) -> FileSource:
     return FileSource(paths, ids=[str(v) for v in values])
 
 
-def open_source(spec: str | Path, *, path_column: str | None = None, image_column: str | None = None,
-                id_column: str | None = None) -> ImageSource:
-    """``spec``: a folder (searched recursively, sorted; ids relative to it), a ``.txt`` list of paths
-    (relative to the list's folder; ids as listed), ``.tar`` shards (a file, a folder of shards, or a glob such
-    as ``shards/train-*.tar``), or Parquet: a file, a glob or a folder of ``.parquet`` files with the image bytes
-    inside (a Hugging Face ``Image`` column or a binary one, found or named by ``image_column``; ids from
-    ``id_column`` or ``<file>/<row>``), or a file with a path column (``path_column``, default ``path``)."""
-    spec = str(spec)
+def _local_source(spec: str, path_column: str | None, image_column: str | None, id_column: str | None) -> ImageSource:
     path = Path(spec)
+    if "{" in spec:  # WebDataset's brace ranges: train-{000000..000099}.tar
+        from hub.storage import expand_braces
+
+        files = [Path(p) for p in expand_braces(spec)]
+        missing = [str(p) for p in files if not p.is_file()]
+        if missing:
+            raise DataError(f"{len(missing)} of the {len(files)} files {spec!r} names do not exist (first: {missing[0]})")
+        return _of_files(spec, files, image_column, id_column)
     if any(ch in spec for ch in "*?["):
         shards = sorted(Path(p) for p in glob.glob(spec))
         if not shards:
             raise DataError(f"no files match {spec!r}")
-        if all(p.suffix == ".parquet" for p in shards):
-            return ParquetImageSource(shards, image_column, id_column)
-        return TarSource(shards)
+        return _of_files(spec, shards, image_column, id_column)
     if path.is_dir() and not any(path.glob("*.tar")) and any(path.glob("*.parquet")) \
             and not any(is_image(p.name) for p in path.iterdir()):
         return ParquetImageSource(sorted(path.glob("*.parquet")), image_column, id_column)
@@ -328,11 +416,9 @@ def open_source(spec: str | Path, *, path_column: str | None = None, image_colum
         return _parquet_source(path, path_column)
     if path.is_file() and path.suffix in LIST_SUFFIXES:
         paths, ids = [], []
-        for line in path.read_text().splitlines():
-            entry = line.strip().split()[0] if line.strip() else ""
-            if entry and not entry.startswith("#"):
-                paths.append((path.parent / entry) if not Path(entry).is_absolute() else Path(entry))
-                ids.append(entry)
+        for entry in _list_entries(path.read_text()):
+            paths.append((path.parent / entry) if not Path(entry).is_absolute() else Path(entry))
+            ids.append(entry)
         return FileSource(paths, ids)
     if path.is_dir():
         shards = sorted(path.glob("*.tar"))
@@ -341,3 +427,111 @@ def open_source(spec: str | Path, *, path_column: str | None = None, image_colum
         files = sorted(p for p in path.rglob("*") if p.is_file() and is_image(p.name))
         return FileSource(files, ids=[p.relative_to(path).as_posix() for p in files])
     raise DataError(f"cannot read {spec}: expected a folder, a .txt list of images, .tar shards or a .parquet file")
+
+
+def _list_entries(text: str) -> list[str]:
+    entries = []
+    for line in text.splitlines():
+        entry = line.strip().split()[0] if line.strip() else ""
+        if entry and not entry.startswith("#"):
+            entries.append(entry)
+    return entries
+
+
+def _of_files(spec: str, files: list, image_column: str | None, id_column: str | None, fs=None,
+              infos: list[dict] | None = None) -> ImageSource:
+    """A set of files named by a glob or a brace range: all Parquet, or all tar shards."""
+    names = [_name(f) for f in files]
+    if all(n.endswith(".parquet") for n in names):
+        return ParquetImageSource(files, image_column, id_column, fs=fs, infos=infos)
+    if all(n.endswith(".tar") for n in names):
+        return TarSource(files, fs=fs, infos=infos)
+    raise DataError(f"{spec!r} matches files that are neither all .tar shards nor all .parquet files "
+                    f"(e.g. {names[0]})")
+
+
+def _remote_source(spec: str, path_column: str | None, image_column: str | None, id_column: str | None,
+                   storage_options: dict | None) -> ImageSource:
+    from hub.storage import expand_braces, filesystem, public_url
+
+    specs = expand_braces(spec)
+    fs, first = filesystem(specs[0], storage_options)
+    shown = public_url(spec)
+    if len(specs) > 1:  # one listing per folder, not one request per shard
+        paths = [fs._strip_protocol(s) for s in specs]
+        listed: dict[str, dict] = {}
+        for parent in sorted({p.rsplit("/", 1)[0] for p in paths}):
+            listed.update({e["name"]: e for e in fs.ls(parent, detail=True)})
+        missing = [p for p in paths if p not in listed]
+        if missing:
+            raise DataError(f"{len(missing)} of the {len(paths)} objects {shown} names do not exist "
+                            f"(first: {fs.unstrip_protocol(missing[0])})")
+        return _of_files(shown, paths, image_column, id_column, fs, [listed[p] for p in paths])
+    if any(ch in first for ch in "*?["):
+        found = fs.glob(first, detail=True)
+        if not found:
+            raise DataError(f"no objects match {shown}")
+        paths = sorted(found)
+        return _of_files(shown, paths, image_column, id_column, fs, [found[p] for p in paths])
+    try:
+        info = fs.info(first)
+    except FileNotFoundError:
+        raise DataError(f"{shown} does not exist; give a folder, a .txt list, .tar shards or .parquet files") from None
+    name = _name(first)
+    if info.get("type") == "directory":
+        root = first.rstrip("/")
+        found = fs.find(root, detail=True)
+        top = {p: e for p, e in found.items() if p.rsplit("/", 1)[0] == root}
+        tars = sorted(p for p in top if p.endswith(".tar"))
+        if tars:
+            return TarSource(tars, fs=fs, infos=[top[p] for p in tars])
+        parquets = sorted(p for p in top if p.endswith(".parquet"))
+        images = sorted(p for p in found if is_image(p))
+        if parquets and not any(is_image(p) for p in top):
+            return ParquetImageSource(parquets, image_column, id_column, fs=fs, infos=[top[p] for p in parquets])
+        if not images:
+            raise DataError(f"{shown} holds no images, .tar shards or .parquet files")
+        ids = [p[len(root) + 1:] for p in images]
+        return FileSource(images, ids, fs=fs, fingerprint=_info_digest(ids, [found[p] for p in images]))
+    if name.endswith(".tar"):
+        return TarSource([first], fs=fs, infos=[info])
+    if name.endswith(".parquet"):
+        if path_column is None:
+            return ParquetImageSource([first], image_column, id_column, fs=fs, infos=[info])
+        raise DataError(f"{shown}: a remote Parquet of paths is not read; embed the images' folder, a .txt list, "
+                        "or Parquet with the image bytes inside")
+    if name.endswith(LIST_SUFFIXES):
+        text = fs.cat_file(first).decode("utf-8")
+        entries = _list_entries(text)
+        parent = first.rsplit("/", 1)[0]
+        paths = [fs._strip_protocol(e) if "://" in e else (e if e.startswith("/") else f"{parent}/{e}")
+                 for e in entries]
+        digest = hashlib.sha256(text.encode()).hexdigest()  # the list is the input: its text, not a stat per image
+        return FileSource(paths, entries, fs=fs, fingerprint=f"list:{digest}")
+    raise DataError(f"cannot read {shown}: expected a folder, a .txt list of images, .tar shards or .parquet files")
+
+
+def open_source(spec: str | Path, *, path_column: str | None = None, image_column: str | None = None,
+                id_column: str | None = None, storage_options: dict | None = None) -> ImageSource:
+    """``spec``: a folder (searched recursively, sorted; ids relative to it), a ``.txt`` list of paths
+    (relative to the list's folder; ids as listed), ``.tar`` shards (a file, a folder of shards, a glob such
+    as ``shards/train-*.tar`` or a brace range ``train-{000000..000099}.tar``), or Parquet: a file, a glob or a
+    folder of ``.parquet`` files with the image bytes inside (a Hugging Face ``Image`` column or a binary one,
+    found or named by ``image_column``; ids from ``id_column`` or ``<file>/<row>``), or a local file with a path
+    column (``path_column``, default ``path``).
+
+    Each of these may be an fsspec URL as well (``s3://bucket/images/``, ``gs://...``, ``az://...``,
+    ``hf://datasets/org/name/data/*.parquet``), reached with ``storage_options`` and the provider's standard
+    credentials; storage that cannot be reached is a :class:`hub.storage.StorageError` saying why."""
+    from hub.storage import is_url, raise_explained
+
+    spec = str(spec)
+    if not is_url(spec):
+        return _local_source(spec.removeprefix("file://"), path_column, image_column, id_column)
+    try:
+        return _remote_source(spec, path_column, image_column, id_column, storage_options)
+    except DataError:
+        raise
+    except Exception as err:
+        raise_explained(err, spec)
+        raise  # pragma: no cover

@@ -19,6 +19,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="byol-serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, field in ServiceSettings.model_fields.items():
+        if name == "storage_options":
+            parser.add_argument("--storage-option", dest="storage_option_items", action="append", metavar="KEY=VALUE",
+                                help="an fsspec option for an --index on object storage (repeat; e.g. "
+                                     "endpoint_url=http://minio:9000, anon=true) [env BYOL_STORAGE_OPTIONS, a JSON "
+                                     "object]; credentials come from AWS_* variables, ~/.aws or an instance role")
+            continue
         flag = "--" + name.replace("_", "-")
         env = f"BYOL_{name.upper()}"
         default = field.default if field.default_factory is None else field.default_factory()
@@ -68,7 +74,7 @@ def _replica_settings(settings) -> dict:
 
     values = settings.model_dump()
     for key in ("model", "index", "cache_dir"):
-        if values.get(key) and Path(values[key]).exists():
+        if values.get(key) and "://" not in values[key] and Path(values[key]).exists():
             values[key] = str(Path(values[key]).resolve())
     return values
 
@@ -174,8 +180,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None and k in ServiceSettings.model_fields}
     try:
+        if args.storage_option_items:
+            from hub.storage import parse_storage_options
+
+            overrides["storage_options"] = parse_storage_options(args.storage_option_items)
         settings = ServiceSettings(**overrides)
-    except ValidationError as err:
+    except (ValidationError, ValueError) as err:
         print(f"byol-serve: invalid settings: {err}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -68,7 +68,7 @@ async def info(state: State, _: Auth) -> dict:
         "limits": {"max_images": s.max_images, "max_body_bytes": s.max_body_bytes, "max_pixels": s.max_pixels},
         "provenance": {k: v for k, v in cfg.provenance.items() if k in ("identity", "source_file", "source_sha256")},
         "search": None if state.search_index is None else {
-            "index": str(state.search_index.folder), "layer": state.search_index.meta["layer"],
+            "index": state.search_index.location, "layer": state.search_index.meta["layer"],
             "pooling": state.search_index.manifest.pooling, "count": state.search_index.meta["count"],
             "factory": state.search_index.meta["factory"], "max_k": s.search_max_k,
             "returns_paths": s.search_return_paths},

@@ -46,7 +46,7 @@ def open_search_index(settings: ServiceSettings, resolved: ResolvedModel, output
     from service.embed.shards import EmbedJobError
 
     try:
-        index = LoadedIndex.open(settings.index, nprobe=settings.search_nprobe)
+        index = LoadedIndex.open(settings.index, nprobe=settings.search_nprobe, storage_options=settings.storage_options)
     except EmbedJobError as err:
         raise SearchIndexError(f"--index {settings.index}: {err}") from None
     manifest, meta = index.manifest, index.meta

@@ -109,7 +109,7 @@ def _table(state, name: str) -> dict[str, list]:
     path = _curation_file(state, name)
     if path is None:
         raise ServiceError(404, "no_curation", f"the index folder has no curation/{name}; run `byol-embed "
-                           f"{'dedup' if name.startswith('dup') else 'outliers'} {_index(state).folder}`")
+                           f"{'dedup' if name.startswith('dup') else 'outliers'} {_index(state).location}`")
     return _read_table(str(path), path.stat().st_mtime)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -51,6 +51,10 @@ class ServiceSettings(BaseSettings):
     log_level: str = Field("info", description="debug, info, warning, error")
     index: str | None = Field(None, description="an output folder of `byol-embed run` with an index (`byol-embed "
                               "index`): adds POST /search; refused at start if made by another model, layer or pooling")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, repr=False, description="fsspec options for an --index (and its images) on object "
+        "storage, e.g. {\"endpoint_url\": \"http://minio:9000\"}; credentials come the provider's standard way "
+        "(AWS_* variables, ~/.aws, an instance role); never logged")
     search_max_k: int = Field(100, ge=1, description="the most results /search returns (larger k is capped)")
     search_return_paths: bool = Field(False, description="/search also returns each result's stored path (off: ids only)")
     search_nprobe: int | None = Field(None, ge=1, description="IVF lists probed per /search query (default: FAISS's)")

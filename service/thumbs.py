@@ -35,7 +35,9 @@ class Thumbnails:
     def _source(self):
         from hub.sources import open_source
 
-        source = open_source(self.index.manifest.input, **self.index.manifest.source_options)
+        store = self.index.store
+        source = open_source(self.index.manifest.input, **self.index.manifest.source_options,
+                             storage_options=store.options if store is not None else None)
         return source, source.positions()
 
     def get(self, item_id: str) -> bytes:

@@ -37,6 +37,7 @@ import yaml
 from hub import BYOLModel, ModelConfig, PreprocessConfig
 from hub.files import atomic_write_text
 from hub.provenance import git_commit, package_versions
+from hub.storage import parse_storage_options, public_url
 from training.augment import AugmentConfig, ViewParams
 from training.byol import BYOL, projection_std
 from training.checkpoints import (
@@ -80,9 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", required=True, help="preset name in training/configs/ (e.g. smoke, "
                         "byol_r50_8xb64_accu8_cos_lr4_8_fp16_ep200) or a .yaml path")
     parser.add_argument("--data", required=True,
-                        help="folder of images (recursive), .txt list of paths, .tar shards, or Parquet with the image "
-                             "bytes inside (a file, a glob or a folder: Hugging Face datasets' Image column or a binary "
-                             "column, found or named by --image-column)")
+                        help="folder of images (recursive), .txt list of paths, .tar shards (a file, a folder, a glob "
+                             "or a brace range train-{000000..000999}.tar), or Parquet with the image bytes inside (a "
+                             "file, a glob or a folder: Hugging Face datasets' Image column or a binary column, found "
+                             "or named by --image-column); local, or a URL (s3://, gs://, az://, "
+                             "hf://datasets/ORG/NAME/...) read through fsspec with the provider's standard credentials")
+    parser.add_argument("--storage-option", dest="storage_options", action="append", default=[], metavar="KEY=VALUE",
+                        help="an fsspec option for a --data URL (repeat): endpoint_url=http://host:9000, anon=true, "
+                             "profile=NAME; values are JSON where they parse. Never logged nor written to config.yaml "
+                             "or the card")
     parser.add_argument("--image-column", default=None,
                         help="Parquet --data: the column of image bytes (default: found; 'image' where there are several)")
     parser.add_argument("--output", required=True, help="run folder (config.yaml, checkpoints/, logs/, final/)")
@@ -191,8 +198,9 @@ def build_run(args: argparse.Namespace) -> Run:
     augment = AugmentConfig(size=cfg.image_size, scale=(cfg.crop_scale_min, 1.0),
                             view1=ViewParams(cfg.blur_probs[0], cfg.solarize_probs[0]),
                             view2=ViewParams(cfg.blur_probs[1], cfg.solarize_probs[1]))
-    dataset = TwoViewDataset(open_source(args.data, image_column=args.image_column), augment, cfg.seed,
-                             cfg.augment_backend)
+    source = open_source(args.data, image_column=args.image_column,
+                         storage_options=parse_storage_options(args.storage_options))
+    dataset = TwoViewDataset(source, augment, cfg.seed, cfg.augment_backend)
     batch, accum = cfg.batch_size_per_device, cfg.grad_accum_steps
     spe = steps_per_epoch(len(dataset), world, batch, accum)
     plan = config_plan(spe, cfg.epochs, cfg.warmup_epochs, cfg.max_steps)
@@ -229,7 +237,7 @@ def build_run(args: argparse.Namespace) -> Run:
                      weight_decay=cfg.weight_decay, eta=cfg.lars_eta)
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    record = {"config": cfg.to_dict(), "data": str(args.data), "dataset_size": len(dataset), "world_size": world,
+    record = {"config": cfg.to_dict(), "data": public_url(str(args.data)), "dataset_size": len(dataset), "world_size": world,
               "optimizer_batch": actual_batch, "lr": peak_lr, "precision": precision, "precision_reason": reason,
               "steps_per_epoch": spe, "total_steps": plan.total_steps, "git_commit": git_commit(),
               "versions": package_versions()}

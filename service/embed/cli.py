@@ -2,12 +2,15 @@
 
     byol-embed run --model org/byol-r50-ep200 --input /data/images --output emb/ --layers avgpool,feature5
     byol-embed run ... --engine ray --ray-address HOST:PORT --workers 8        # on an existing Ray cluster
+    byol-embed run ... --input 's3://bucket/shards/train-{000000..000999}.tar' --output s3://bucket/emb/
     byol-embed index emb/ --layer avgpool [--factory "IVF4096,PQ64"]
     byol-embed search emb/ --image query.jpg -k 10 [--json]
     byol-embed search emb/ --id cats/001.jpg -k 10                            # near-duplicates of a set image
     byol-embed dedup emb/ [--threshold 0.86] [--write-lists]                  # exact + near-duplicate groups
     byol-embed outliers emb/ [--k 10]                                         # the most unusual and broken images
 
+Inputs and outputs may be fsspec URLs (s3://, gs://, az://, hf://datasets/...): credentials come the provider's
+standard way (AWS_* variables, ~/.aws, an instance role), other options with --storage-option KEY=VALUE.
 Rerunning the same `run` command resumes (finished shards are kept); other settings or a changed input are
 refused with what differs (--overwrite starts over). Ctrl-C stops at a shard boundary. On the ONNX backend
 no torch is imported.
@@ -25,6 +28,15 @@ from pathlib import Path
 from hub.errors import HubError
 
 
+def _storage(parser) -> None:
+    parser.add_argument("--storage-option", dest="storage_options", action="append", default=[], metavar="KEY=VALUE",
+                        help="an fsspec option for URLs (repeat): endpoint_url=http://host:9000 (S3-compatible "
+                             "stores), anon=true (public buckets), profile=NAME, config_kwargs.read_timeout=30; "
+                             "values are JSON where they parse. Credentials: the provider's standard environment "
+                             "variables and config files (never pass secrets here on a shared machine: they would "
+                             "show in the process list). Never logged nor written to the output")
+
+
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="embed every image of an input into resumable Parquet shards",
                        description="Embed every image of --input into --output/part-NNNNN.parquet shards.")
@@ -35,14 +47,22 @@ def _add_run(sub) -> None:
                    help="a folder (recursive, sorted; ids relative to it), a .txt list of paths, WebDataset .tar "
                         "shards (a file, a folder or a glob; ids <tar file>/<key>), Parquet with the image bytes "
                         "inside (a file, a glob or a folder of .parquet: Hugging Face datasets' Image column or a "
-                        "binary one; ids <file>/<row> or --id-column), or a .parquet file with a path column")
+                        "binary one; ids <file>/<row> or --id-column), or a .parquet file with a path column. "
+                        "Local paths or URLs (s3://bucket/images/, 's3://b/shards/train-{000000..000999}.tar', "
+                        "gs://, az://, hf://datasets/ORG/NAME/data/*.parquet)")
     p.add_argument("--path-column", default=None, help="Parquet input: the column of image paths (default: path)")
     p.add_argument("--image-column", default=None,
                    help="Parquet input with the image bytes inside: the Hugging Face Image column (struct<bytes, "
                         "path>) or binary column (default: found; 'image' where there are several)")
     p.add_argument("--id-column", default=None,
                    help="Parquet input with the image bytes inside: the column of ids (default: <file name>/<row>)")
-    p.add_argument("--output", required=True, help="output folder (manifest.json, part-NNNNN.parquet, index/)")
+    p.add_argument("--output", required=True,
+                   help="output folder (manifest.json, part-NNNNN.parquet, index/): a local path, or a URL such as "
+                        "s3://bucket/emb/ (each shard one object, then its done marker: the commit)")
+    _storage(p)
+    p.add_argument("--break-lock", action="store_true",
+                   help="object storage: take over the output's lock from a run that is dead (a lock whose run is "
+                        "gone from this host, or has no heartbeat for 10 minutes, is taken over without it)")
     p.add_argument("--layers", default="avgpool", help="comma-separated: feature1..feature5, avgpool (default avgpool)")
     p.add_argument("--pooling", default="gap", choices=("gap", "mhead"),
                    help="pooling of feature1..feature5 (avgpool is always the global average) (default gap)")
@@ -71,8 +91,9 @@ def _add_run(sub) -> None:
 
 def _add_index(sub) -> None:
     p = sub.add_parser("index", help="build a FAISS index over one layer of an output folder")
-    p.add_argument("folder", help="output folder of `byol-embed run`")
+    p.add_argument("folder", help="output folder of `byol-embed run` (a path or a URL)")
     p.add_argument("--layer", default="avgpool", help="the embedded layer to index (default avgpool)")
+    _storage(p)
     p.add_argument("--factory", default="Flat",
                    help="FAISS index_factory string: Flat (exact, default) or e.g. 'IVF4096,PQ64', 'HNSW32' for "
                         "large sets (trained on a sample; IVF needs ~39 x lists vectors); inner product over "
@@ -82,7 +103,9 @@ def _add_index(sub) -> None:
 
 def _add_search(sub) -> None:
     p = sub.add_parser("search", help="nearest neighbours of an image, or of an image already in the set")
-    p.add_argument("folder", help="output folder with an index (`byol-embed index`)")
+    p.add_argument("folder", help="output folder with an index (`byol-embed index`); a URL's index is copied once "
+                                  "into a local cache")
+    _storage(p)
     query = p.add_mutually_exclusive_group(required=True)
     query.add_argument("--image", help="query image file: embedded with the manifest's model and settings")
     query.add_argument("--id", dest="item_id", help="an id in the set (its own row is left out of the results)")
@@ -102,6 +125,7 @@ def _add_curation(sub) -> None:
     common.add_argument("--nprobe", type=int, default=None,
                         help="IVF lists probed per query beyond --exact-limit (default 16)")
     common.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _storage(common)
     common.add_argument("--no-progress", action="store_true", help="no progress bar")
     p = sub.add_parser("dedup", parents=[common], help="exact and near-duplicate groups",
                        description="Exact duplicates (same bytes) and near-duplicate groups (a kNN graph at cosine "
@@ -137,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from hub.storage import parse_storage_options
     from service.embed.job import EmbedSettings, run_job
 
     settings = EmbedSettings(
@@ -145,6 +170,7 @@ def _run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, shard_size=args.shard_size, engine=args.engine, ray_address=args.ray_address,
         workers=args.workers, threads=args.threads, max_pixels=args.max_pixels, path_column=args.path_column,
         image_column=args.image_column, id_column=args.id_column,
+        storage_options=parse_storage_options(args.storage_options), break_lock=args.break_lock,
         overwrite=args.overwrite, revision=args.revision, local_files_only=args.local_files_only,
         progress=not args.no_progress)
     summary = run_job(settings)
@@ -155,11 +181,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _index(args: argparse.Namespace) -> int:
+    from hub.storage import join, parse_storage_options
     from service.embed.index import build_index
 
-    meta = build_index(args.folder, layer=args.layer, factory=args.factory, train_size=args.train_size)
+    meta = build_index(args.folder, layer=args.layer, factory=args.factory, train_size=args.train_size,
+                       storage_options=parse_storage_options(args.storage_options))
     print(f"indexed {meta['count']} vectors of {meta['layer']} ({meta['dim']}-d, {meta['factory']}, cosine) in "
-          f"{meta['built_s']} s -> {Path(args.folder) / 'index'}")
+          f"{meta['built_s']} s -> {join(args.folder, 'index')}")
     return 0
 
 
@@ -191,7 +219,9 @@ def _search(args: argparse.Namespace) -> int:
 
     if args.k <= 0:
         raise HubError(f"-k must be positive, got {args.k}")
-    index = LoadedIndex.open(args.folder, nprobe=args.nprobe)
+    from hub.storage import parse_storage_options
+
+    index = LoadedIndex.open(args.folder, nprobe=args.nprobe, storage_options=parse_storage_options(args.storage_options))
     if args.item_id is not None:
         results = index.search(index.vector_of(args.item_id), args.k, exclude=args.item_id)
     else:
@@ -205,35 +235,39 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _dedup(args: argparse.Namespace) -> int:
+    from hub.storage import join, parse_storage_options
     from service.embed.curate import dedup, format_histogram
 
     summary = dedup(args.folder, layer=args.layer, threshold=args.threshold, k=args.k, write_lists=args.write_lists,
-                    exact_limit=args.exact_limit, nprobe=args.nprobe, progress=not args.no_progress)
+                    exact_limit=args.exact_limit, nprobe=args.nprobe, progress=not args.no_progress,
+                    storage_options=parse_storage_options(args.storage_options))
     if args.json:
         print(json.dumps(summary))
         return 0
-    out = Path(args.folder) / "curation"
+    out = join(args.folder, "curation")
     print(f"{summary['groups']} duplicate groups holding {summary['in_groups']} of {summary['embedded']} embedded "
           f"images ({summary['exact_copies']} exact copies); {summary['removable']} could go, keeping one per "
           f"group (cosine >= {summary['threshold']} on {summary['layer']}, {summary['search']['index']}, "
-          f"{summary['seconds']} s) -> {out / 'duplicates.parquet'}")
+          f"{summary['seconds']} s) -> {join(out, 'duplicates.parquet')}")
     print("nearest-neighbour cosine (each image's closest other image):")
     print(format_histogram(summary["histogram"]))
     if args.write_lists:
-        print(f"lists: {out / 'keep.txt'}, {out / 'remove.txt'}")
+        print(f"lists: {join(out, 'keep.txt')}, {join(out, 'remove.txt')}")
     return 0
 
 
 def _outliers(args: argparse.Namespace) -> int:
+    from hub.storage import join, parse_storage_options
     from service.embed.curate import outliers
 
     summary = outliers(args.folder, layer=args.layer, k=args.k, threshold=args.threshold,
-                       exact_limit=args.exact_limit, nprobe=args.nprobe, progress=not args.no_progress)
+                       exact_limit=args.exact_limit, nprobe=args.nprobe, progress=not args.no_progress,
+                       storage_options=parse_storage_options(args.storage_options))
     if args.json:
         print(json.dumps(summary))
         return 0
     print(f"scored {summary['embedded']} images on {summary['layer']} (k={summary['k']}); {summary['broken']} broken "
-          f"-> {Path(args.folder) / 'curation' / 'outliers.parquet'}")
+          f"-> {join(args.folder, 'curation/outliers.parquet')}")
     for rank, item in enumerate(summary["top"], 1):
         print(f"{rank:>3}  {item['score']:.4f}  {item['id']}")
     for item_id in summary["broken_ids"]:
@@ -246,8 +280,10 @@ COMMANDS = {"run": _run, "index": _index, "search": _search, "dedup": _dedup, "o
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.verbose:  # this project's debug lines only: a storage client's would show request headers
+        for name in ("hub", "service"):
+            logging.getLogger(name).setLevel(logging.DEBUG)
     try:
         return COMMANDS[args.command](args)
     except (HubError, OSError) as err:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from hub.files import atomic_write, atomic_write_text
+from hub.storage import Store, as_store
 from service.embed.index import TRAIN_PER_LIST
 from service.embed.shards import EmbedJobError, Manifest, Rows, load_rows
 
@@ -54,7 +54,7 @@ def _faiss():
     return faiss
 
 
-def fill_missing_hashes(rows: Rows, manifest: Manifest) -> int:
+def fill_missing_hashes(rows: Rows, manifest: Manifest, storage_options: dict[str, Any] | None = None) -> int:
     """Folders written before ``run`` recorded hashes: read those images again from the manifest's input."""
     import hashlib
 
@@ -63,7 +63,7 @@ def fill_missing_hashes(rows: Rows, manifest: Manifest) -> int:
     missing = [i for i, d in enumerate(rows.sha256) if d is None and rows.errors[i] is None]
     if not missing:
         return 0
-    source = open_source(manifest.input, **manifest.source_options)
+    source = open_source(manifest.input, **manifest.source_options, storage_options=storage_options)
     position = source.positions()
     for i in missing:
         j = position.get(rows.ids[i])
@@ -225,15 +225,19 @@ def format_histogram(hist: dict[str, Any], lo: float = 0.5, width: int = 40) -> 
     return "\n".join(lines)
 
 
-def _write_parquet(table, path: Path) -> None:
+def _write_parquet(table, store: Store, name: str) -> None:
+    """Write a whole file: atomically on disk (rename), as one object on object storage."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    store.write_bytes(name, sink.getvalue().to_pybytes())
 
 
 def dedup(folder: str | Path, *, layer: str = "avgpool", threshold: float = DEFAULT_THRESHOLD, k: int = 16,
           write_lists: bool = False, exact_limit: int = EXACT_LIMIT, nprobe: int | None = None,
-          progress: bool = False) -> dict[str, Any]:
+          progress: bool = False, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Find exact and near-duplicate groups in ``folder``; write ``curation/duplicates.parquet``; returns the
     summary (also written into ``curation/duplicates.json``)."""
     import pyarrow as pa
@@ -242,11 +246,11 @@ def dedup(folder: str | Path, *, layer: str = "avgpool", threshold: float = DEFA
         raise EmbedJobError(f"--threshold is a cosine similarity in [-1, 1], got {threshold}")
     if k < 1:
         raise EmbedJobError(f"--k must be >= 1, got {k}")
-    folder = Path(folder)
+    folder = as_store(folder, storage_options)
     manifest = Manifest.load(folder)
     started = time.perf_counter()
     rows = load_rows(folder, manifest, layer)
-    recomputed = fill_missing_hashes(rows, manifest)
+    recomputed = fill_missing_hashes(rows, manifest, folder.options)
     n = len(rows.vectors)
     sims, nn, info = knn(rows.vectors, k, exact_limit=exact_limit, nprobe=nprobe, progress=progress)
     groups = near_groups(rows.vectors, sims, nn, threshold) if n > 1 else []
@@ -296,8 +300,8 @@ def dedup(folder: str | Path, *, layer: str = "avgpool", threshold: float = DEFA
         "similarity": pa.array([r["similarity"] for r in records], pa.float32()),
         "kind": pa.array([r["kind"] for r in records], pa.string()),
     })
-    out = folder / CURATION_DIR
-    _write_parquet(table, out / DUPLICATES_FILE)
+    out = folder.child(CURATION_DIR)
+    _write_parquet(table, out, DUPLICATES_FILE)
     nearest = sims[:, 0] if n > 1 else np.zeros(0, np.float32)
     hist = histogram(nearest)
     remove = {r["row"] for r in records if r["row"] != r["representative"]}  # all but each group's representative
@@ -305,17 +309,18 @@ def dedup(folder: str | Path, *, layer: str = "avgpool", threshold: float = DEFA
                "groups": group_no, "in_groups": len(records), "removable": len(remove),
                "exact_copies": sum(1 for r in records if r["kind"] == "exact" and r["row"] in remove),
                "hashes_recomputed": recomputed, "search": info, "seconds": round(time.perf_counter() - started, 2)}
-    atomic_write_text(out / HISTOGRAM_FILE, json.dumps({"layer": layer, **hist}, indent=1) + "\n")
-    atomic_write_text(out / "duplicates.json", json.dumps(summary, indent=1) + "\n")
+    out.write_text(HISTOGRAM_FILE, json.dumps({"layer": layer, **hist}, indent=1) + "\n")
+    out.write_text("duplicates.json", json.dumps(summary, indent=1) + "\n")
     if write_lists:
-        atomic_write_text(out / "remove.txt", "".join(rows.ids[i] + "\n" for i in sorted(remove)))
-        atomic_write_text(out / "keep.txt", "".join(rows.ids[i] + "\n" for i in range(len(rows.ids)) if i not in remove))
+        out.write_text("remove.txt", "".join(rows.ids[i] + "\n" for i in sorted(remove)))
+        out.write_text("keep.txt", "".join(rows.ids[i] + "\n" for i in range(len(rows.ids)) if i not in remove))
     summary["histogram"] = hist
     return summary
 
 
 def outliers(folder: str | Path, *, layer: str = "avgpool", k: int = 10, threshold: float = DEFAULT_THRESHOLD,
-             exact_limit: int = EXACT_LIMIT, nprobe: int | None = None, progress: bool = False) -> dict[str, Any]:
+             exact_limit: int = EXACT_LIMIT, nprobe: int | None = None, progress: bool = False,
+             storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score every embedded image: 1 - mean cosine to its ``k`` nearest neighbours that are not its own
     duplicates (cosine >= ``threshold``); error rows are listed as broken. Writes ``curation/outliers.parquet``
     ordered from the most outlying."""
@@ -323,7 +328,7 @@ def outliers(folder: str | Path, *, layer: str = "avgpool", k: int = 10, thresho
 
     if k < 1:
         raise EmbedJobError(f"--k must be >= 1, got {k}")
-    folder = Path(folder)
+    folder = as_store(folder, storage_options)
     manifest = Manifest.load(folder)
     rows = load_rows(folder, manifest, layer)
     n = len(rows.vectors)
@@ -351,7 +356,7 @@ def outliers(folder: str | Path, *, layer: str = "avgpool", k: int = 10, thresho
         "kind": pa.array(["embedded"] * n + ["broken"] * len(broken), pa.string()),
         "error": pa.array([None] * n + [rows.errors[i] for i in broken], pa.string()),
     })
-    _write_parquet(table, folder / CURATION_DIR / OUTLIERS_FILE)
+    _write_parquet(table, folder.child(CURATION_DIR), OUTLIERS_FILE)
     top = [{"id": rows.ids[int(rows.embedded[i])], "score": round(float(score[i]), 4)} for i in ranking[:10]]
     return {"layer": layer, "k": k, "images": len(rows.ids), "embedded": n, "broken": len(broken), "search": info,
             "top": top, "broken_ids": [rows.ids[i] for i in broken][:10]}

@@ -5,6 +5,9 @@
     emb/index/index.json      what it was built from: the manifest's model, layer, pooling, factory, count
 
 Written into ``index.tmp-<pid>/`` and renamed over ``index/``, so a reader sees the old index or the new one.
+On object storage (``byol-embed index s3://bucket/emb``) the files are uploaded whole, ``index.json`` last (the
+commit); a reader (``byol-serve --index s3://...``, ``byol-embed search``) copies ``index/`` and ``curation/`` once
+into a local cache keyed by their content (``$BYOL_CACHE/indexes/<key>/``) and memory-maps the index there.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from hub.files import replace_dir
+from hub.files import cache_root, replace_dir
+from hub.storage import Store, as_store
 from service.embed.shards import EmbedJobError, Manifest, finished_shards, load_rows
 
 logger = logging.getLogger(__name__)
@@ -53,14 +57,16 @@ def nlist_of(factory: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def build_index(folder: str | Path, *, layer: str = "avgpool", factory: str = "Flat", train_size: int = 0,
-                seed: int = 0) -> dict[str, Any]:
+def build_index(folder: str | Path | Store, *, layer: str = "avgpool", factory: str = "Flat", train_size: int = 0,
+                seed: int = 0, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the index of ``layer`` into ``folder/index/`` atomically; returns its description."""
+    import tempfile
+
     import pyarrow as pa
     import pyarrow.feather as feather
 
     faiss = _faiss()
-    folder = Path(folder)
+    folder = as_store(folder, storage_options)
     manifest = Manifest.load(folder)
     started = time.perf_counter()
     rows = load_rows(folder, manifest, layer)  # the embedded rows, L2-normalized
@@ -95,38 +101,101 @@ def build_index(folder: str | Path, *, layer: str = "avgpool", factory: str = "F
             "weights_sha256": manifest.weights_sha256, "pooling": manifest.pooling,
             "manifest_normalize": manifest.normalize, "input_fingerprint": manifest.input_fingerprint,
             "built_s": round(time.perf_counter() - started, 2)}
-    tmp = folder / f"{INDEX_DIR}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    faiss.write_index(index, str(tmp / INDEX_FILE))
-    feather.write_feather(pa.table({"id": pa.array(ids, pa.string()), "path": pa.array(paths, pa.string())}),
-                          tmp / IDS_FILE, compression="uncompressed")
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-    replace_dir(tmp, folder / INDEX_DIR)
+    if folder.remote:
+        tmp = Path(tempfile.mkdtemp(prefix="byol-index-"))
+    else:
+        tmp = folder.local_path(f"{INDEX_DIR}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    try:
+        faiss.write_index(index, str(tmp / INDEX_FILE))
+        feather.write_feather(pa.table({"id": pa.array(ids, pa.string()), "path": pa.array(paths, pa.string())}),
+                              tmp / IDS_FILE, compression="uncompressed")
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        if folder.remote:  # whole objects, the description last: a reader never takes a half-uploaded index
+            folder.remove(f"{INDEX_DIR}/{META_FILE}")
+            for name in (INDEX_FILE, IDS_FILE, META_FILE):
+                folder.upload(tmp / name, f"{INDEX_DIR}/{name}")
+        else:
+            replace_dir(tmp, folder.local_path(INDEX_DIR))
+    finally:
+        if folder.remote:
+            shutil.rmtree(tmp, ignore_errors=True)
     return meta
+
+
+def cached_copy(store: Store) -> Path:
+    """A local copy of a remote folder's ``index/`` and ``curation/``, made once per content (the key: the index
+    description's bytes and each file's size and ETag), so the server memory-maps a local file."""
+    import hashlib
+    import tempfile
+
+    try:
+        described = store.read_bytes(f"{INDEX_DIR}/{META_FILE}")
+    except FileNotFoundError:
+        raise EmbedJobError(f"{store} has no index; build one with `byol-embed index {store}`") from None
+    curation = [f"curation/{n}" for n in store.child("curation").names("*")] if store.exists("curation") else []
+    names = [f"{INDEX_DIR}/{INDEX_FILE}", f"{INDEX_DIR}/{IDS_FILE}"] + curation
+    key = hashlib.sha256(store.url().encode() + described)
+    for name in names:
+        info = store.info(name)
+        key.update(f"{name}\0{info['size']}\0{info['version']}\n".encode())
+    final = cache_root() / "indexes" / key.hexdigest()[:24]
+    if (final / INDEX_DIR / META_FILE).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=final.parent))
+    try:
+        for name in names:
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            store.download(name, tmp / name)
+        (tmp / INDEX_DIR / META_FILE).write_bytes(described)
+        if json.loads(described)["count"] != _count_rows(tmp / INDEX_DIR / IDS_FILE):
+            raise EmbedJobError(f"the index at {store} is being rewritten (its files disagree); retry in a moment")
+        try:
+            os.replace(tmp, final)
+        except OSError:  # another process made the same copy first
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("copied the index of %s into %s", store, final)
+    return final
+
+
+def _count_rows(path: Path) -> int:
+    import pyarrow.feather as feather
+
+    return feather.read_table(path, columns=["id"]).num_rows
 
 
 @dataclass
 class LoadedIndex:
     """An index ready to answer queries: the FAISS index (memory-mapped where FAISS allows), ids and paths."""
 
-    folder: Path
+    folder: Path  # the local folder holding index/ (and curation/): the output folder, or its cached copy
     manifest: Manifest
     meta: dict[str, Any]
     index: Any
     ids: list[str]
     paths: list[str]
+    store: Store | None = None  # where the output folder lives (its shards are read from there)
+
+    @property
+    def location(self) -> str:
+        return str(self.store) if self.store is not None else str(self.folder)
 
     @classmethod
-    def open(cls, folder: str | Path, nprobe: int | None = None) -> LoadedIndex:
+    def open(cls, folder: str | Path | Store, nprobe: int | None = None,
+             storage_options: dict[str, Any] | None = None) -> LoadedIndex:
         import pyarrow.feather as feather
 
         faiss = _faiss()
-        folder = Path(folder)
-        manifest = Manifest.load(folder)
+        store = as_store(folder, storage_options)
+        manifest = Manifest.load(store)
+        folder = cached_copy(store) if store.remote else store.local_path()
         root = folder / INDEX_DIR
         if not (root / META_FILE).is_file():
-            raise EmbedJobError(f"{folder} has no index; build one with `byol-embed index {folder}`")
+            raise EmbedJobError(f"{store} has no index; build one with `byol-embed index {store}`")
         meta = json.loads((root / META_FILE).read_text())
         try:
             index = faiss.read_index(str(root / INDEX_FILE), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
@@ -138,7 +207,8 @@ class LoadedIndex:
             except RuntimeError:
                 logger.info("--nprobe ignored: %s is not an IVF index", meta["factory"])
         table = feather.read_table(root / IDS_FILE)
-        return cls(folder, manifest, meta, index, table.column("id").to_pylist(), table.column("path").to_pylist())
+        return cls(folder, manifest, meta, index, table.column("id").to_pylist(), table.column("path").to_pylist(),
+                   store)
 
     @cached_property
     def _positions(self) -> dict[str, int]:
@@ -159,8 +229,9 @@ class LoadedIndex:
             import pyarrow.parquet as pq
 
             layer = self.meta["layer"]
-            table = pq.read_table(finished_shards(self.folder, self.manifest), columns=[layer],
-                                  filters=[("id", "=", item_id)])
+            store = self.store or as_store(self.folder)
+            table = pq.read_table(finished_shards(store, self.manifest), columns=[layer], filters=[("id", "=", item_id)],
+                                  filesystem=store.fs if store.remote else None)
             return table.column(layer).combine_chunks().values.to_numpy(zero_copy_only=False).reshape(1, -1)
 
     def search(self, vector: np.ndarray, k: int, exclude: str | None = None) -> list[dict[str, Any]]:

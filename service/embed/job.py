@@ -2,7 +2,9 @@
 
 The shard is the unit of work and of resume. The local engine decodes in a thread pool overlapped with
 inference and hands finished shards to a writer thread (writes stay off the critical path); the Ray engine
-runs the same ``embed_shard`` in an actor pool and the driver writes every shard through the same writer.
+runs the same ``embed_shard`` in an actor pool whose actors write their shards themselves, and the driver commits
+each from a small acknowledgement (no vector passes through it). Input and output may be local paths or fsspec
+URLs (``s3://...``): see :mod:`hub.storage`.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from typing import Any
 from hub.hub_io import ResolvedModel
 from hub.layers import check_layers, output_name, serving_outputs
 from hub.sources import ImageSource, open_source
+from hub.storage import Store, is_url, public_url
 from service.embed.shards import (
     EmbedJobError,
     FolderLock,
     Manifest,
     ShardRows,
+    mark_done,
     plan_shards,
     prepare_folder,
     write_shard,
@@ -60,6 +64,9 @@ class EmbedSettings:
     overwrite: bool = False
     revision: str | None = None
     local_files_only: bool = False
+    # fsspec options for URLs of --input and --output (endpoint_url, anon, ...): never logged nor recorded
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
+    break_lock: bool = False
 
     def source_options(self) -> dict[str, str]:
         """How the input is read, beyond its path (kept in the manifest: curation and thumbnails read it again)."""
@@ -111,10 +118,15 @@ def build_manifest(settings: EmbedSettings, resolved: ResolvedModel, source: Ima
     return Manifest(model_id=model_id, revision=resolved.revision, weights_sha256=config.weights_sha256,
                     architecture=config.architecture, layers=list(settings.layers), pooling=settings.pooling,
                     normalize=settings.normalize, dtype=settings.dtype, dims=dims,
-                    preprocessing=config.to_dict()["preprocessing"], input=str(Path(settings.input).resolve()),
+                    preprocessing=config.to_dict()["preprocessing"], input=input_location(settings.input),
                     input_kind=source.kind, input_fingerprint=source.fingerprint(), input_count=len(source),
                     shard_size=settings.shard_size, shards=plan_shards(len(source), settings.shard_size),
                     source_options=settings.source_options())
+
+
+def input_location(spec: str) -> str:
+    """What the manifest records as the input: an absolute path, or the URL without any credentials in it."""
+    return public_url(spec) if is_url(spec) else str(Path(spec.removeprefix("file://")).resolve())
 
 
 @dataclass
@@ -191,10 +203,11 @@ class StopFlag:
 
 
 class ShardWriter:
-    """Writes finished shards in a background thread (Parquet encoding stays off the inference path)."""
+    """Writes finished shards in a background thread (Parquet encoding and uploads stay off the inference path),
+    and counts what was committed: the local engine's shards, and the Ray actors' acknowledgements."""
 
-    def __init__(self, folder: Path, manifest: Manifest) -> None:
-        self.folder, self.manifest = folder, manifest
+    def __init__(self, store: Store, manifest: Manifest) -> None:
+        self.store, self.manifest = store, manifest
         self.queue: queue.Queue[ShardRows | None] = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
         # counts only: the rows themselves go once written (the job's memory does not grow with the dataset)
@@ -206,19 +219,25 @@ class ShardWriter:
     def _run(self) -> None:
         while (rows := self.queue.get()) is not None:
             try:
-                write_shard(self.folder, self.manifest, rows)
-                self.shards += 1
-                self.images += len(rows.ids)
-                self.errors += rows.error_count
-                self.error_examples += [f"{rows.ids[i]}: {e}" for i, e in enumerate(rows.errors) if e][
-                    :5 - len(self.error_examples)]
+                self._count(write_shard(self.store, self.manifest, rows))
             except BaseException as err:  # surfaced to the main thread on the next put/close
                 self.error = err
+
+    def _count(self, ack: dict[str, Any]) -> None:
+        self.shards += 1
+        self.images += ack["rows"]
+        self.errors += ack["errors"]
+        self.error_examples += ack["error_examples"][:5 - len(self.error_examples)]
 
     def put(self, rows: ShardRows) -> None:
         if self.error:
             raise self.error
         self.queue.put(rows)
+
+    def commit(self, ack: dict[str, Any]) -> None:
+        """A shard an actor wrote itself: its done marker, from the acknowledgement."""
+        mark_done(self.store, ack)
+        self._count(ack)
 
     def close(self) -> None:
         self.queue.put(None)
@@ -232,12 +251,13 @@ def run_job(settings: EmbedSettings) -> JobSummary:
     from service.backends import build_streamed_backend, resolve_for_backend
 
     started = time.perf_counter()
-    source = open_source(settings.input, **settings.source_options())
+    out = Store(settings.output, settings.storage_options)
+    out.check()  # an unreachable endpoint, refused credentials or a missing bucket: said before any work
+    out.mkdir()
+    source = open_source(settings.input, **settings.source_options(), storage_options=settings.storage_options)
     serve = serving_settings(settings)
     resolved = resolve_for_backend(serve)
-    out = Path(settings.output)
-    out.mkdir(parents=True, exist_ok=True)
-    with FolderLock(out), StopFlag() as stop:
+    with FolderLock(out, break_lock=settings.break_lock), StopFlag() as stop:
         # what every backend outputs for this model (the serving graph's outputs): no backend is loaded just to plan
         outputs = serving_outputs(resolved.config.stem, resolved.config.input_size)
         manifest = build_manifest(settings, resolved, source, outputs)
@@ -263,7 +283,7 @@ def run_job(settings: EmbedSettings) -> JobSummary:
                     onnx_path(resolved, "fp32")
                 from service.embed.ray_engine import run_ray
 
-                run_ray(settings, serve, manifest, shards, writer, bar, stop)
+                run_ray(settings, serve, manifest, source, out, shards, writer, bar, stop)
         finally:
             writer.close()
             bar.close()

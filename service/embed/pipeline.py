@@ -21,6 +21,7 @@ from hub.errors import ImageDecodeError
 from hub.layers import output_name
 from hub.preprocess import decode_image, preprocess_one
 from hub.sources import ImageSource
+from hub.storage import StorageError
 from service.backends.base import Backend
 from service.embed.shards import Manifest, ShardRows
 
@@ -38,6 +39,8 @@ def decode_item(source: ImageSource, index: int, config: ModelConfig, max_pixels
     """Read and preprocess one item; every failure becomes its error message."""
     try:
         blob = source.read(index)
+    except StorageError:  # the store cannot be reached: the job stops (and resumes), no row is marked broken
+        raise
     except OSError as err:
         return Decoded(None, f"unreadable: {err.strerror or err}")
     digest = hashlib.sha256(blob).hexdigest()

@@ -1,9 +1,11 @@
 """``--engine ray``: the same shard plan on a Ray cluster, through an actor pool of backend workers.
 
-Each actor loads the backend once and runs ``embed_shard`` (the local engine's code) on whole shards; the
-driver writes every returned shard through the same atomic writer, so shard names, ids, order and errors are
-the local engine's. Actors are restarted when they die and their shard is retried (``max_restarts``,
-``max_task_retries``).
+Each actor loads the backend once, runs ``embed_shard`` (the local engine's code) on whole shards, reads its
+shard's images and writes the shard itself (to object storage, or to a folder every node shares) through the
+same writer, so shard names, ids, order and errors are the local engine's. The driver only plans, hands out shard
+numbers and writes each done marker from the actor's small acknowledgement: no vector passes through it, and its
+memory does not grow with the dataset. The listing reaches the actors once through Ray's object store. Actors are
+restarted when they die and their shard is retried (``max_restarts``, ``max_task_retries``).
 
 Scheduling (Ray issue #44687): an actor pool that reserves every logical CPU starves anything else that needs a
 CPU slot, and the job hangs. Actors therefore ask for a fractional ``num_cpus`` so that pool x CPUs stays below
@@ -18,7 +20,7 @@ import math
 import os
 from typing import Any
 
-from service.embed.shards import EmbedJobError, Manifest, ShardRows
+from service.embed.shards import EmbedJobError, Manifest, write_shard
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +44,10 @@ def _init(address: str | None) -> bool:
 class ShardWorker:
     """A Ray actor: one backend, a small decode pool, whole shards in and their rows out."""
 
-    def __init__(self, serve_settings: dict[str, Any], manifest: dict[str, Any], decode_threads: int, batch_size: int,
-                 max_pixels: int) -> None:
+    def __init__(self, serve_settings: dict[str, Any], manifest: dict[str, Any], source: Any, store: Any,
+                 decode_threads: int, batch_size: int, max_pixels: int) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        from hub.sources import open_source
         from service.backends import build_streamed_backend, resolve_for_backend
         from service.settings import ServiceSettings
 
@@ -54,31 +55,33 @@ class ShardWorker:
         self.resolved = resolve_for_backend(settings)
         self.backend = build_streamed_backend(self.resolved, settings)
         self.manifest = Manifest(**manifest)
-        self.source = open_source(self.manifest.input, **self.manifest.source_options)  # as the driver listed it
+        self.source, self.store = source, store  # the driver's listing; the output folder
         self.pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="byol-decode")
         self.batch_size, self.max_pixels = batch_size, max_pixels
 
-    def embed(self, shard: dict[str, int]) -> ShardRows:
+    def embed(self, shard: dict[str, int]) -> dict[str, Any]:
+        """Embed and write one shard; only its acknowledgement (index, rows, errors) goes back to the driver."""
         from service.embed.pipeline import embed_shard
 
-        return embed_shard(self.source, self.manifest, self.resolved.config, self.backend, shard, self.pool,
+        rows = embed_shard(self.source, self.manifest, self.resolved.config, self.backend, shard, self.pool,
                            batch_size=self.batch_size, max_pixels=self.max_pixels)
+        return write_shard(self.store, self.manifest, rows, mark=False)
 
 
-def run_ray(settings: Any, serve: Any, manifest: Manifest, shards: list[dict[str, int]], writer: Any, bar: Any,
-            stop: Any) -> None:
+def run_ray(settings: Any, serve: Any, manifest: Manifest, source: Any, store: Any, shards: list[dict[str, int]],
+            writer: Any, bar: Any, stop: Any) -> None:
     import ray
 
     connected_here = _init(settings.ray_address)
     try:
-        _run_pool(settings, serve, manifest, shards, writer, bar, stop)
+        _run_pool(settings, serve, manifest, source, store, shards, writer, bar, stop)
     finally:
         if connected_here:  # a local cluster the job started ends with it (an existing one is only disconnected)
             ray.shutdown()
 
 
-def _run_pool(settings: Any, serve: Any, manifest: Manifest, shards: list[dict[str, int]], writer: Any, bar: Any,
-              stop: Any) -> None:
+def _run_pool(settings: Any, serve: Any, manifest: Manifest, source: Any, store: Any, shards: list[dict[str, int]],
+              writer: Any, bar: Any, stop: Any) -> None:
     import ray
     from ray.util import ActorPool
 
@@ -95,8 +98,9 @@ def _run_pool(settings: Any, serve: Any, manifest: Manifest, shards: list[dict[s
     serve_dict = serve.model_dump()
     serve_dict.update(threads=threads, device="cuda" if gpus and settings.backend == "torch" else serve.device)
     remote = ray.remote(ShardWorker).options(**options)
-    actors = [remote.remote(serve_dict, manifest.to_dict(), max(2, threads), settings.batch_size, settings.max_pixels)
-              for _ in range(actors_wanted)]
+    source_ref = ray.put(source)  # one copy in the object store, fetched once per node
+    actors = [remote.remote(serve_dict, manifest.to_dict(), source_ref, store, max(2, threads), settings.batch_size,
+                            settings.max_pixels) for _ in range(actors_wanted)]
     logger.info("ray: %d actors (%.2f CPU%s each, %d inference threads) on a cluster of %g CPUs, %d GPUs",
                 len(actors), cpus_per_actor, ", 1 GPU" if gpus else "", threads, cpus, gpus)
     pool = ActorPool(actors)
@@ -106,13 +110,13 @@ def _run_pool(settings: Any, serve: Any, manifest: Manifest, shards: list[dict[s
             # submit at most one shard per actor ahead, so Ctrl-C stops after the shards in flight
             while pending and pool.has_free():
                 pool.submit(lambda actor, shard: actor.embed.remote(shard), pending.pop(0))
-            rows = pool.get_next_unordered()
-            writer.put(rows)
-            bar.update(len(rows.ids))
+            ack = pool.get_next_unordered()
+            writer.commit(ack)
+            bar.update(ack["rows"])
         while pool.has_next():  # the shards already in flight when stopping
-            rows = pool.get_next_unordered()
-            writer.put(rows)
-            bar.update(len(rows.ids))
+            ack = pool.get_next_unordered()
+            writer.commit(ack)
+            bar.update(ack["rows"])
     finally:
         for actor in actors:
             ray.kill(actor)

@@ -12,6 +12,12 @@
 A shard is written as ``.part-00000.tmp-<pid>`` (not ending in ``.parquet``, so readers of ``*.parquet``
 never see it), renamed, then marked done. A rerun keeps done shards untouched and (re)writes the rest, so
 a kill at any moment loses at most the shards in flight.
+
+On object storage (``--output s3://bucket/emb/``, through :class:`hub.storage.Store`) there is no rename: each
+shard is written as one whole object, then its done marker; the marker is the commit, and a shard object without
+one is rewritten by the next run. The lock is an object created conditionally (S3's ``If-None-Match: *``) holding
+its owner and a heartbeat; a rerun takes over a lock whose owner is gone (the same host with its process dead, or
+no heartbeat for ``LOCK_TTL_S``), or any lock with ``--break-lock``.
 """
 
 from __future__ import annotations
@@ -20,6 +26,10 @@ import fcntl
 import json
 import logging
 import os
+import socket
+import threading
+import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from hub.errors import HubError
-from hub.files import atomic_write_text
+from hub.storage import Store, as_store
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +45,8 @@ MANIFEST = "manifest.json"
 LOCK = ".lock"
 FORMAT = "byol-embeddings/1"
 # what a rerun must agree on (the settings that change the vectors, and the input)
+LOCK_TTL_S = 600.0  # a remote lock without a heartbeat for this long belongs to a dead run
+HEARTBEAT_S = 60.0
 IDENTITY_FIELDS = ("model_id", "revision", "weights_sha256", "layers", "pooling", "normalize", "dtype",
                    "preprocessing", "input_fingerprint", "input_count", "shard_size", "decode")
 
@@ -47,8 +59,12 @@ def shard_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
 
 
+def done_name(index: int) -> str:
+    return f"part-{index:05d}.done"
+
+
 def done_marker(folder: Path, index: int) -> Path:
-    return folder / f"part-{index:05d}.done"
+    return Path(folder) / done_name(index)
 
 
 @dataclass
@@ -80,15 +96,17 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def save(self, folder: Path) -> None:
-        atomic_write_text(folder / MANIFEST, json.dumps(self.to_dict(), indent=2) + "\n")
+    def save(self, folder: Path | Store) -> None:
+        as_store(folder).write_text(MANIFEST, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
-    def load(cls, folder: Path) -> Manifest:
-        path = Path(folder) / MANIFEST
-        if not path.is_file():
-            raise EmbedJobError(f"{folder} has no {MANIFEST}: not an output folder of `byol-embed run`")
-        return cls(**json.loads(path.read_text()))
+    def load(cls, folder: str | Path | Store) -> Manifest:
+        store = as_store(folder)
+        try:
+            text = store.read_text(MANIFEST)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise EmbedJobError(f"{store} has no {MANIFEST}: not an output folder of `byol-embed run`") from None
+        return cls(**json.loads(text))
 
     def differences(self, other: Manifest) -> list[str]:
         return [f"{name}: {getattr(self, name)!r} -> {getattr(other, name)!r}" for name in IDENTITY_FIELDS
@@ -112,13 +130,22 @@ def plan_shards(count: int, shard_size: int) -> list[dict[str, int]]:
 
 
 class FolderLock:
-    """An exclusive ``flock`` on ``folder/.lock``: a second run into the same folder is refused at once."""
+    """One run per output folder. On disk an exclusive ``flock`` on ``folder/.lock`` (released by the kernel when
+    the process dies); on object storage a lease object (see the module's docstring)."""
 
-    def __init__(self, folder: Path) -> None:
-        self.path = folder / LOCK
+    def __init__(self, folder: Path | Store, *, break_lock: bool = False) -> None:
+        self.store = as_store(folder)
+        self.break_lock = break_lock
         self.handle = None
+        self.path = self.store.local_path(LOCK) if not self.store.remote else None
+        self.token = uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
 
     def __enter__(self) -> FolderLock:
+        if self.store.remote:
+            self._acquire_remote()
+            return self
         self.handle = open(self.path, "a+")  # noqa: SIM115
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -131,43 +158,108 @@ class FolderLock:
         self.handle.flush()
         return self
 
+    # --- object storage: a lease ------------------------------------------------------------------------------
+    def _body(self, started: float) -> bytes:
+        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
+                           "started": started, "heartbeat": time.time()}).encode()
+
+    def _acquire_remote(self) -> None:
+        self.started = time.time()
+        for _ in range(2):
+            if self.store.create(LOCK, self._body(self.started)):
+                break
+            holder = self._holder()
+            reason = self._stale(holder)
+            if reason is None:
+                age = time.time() - float(holder.get("heartbeat", 0))
+                raise EmbedJobError(
+                    f"another byol-embed run holds {self.store.url(LOCK)} (host {holder.get('host')}, pid "
+                    f"{holder.get('pid')}, last heartbeat {age:.0f} s ago); wait for it, use another --output, or "
+                    f"pass --break-lock if that run is dead (a lock without a heartbeat for {LOCK_TTL_S:.0f} s is "
+                    "taken over by itself)")
+            logger.warning("taking over the lock %s: %s", self.store.url(LOCK), reason)
+            self.store.remove(LOCK)
+        else:
+            raise EmbedJobError(f"another run took the lock {self.store.url(LOCK)} at the same moment; retry")
+        if not self.store.conditional:
+            logger.warning("%s has no conditional create: the lock is check-then-write (two runs started at the same "
+                           "moment could both proceed)", self.store.protocol)
+        self._beat = threading.Thread(target=self._heartbeat, name="byol-embed-lock", daemon=True)
+        self._beat.start()
+
+    def _holder(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.store.read_text(LOCK))
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    def _stale(self, holder: dict[str, Any]) -> str | None:
+        if self.break_lock:
+            return "--break-lock"
+        if not holder:
+            return "the lock is empty or gone"
+        if holder.get("host") == socket.gethostname():
+            try:
+                os.kill(int(holder.get("pid", 0)), 0)
+            except ProcessLookupError:
+                return f"its run (pid {holder.get('pid')} on this host) is no longer running"
+            except (PermissionError, ValueError):
+                pass
+        age = time.time() - float(holder.get("heartbeat", 0))
+        if age > LOCK_TTL_S:
+            return f"no heartbeat for {age:.0f} s"
+        return None
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                if self._holder().get("token") == self.token:
+                    self.store.write_bytes(LOCK, self._body(self.started))
+            except Exception as err:  # a missed heartbeat only shortens the lease
+                logger.warning("lock heartbeat failed: %s", err)
+
     def __exit__(self, *exc: Any) -> None:
+        if self.store.remote:
+            self._stop.set()
+            if self._holder().get("token") == self.token:
+                self.store.remove(LOCK)
+            return
         if self.handle is not None:
             fcntl.flock(self.handle, fcntl.LOCK_UN)
             self.handle.close()
 
 
-def prepare_folder(folder: Path, manifest: Manifest, overwrite: bool) -> list[int]:
+def prepare_folder(folder: Path | Store, manifest: Manifest, overwrite: bool) -> list[int]:
     """Create or check the output folder; returns the shard indices still to do.
 
     A folder with another manifest is refused unless ``overwrite`` (then its shards, markers and index go).
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    existing = folder / MANIFEST
-    if existing.exists():
-        old = Manifest.load(folder)
+    store = as_store(folder)
+    store.mkdir()
+    if store.exists(MANIFEST):
+        old = Manifest.load(store)
         diffs = old.differences(manifest)
         if diffs and not overwrite:
-            raise EmbedJobError(f"{folder} holds embeddings made with other settings or input ("
+            raise EmbedJobError(f"{store} holds embeddings made with other settings or input ("
                                 + "; ".join(diffs) + "); rerun with the same settings to resume, use another "
                                 "--output, or pass --overwrite to start over")
         if diffs:
-            logger.warning("--overwrite: removing the previous run's shards in %s", folder)
-            clear_outputs(folder)
-    for stale in folder.glob(".part-*.tmp-*"):  # a killed run's shard in flight: never read, rewritten below
-        stale.unlink(missing_ok=True)
-    manifest.save(folder)
-    todo = [s["index"] for s in manifest.shards if not done_marker(folder, s["index"]).exists()]
-    return todo
+            logger.warning("--overwrite: removing the previous run's shards in %s", store)
+            clear_outputs(store)
+    if not store.remote:
+        for stale in store.local_path().glob(".part-*.tmp-*"):  # a killed run's shard in flight: rewritten below
+            stale.unlink(missing_ok=True)
+    manifest.save(store)
+    done = set(store.names("part-*.done"))  # one listing, not one request per shard
+    return [s["index"] for s in manifest.shards if done_name(s["index"]) not in done]
 
 
-def clear_outputs(folder: Path) -> None:
-    import shutil
-
+def clear_outputs(folder: Path | Store) -> None:
+    store = as_store(folder)
     for pattern in ("part-*.parquet", "part-*.done", ".part-*.tmp-*", MANIFEST):
-        for path in folder.glob(pattern):
-            path.unlink(missing_ok=True)
-    shutil.rmtree(folder / "index", ignore_errors=True)
+        for name in store.names(pattern):
+            store.remove(name)
+    store.remove_tree("index")
 
 
 @dataclass
@@ -197,11 +289,14 @@ def arrow_schema(manifest: Manifest):
     return pa.schema(fields, metadata=manifest.schema_metadata())
 
 
-def write_shard(folder: Path, manifest: Manifest, rows: ShardRows) -> Path:
-    """Write one shard atomically: temporary name (not ``*.parquet``), rename, then the done marker."""
+def write_shard(folder: Path | Store, manifest: Manifest, rows: ShardRows, *, mark: bool = True) -> dict[str, Any]:
+    """Write one shard whole (on disk: a temporary name, not ``*.parquet``, then a rename; on object storage: one
+    object), then its done marker unless ``mark`` is False (the Ray driver marks it from the returned
+    acknowledgement). Returns that acknowledgement: the shard's index, rows, errors and a few error examples."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    store = as_store(folder)
     schema = arrow_schema(manifest)
     ok = np.array([e is None for e in rows.errors])
     digests = rows.sha256 or [None] * len(rows.ids)
@@ -215,19 +310,36 @@ def write_shard(folder: Path, manifest: Manifest, rows: ShardRows) -> Path:
         mask = pa.array(~ok) if not ok.all() else None
         columns.append(pa.FixedSizeListArray.from_arrays(flat, dim, mask=mask))
     table = pa.Table.from_arrays(columns, schema=schema)
-    final = folder / shard_name(rows.index)
-    tmp = folder / f".{final.stem}.tmp-{os.getpid()}"
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, final)
-    done_marker(folder, rows.index).write_text(json.dumps({"rows": len(rows.ids), "errors": rows.error_count}) + "\n")
-    return final
+    name = shard_name(rows.index)
+    if store.remote:
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        store.write_bytes(name, sink.getvalue().to_pybytes())
+    else:
+        final = store.local_path(name)
+        tmp = final.parent / f".{final.stem}.tmp-{os.getpid()}-{threading.get_ident()}"
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, final)
+    ack = {"index": rows.index, "rows": len(rows.ids), "errors": rows.error_count,
+           "error_examples": [f"{rows.ids[i]}: {e}" for i, e in enumerate(rows.errors) if e][:5]}
+    if mark:
+        mark_done(store, ack)
+    return ack
 
 
-def finished_shards(folder: Path, manifest: Manifest) -> list[Path]:
-    return [folder / shard_name(s["index"]) for s in manifest.shards if done_marker(folder, s["index"]).exists()]
+def mark_done(folder: Path | Store, ack: dict[str, Any]) -> None:
+    """The commit of a shard: its done marker, written after the shard itself."""
+    as_store(folder).write_text(done_name(ack["index"]), json.dumps({"rows": ack["rows"], "errors": ack["errors"]}) + "\n")
 
 
-def complete_shards(folder: Path, manifest: Manifest, layer: str) -> list[Path]:
+def finished_shards(folder: Path | Store, manifest: Manifest) -> list[str]:
+    """The paths (inside the store's filesystem) of the shards with a done marker, in plan order."""
+    store = as_store(folder)
+    done = set(store.names("part-*.done"))
+    return [store.path(shard_name(s["index"])) for s in manifest.shards if done_name(s["index"]) in done]
+
+
+def complete_shards(folder: Path | Store, manifest: Manifest, layer: str) -> list[str]:
     """Every shard of a finished run that embedded ``layer``; a clear error for another layer or an unfinished run."""
     if layer not in manifest.layers:
         raise EmbedJobError(f"layer {layer!r} was not embedded; this folder has {', '.join(manifest.layers)}")
@@ -236,6 +348,13 @@ def complete_shards(folder: Path, manifest: Manifest, layer: str) -> list[Path]:
         raise EmbedJobError(f"{manifest.shard_count - len(shards)} of {manifest.shard_count} shards are not done; "
                             "finish the run first (rerun the same `byol-embed run` command)")
     return shards
+
+
+def open_parquet(store: Store, path: str):
+    """A ``pyarrow.parquet.ParquetFile`` of a shard path from :func:`finished_shards`, local or remote."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(store.fs.open(path, "rb") if store.remote else path)
 
 
 @dataclass
@@ -251,22 +370,21 @@ class Rows:
     embedded: np.ndarray  # positions in ids of the vector rows
 
 
-def load_rows(folder: Path, manifest: Manifest, layer: str) -> Rows:
+def load_rows(folder: Path | Store, manifest: Manifest, layer: str) -> Rows:
     """Read ``layer`` of a finished run into one preallocated float32 matrix, L2-normalized in place (peak: the
     matrix and one record batch), with every row's id, path, error and content hash."""
-    import pyarrow.parquet as pq
 
-    shards = complete_shards(folder, manifest, layer)
+    store = as_store(folder)
+    shards = [open_parquet(store, s) for s in complete_shards(store, manifest, layer)]
     dim = manifest.dims[layer]
-    vectors = np.empty((sum(pq.read_metadata(s).num_rows for s in shards), dim), np.float32)
+    vectors = np.empty((sum(s.metadata.num_rows for s in shards), dim), np.float32)
     ids: list[str] = []
     paths: list[str] = []
     errors: list[str | None] = []
     digests: list[str | None] = []
     embedded: list[np.ndarray] = []
     filled = 0
-    for shard in shards:  # in record batches: the transient memory is a batch, never a whole shard
-        parquet = pq.ParquetFile(shard)
+    for parquet in shards:  # in record batches: the transient memory is a batch, never a whole shard
         names = parquet.schema_arrow.names
         columns = ["id", "path", "error", layer] + (["sha256"] if "sha256" in names else [])
         for batch in parquet.iter_batches(batch_size=16384, columns=columns):
