@@ -17,6 +17,7 @@ import glob
 import hashlib
 import io
 import os
+import posixpath
 import tarfile
 import threading
 from pathlib import Path
@@ -504,7 +505,7 @@ def _remote_source(spec: str, path_column: str | None, image_column: str | None,
         text = fs.cat_file(first).decode("utf-8")
         entries = _list_entries(text)
         parent = first.rsplit("/", 1)[0]
-        paths = [fs._strip_protocol(e) if "://" in e else (e if e.startswith("/") else f"{parent}/{e}")
+        paths = [fs._strip_protocol(e) if "://" in e else posixpath.normpath(e if e.startswith("/") else f"{parent}/{e}")
                  for e in entries]
         digest = hashlib.sha256(text.encode()).hexdigest()  # the list is the input: its text, not a stat per image
         return FileSource(paths, entries, fs=fs, fingerprint=f"list:{digest}")

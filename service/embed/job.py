@@ -251,12 +251,20 @@ def run_job(settings: EmbedSettings) -> JobSummary:
     from service.backends import build_streamed_backend, resolve_for_backend
 
     started = time.perf_counter()
-    out = Store(settings.output, settings.storage_options)
-    out.check()  # an unreachable endpoint, refused credentials or a missing bucket: said before any work
-    out.mkdir()
-    source = open_source(settings.input, **settings.source_options(), storage_options=settings.storage_options)
     serve = serving_settings(settings)
     resolved = resolve_for_backend(serve)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="byol-load") as loader:
+        # the backend loads while the storage is reached and the input listed (each costs about a second)
+        backend = loader.submit(build_streamed_backend, resolved, serve) if settings.engine == "local" else None
+        out = Store(settings.output, settings.storage_options)
+        out.check()  # an unreachable endpoint, refused credentials or a missing bucket: said before any work
+        out.mkdir()
+        source = open_source(settings.input, **settings.source_options(), storage_options=settings.storage_options)
+        return _run_job(settings, serve, resolved, out, source, backend, started)
+
+
+def _run_job(settings: EmbedSettings, serve, resolved: ResolvedModel, out: Store, source: ImageSource, backend,
+             started: float) -> JobSummary:
     with FolderLock(out, break_lock=settings.break_lock), StopFlag() as stop:
         # what every backend outputs for this model (the serving graph's outputs): no backend is loaded just to plan
         outputs = serving_outputs(resolved.config.stem, resolved.config.input_size)
@@ -274,8 +282,7 @@ def run_job(settings: EmbedSettings) -> JobSummary:
         writer = ShardWriter(out, manifest)
         try:
             if settings.engine == "local" and shards:
-                _run_local(settings, source, manifest, resolved, build_streamed_backend(resolved, serve), shards,
-                           writer, bar, stop)
+                _run_local(settings, source, manifest, resolved, backend.result(), shards, writer, bar, stop)
             elif shards:
                 if settings.backend == "onnx":  # export a missing graph once here, not in every actor at once
                     from service.backends.onnx import onnx_path

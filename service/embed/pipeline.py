@@ -26,6 +26,7 @@ from service.backends.base import Backend
 from service.embed.shards import Manifest, ShardRows
 
 logger = logging.getLogger(__name__)
+IO_THREADS = 16  # reads in flight per reader on object storage
 
 
 @dataclass(frozen=True)
@@ -35,14 +36,23 @@ class Decoded:
     sha256: str | None = None  # of the image's bytes as read (exact duplicates), None when unreadable
 
 
-def decode_item(source: ImageSource, index: int, config: ModelConfig, max_pixels: int) -> Decoded:
-    """Read and preprocess one item; every failure becomes its error message."""
+def read_item(source: ImageSource, index: int) -> bytes | Decoded:
+    """One item's bytes, or its error row where it cannot be read."""
     try:
-        blob = source.read(index)
+        return source.read(index)
     except StorageError:  # the store cannot be reached: the job stops (and resumes), no row is marked broken
         raise
     except OSError as err:
         return Decoded(None, f"unreadable: {err.strerror or err}")
+
+
+def decode_item(source: ImageSource, index: int, config: ModelConfig, max_pixels: int) -> Decoded:
+    """Read and preprocess one item; every failure becomes its error message."""
+    blob = read_item(source, index)
+    return blob if isinstance(blob, Decoded) else decode_blob(blob, config, max_pixels)
+
+
+def decode_blob(blob: bytes, config: ModelConfig, max_pixels: int) -> Decoded:
     digest = hashlib.sha256(blob).hexdigest()
     try:
         return Decoded(preprocess_one(decode_image(blob, max_pixels=max_pixels), config.preprocessing), None, digest)
@@ -70,9 +80,28 @@ def _ordered(pool: Executor, fn: Callable[[int], Decoded], indices: Iterable[int
 def read_ahead(source: ImageSource, config: ModelConfig, pool: Executor, indices: Iterable[int], *, batch_size: int,
                max_pixels: int) -> Iterator[Decoded]:
     """The items at ``indices``, decoded in ``pool`` a bounded window ahead, in order. One iterator over several
-    shards keeps the window full across their boundaries (the model never waits for a new shard's first batch)."""
-    return _ordered(pool, lambda i: decode_item(source, i, config, max_pixels), indices,
-                    window=max(batch_size * 4, 16))
+    shards keeps the window full across their boundaries (the model never waits for a new shard's first batch).
+
+    A remote source (object storage) is read by its own I/O threads, further ahead: waiting on the network takes
+    no core, so many reads are in flight while the decode pool stays at the cores' count (more decoders would
+    only preempt inference)."""
+    window = max(batch_size * 4, 16)
+    if getattr(source, "fs", None) is None:
+        return _ordered(pool, lambda i: decode_item(source, i, config, max_pixels), indices, window=window)
+    return _remote_read_ahead(source, config, pool, indices, window, max_pixels)
+
+
+def _remote_read_ahead(source: ImageSource, config: ModelConfig, pool: Executor, indices: Iterable[int], window: int,
+                       max_pixels: int) -> Iterator[Decoded]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    reader = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="byol-read")
+    try:
+        blobs = _ordered(reader, lambda i: read_item(source, i), indices, window=window * 2)
+        yield from _ordered(pool, lambda b: b if isinstance(b, Decoded) else decode_blob(b, config, max_pixels),
+                            blobs, window=window)
+    finally:
+        reader.shutdown(wait=False, cancel_futures=True)
 
 
 def embed_shard(source: ImageSource, manifest: Manifest, config: ModelConfig, backend: Backend, shard: dict[str, int],

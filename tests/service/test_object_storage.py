@@ -286,3 +286,26 @@ def test_ray_actors_write_the_local_engines_shards_and_the_driver_gets_no_vector
     local_table_, local_names = table_of(s3, on_s3)
     assert names == local_names
     assert_same_rows(ray_table, local_table_, tol=1e-5)
+
+
+def test_remote_folders_lists_and_globs_list_as_on_disk(images, s3):
+    from hub.sources import open_source
+
+    local = open_source(str(images))
+    remote = open_source("s3://bkt/images", storage_options=s3.options)
+    assert [remote.item_id(i) for i in range(len(remote))] == [local.item_id(i) for i in range(len(local))]
+    assert remote.read(0) == local.read(0) and remote.fingerprint() != local.fingerprint()
+    assert open_source("s3://bkt/images/", storage_options=s3.options).fingerprint() == remote.fingerprint()
+    entries = ["photo1/00.png", "photo0/01.jpg", "../images/photo2/02.jpg"]
+    s3.fs.pipe_file("bkt/lists/some.txt", ("# a list\n" + "\n".join(entries) + "\n").encode())
+    listed = open_source("s3://bkt/lists/some.txt", storage_options=s3.options)
+    assert [listed.item_id(i) for i in range(3)] == entries
+    assert listed.item_path(0) == "s3://bkt/lists/photo1/00.png"
+    assert listed.item_path(2) == "s3://bkt/images/photo2/02.jpg"  # relative to the list, as on disk
+    assert listed.read(2) == (images / "photo2" / "02.jpg").read_bytes()
+    s3.fs.pipe_file("bkt/lists/photo1/00.png", (images / "photo1" / "00.png").read_bytes())
+    assert listed.read(0) == (images / "photo1" / "00.png").read_bytes()
+    with pytest.raises(OSError):  # a listed object that does not exist: that row's error, not the job's
+        listed.read(1)
+    pickled = pickle.loads(pickle.dumps(remote))  # what Ray actors and DataLoader workers receive
+    assert pickled.read(3) == remote.read(3)

@@ -64,16 +64,50 @@ def test_two_cpu_ranks_under_torchrun(tmp_path, photo_dir):
     BYOLModel.from_pretrained(out / "final")
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path, photo_dir):
-    common = ["--config", "smoke", "--data", str(photo_dir), *SMALL, "--epochs", "3", "--checkpoint-every", "2",
+def _data_on(kind: str, photo_dir, tmp_path, request) -> tuple[str, list[str], dict]:
+    """The photos as ``--data``: the folder itself, Parquet with the image bytes inside (written by the datasets
+    library) on S3, or WebDataset tars on S3 named by a brace range; with the options and environment to reach it."""
+    if kind == "folder":
+        return str(photo_dir), [], {}
+    s3 = request.getfixturevalue("s3")
+    files = sorted(p for p in photo_dir.rglob("*") if p.suffix in (".jpg", ".png"))
+    prefix = f"bkt/train-{kind}-{tmp_path.name}"
+    if kind == "parquet-s3":
+        datasets = pytest.importorskip("datasets")
+        local = tmp_path / "train.parquet"
+        table = {"image": [{"bytes": p.read_bytes(), "path": None} for p in files], "label": [0] * len(files)}
+        datasets.Dataset.from_dict(table).cast_column("image", datasets.Image()).to_parquet(str(local))
+        s3.fs.pipe_file(f"{prefix}/train-00000.parquet", local.read_bytes())
+        data = f"s3://{prefix}/"
+    else:
+        import io
+        import tarfile
+
+        for shard in range(2):
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as tar:
+                for i, path in enumerate(files[shard::2]):
+                    info = tarfile.TarInfo(f"{i:04d}{path.suffix}")
+                    info.size = path.stat().st_size
+                    tar.addfile(info, io.BytesIO(path.read_bytes()))
+            s3.fs.pipe_file(f"{prefix}/shard-{shard:03d}.tar", buf.getvalue())
+        data = f"s3://{prefix}/shard-{{000..001}}.tar"
+    return data, s3.option, s3.env()
+
+
+@pytest.mark.parametrize("kind", ["folder", "parquet-s3", "tars-s3"])
+def test_killed_run_resumes_to_the_same_weights(tmp_path, photo_dir, kind, request):
+    data, options, env = _data_on(kind, photo_dir, tmp_path, request)
+    common = ["--config", "smoke", "--data", data, *options, *SMALL, "--epochs", "3", "--checkpoint-every", "2",
               "--no-export-onnx", "--seed", "7"]
     ref = tmp_path / "uninterrupted"
-    assert run([*common, "--output", str(ref)]).returncode == 0
+    proc = run([*common, "--output", str(ref)], env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
     out = tmp_path / "killed"
     proc = subprocess.Popen(["accelerate", "launch", "--cpu", "--num_processes", "1", SCRIPT, *common,
                              "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, env={**os.environ, **env})
     deadline = time.time() + 240
     while not (out / "checkpoints" / "step_2" / "trainer_state.json").exists():
         assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
@@ -82,14 +116,20 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, photo_dir):
     proc.wait()
     assert not (out / "final").exists()
 
-    resumed = run([*common, "--output", str(out), "--resume", str(out)])  # the run folder, as users pass it
+    resumed = run([*common, "--output", str(out), "--resume", str(out)], env=env)  # the run folder, as users pass it
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stderr
     a = load_file(ref / "final" / "model.safetensors")
     b = load_file(out / "final" / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
-    assert json.loads((out / "final" / "config.json").read_text())["training"]["optimizer_steps"] == 6
+    config = json.loads((out / "final" / "config.json").read_text())
+    assert config["training"]["optimizer_steps"] == 6
+    if kind != "folder":  # the URL is recorded; the endpoint and credentials never are
+        assert config["training"]["data"] == data
+        written = "".join(p.read_text(errors="replace") for p in (out / "final").glob("*.json")) + \
+            (out / "config.yaml").read_text() + (out / "final" / "README.md").read_text()
+        assert "endpoint_url" not in written and env["AWS_SECRET_ACCESS_KEY"] not in written
 
 
 def test_imagenet_config_validates_with_a_dry_run(tmp_path, photo_dir):
