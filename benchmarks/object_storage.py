@@ -100,6 +100,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=32, help="inference batch (default 32)")
     parser.add_argument("--rounds", type=int, default=3, help="disk and S3 runs, alternating (default 3: the "
                         "median of the per-round ratios; this machine drifts between phases)")
+    parser.add_argument("--formats", default="files,parquet",
+                        help="input layouts measured: files (one object per JPEG: one GET each), parquet (the JPEGs' "
+                             "bytes in a Parquet file, row groups of 64: one GET per row group) (default both)")
     parser.add_argument("--ray-sizes", default="400,1600",
                         help="two dataset sizes for the Ray driver's peak RSS, on resnet18 (default 400,1600; "
                              "'' skips)")
@@ -147,23 +150,18 @@ def measure(args: argparse.Namespace, root: Path, endpoint: str, server: int) ->
         model, onnx=True, transformers=False)
     print(f"{args.images} JPEGs (500x375, {megabytes:.1f} MB), {args.arch} at 224x224, batch {args.batch}, "
           f"{os.cpu_count()} cores; S3: moto's server on loopback (a process on the same cores)")
-    ratios, steady, share = [], [], []
-    for round_ in range(args.rounds):
-        disk = job(model, str(root / "images"), str(root / "out"), args.batch, {})
-        before = server_cpu(server)
-        remote = job(model, "s3://bench/images/", "s3://bench/emb/", args.batch, options)
-        served = server_cpu(server) - before
-        disk_ips, s3_ips = disk.images / disk.seconds, remote.images / remote.seconds
-        ratios.append(s3_ips / disk_ips)
-        steady.append(remote.steady_images_per_s / disk.steady_images_per_s)
-        share.append(served / (remote.seconds * (os.cpu_count() or 1)))
-        print(f"  round {round_ + 1}: disk -> disk {disk_ips:6.1f} img/s (start-up {disk.startup_s:.2f} s, steady "
-              f"{disk.steady_images_per_s:.1f})   S3 -> S3 {s3_ips:6.1f} img/s (start-up {remote.startup_s:.2f} s, "
-              f"steady {remote.steady_images_per_s:.1f})   S3 / disk {ratios[-1]:.3f}x; the S3 server used "
-              f"{served:.1f} core-s ({100 * share[-1]:.1f} % of the cores during the S3 job)", flush=True)
-    print(f"  ratio S3 / disk: {statistics.median(ratios):.3f}x whole job, {statistics.median(steady):.3f}x steady "
-          f"(medians of {args.rounds} rounds; target >= 0.9); the local S3 server took "
-          f"{100 * statistics.median(share):.1f} % of the cores a real store would not", flush=True)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (root / "parquet").mkdir()
+    pq.write_table(pa.table({"id": [p.name for p in paths], "image": [p.read_bytes() for p in paths]}),
+                   root / "parquet" / "images.parquet", row_group_size=64)
+    fs.pipe_file("bench/parquet/images.parquet", (root / "parquet" / "images.parquet").read_bytes())
+    for layout in [f.strip() for f in args.formats.split(",") if f.strip()]:
+        local_input, remote_input = {"files": (root / "images", "s3://bench/images/"),
+                                     "parquet": (root / "parquet", "s3://bench/parquet/")}[layout]
+        print(f"input: {layout}" + (" (one GET per image)" if layout == "files" else " (one GET per row group of 64)"))
+        compare(args, model, str(local_input), remote_input, root, options, server)
 
     sizes = [int(s) for s in args.ray_sizes.split(",") if s.strip()]
     if not sizes:
@@ -179,6 +177,27 @@ def measure(args: argparse.Namespace, root: Path, endpoint: str, server: int) ->
         result = ray_driver(small, f"s3://{prefix}/images/", f"s3://{prefix}/emb/", args.batch, options)
         print(f"  {size:>6} images: driver peak RSS {result['peak_rss_mb']:7.1f} MB   "
               f"({result['images'] / result['seconds']:.1f} img/s, steady {result['steady']:.1f})", flush=True)
+
+
+def compare(args, model: Path, local_input: str, remote_input: str, root: Path, options: dict, server: int) -> None:
+    ratios, steady, share = [], [], []
+    for round_ in range(args.rounds):
+        disk = job(model, local_input, str(root / "out"), args.batch, {})
+        before = server_cpu(server)
+        remote = job(model, remote_input, "s3://bench/emb/", args.batch, options)
+        served = server_cpu(server) - before
+        disk_ips, s3_ips = disk.images / disk.seconds, remote.images / remote.seconds
+        ratios.append(s3_ips / disk_ips)
+        steady.append(remote.steady_images_per_s / disk.steady_images_per_s)
+        share.append(served / (remote.seconds * (os.cpu_count() or 1)))
+        print(f"  round {round_ + 1}: disk -> disk {disk_ips:6.1f} img/s (start-up {disk.startup_s:.2f} s, steady "
+              f"{disk.steady_images_per_s:.1f})   S3 -> S3 {s3_ips:6.1f} img/s (start-up {remote.startup_s:.2f} s, "
+              f"steady {remote.steady_images_per_s:.1f})   S3 / disk {ratios[-1]:.3f}x; the S3 server used "
+              f"{served:.1f} core-s ({100 * share[-1]:.1f} % of the cores during the S3 job)", flush=True)
+
+    print(f"  ratio S3 / disk: {statistics.median(ratios):.3f}x whole job, {statistics.median(steady):.3f}x steady "
+          f"(medians of {args.rounds} rounds; target >= 0.9); the local S3 server took "
+          f"{100 * statistics.median(share):.1f} % of the cores a real store would not", flush=True)
 
 
 if __name__ == "__main__":

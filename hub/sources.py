@@ -20,12 +20,14 @@ import os
 import posixpath
 import tarfile
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 from hub.errors import HubError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 LIST_SUFFIXES = (".txt", ".lst", ".csv")
+GROUPS_KEPT = 4  # Parquet row groups of images kept in memory per reader (shared by its threads)
 
 
 class DataError(HubError):
@@ -269,11 +271,12 @@ class ParquetImageSource(_Remote, ImageSource):
     def __init__(self, files: list, image_column: str | None = None, id_column: str | None = None, fs=None,
                  infos: list[dict] | None = None) -> None:
         self.files, self.fs, self.infos = files, fs, infos
+        self._reset()
         self.index: list[tuple[int, int, int, int]] = []  # file, row group, row in it, row in the file
         self.ids: list[str] = []
         self.column, self.how = None, None
         for f, path in enumerate(files):
-            meta = self._parquet(path)
+            meta = self._parquet(f)
             name = _name(path)
             column, how = _image_column(meta.schema_arrow, name, image_column)
             if self.column not in (None, column):
@@ -293,47 +296,82 @@ class ParquetImageSource(_Remote, ImageSource):
                 start += rows
         if len(set(self.ids)) != len(self.ids):
             raise DataError(f"--id-column {id_column!r} has repeated values; ids must be unique")
-        self._local = threading.local()
 
-    def _parquet(self, path):
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._groups: OrderedDict[tuple[int, int], tuple[list, list | None]] = OrderedDict()
+        self._loading: dict[tuple[int, int], threading.Event] = {}
+        self._metadata: dict[int, object] = {}
+
+    def _parquet(self, f: int):
+        """File ``f``, opened with its footer read once (every row group read after that is one ranged read)."""
         import pyarrow.parquet as pq
 
-        if self.fs is None:
-            return pq.ParquetFile(path)
-        return pq.ParquetFile(self.fs.open(path, "rb"))
+        source = self.files[f] if self.fs is None else self.fs.open(self.files[f], "rb")
+        parquet = pq.ParquetFile(source, metadata=self._metadata.get(f))
+        self._metadata.setdefault(f, parquet.metadata)
+        return parquet
 
     def __len__(self) -> int:
         return len(self.index)
 
     def read(self, index: int) -> bytes:
         f, group, row, _ = self.index[index]
-        local = self._local
-        if getattr(local, "key", None) != (f, group):
-            try:
-                table = self._parquet(self.files[f]).read_row_group(group, columns=[self.column])
-            except Exception as err:  # unreachable storage stops the job; a corrupt row group is that row's error
-                from hub.storage import explain
-
-                explained = explain(err, self._url(self.files[f])) if self.fs is not None else None
-                if explained is not None and not isinstance(err, FileNotFoundError):
-                    raise explained from None
-                raise OSError(f"row group {group} of {_name(self.files[f])} cannot be read: {err}") from None
-            column = table.column(0).combine_chunks()
-            if self.how == "struct":
-                paths = column.field("path").to_pylist() if column.type.get_field_index("path") >= 0 else None
-                local.values, local.paths = column.field("bytes").to_pylist(), paths
-            else:
-                local.values, local.paths = column.to_pylist(), None
-            local.key = (f, group)
-        data = local.values[row]
+        values, paths = self._group(f, group)
+        data = values[row]
         if data is None:  # a Hugging Face Image with a path and no bytes: the file beside the Parquet
-            path = local.paths[row] if local.paths else None
+            path = paths[row] if paths else None
             if not path:
                 raise OSError(f"row {row} of {_name(self.files[f])} has no image bytes")
             if self.fs is not None:
                 return self._cat(str(self.files[f]).rsplit("/", 1)[0] + "/" + path)
             return (Path(self.files[f]).parent / path).read_bytes()
         return data
+
+    def _group(self, f: int, group: int) -> tuple[list, list | None]:
+        """One row group's image column, shared by every reading thread: loaded once (the others wait for it),
+        the last ``GROUPS_KEPT`` kept."""
+        key = (f, group)
+        with self._lock:
+            hit = self._groups.get(key)
+            if hit is not None:
+                self._groups.move_to_end(key)
+                return hit
+            loading = self._loading.get(key)
+            owner = loading is None
+            if owner:
+                loading = self._loading[key] = threading.Event()
+        if not owner:
+            loading.wait()
+            with self._lock:
+                hit = self._groups.get(key)
+            return hit if hit is not None else self._group(f, group)  # its loader failed: try once more here
+        try:
+            loaded = self._load(f, group)
+            with self._lock:
+                self._groups[key] = loaded
+                while len(self._groups) > GROUPS_KEPT:
+                    self._groups.popitem(last=False)
+        finally:
+            with self._lock:
+                self._loading.pop(key).set()
+        return loaded
+
+    def _load(self, f: int, group: int) -> tuple[list, list | None]:
+        try:
+            table = self._parquet(f).read_row_group(group, columns=[self.column])
+        except Exception as err:  # unreachable storage stops the job; a corrupt row group is that row's error
+            from hub.storage import explain
+
+            explained = explain(err, self._url(self.files[f])) if self.fs is not None else None
+            if explained is not None and not isinstance(err, FileNotFoundError):
+                raise explained from None
+            raise OSError(f"row group {group} of {_name(self.files[f])} cannot be read: {err}") from None
+        column = table.column(0).combine_chunks()
+        if self.how == "struct":
+            paths = column.field("path").to_pylist() if column.type.get_field_index("path") >= 0 else None
+            return column.field("bytes").to_pylist(), paths
+        return column.to_pylist(), None
 
     def item_id(self, index: int) -> str:
         return self.ids[index]
@@ -348,11 +386,11 @@ class ParquetImageSource(_Remote, ImageSource):
         return digest + f":{self.column}:{len(self)}"
 
     def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "_local"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_groups", "_loading", "_metadata")}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._local = threading.local()
+        self._reset()
 
 
 def _has_image_column(path: Path) -> bool:

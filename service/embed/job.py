@@ -252,15 +252,24 @@ def run_job(settings: EmbedSettings) -> JobSummary:
 
     started = time.perf_counter()
     serve = serving_settings(settings)
-    resolved = resolve_for_backend(serve)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="byol-load") as loader:
-        # the backend loads while the storage is reached and the input listed (each costs about a second)
-        backend = loader.submit(build_streamed_backend, resolved, serve) if settings.engine == "local" else None
+
+    def reach_storage() -> tuple[Store, ImageSource]:
         out = Store(settings.output, settings.storage_options)
         out.check()  # an unreachable endpoint, refused credentials or a missing bucket: said before any work
         out.mkdir()
-        source = open_source(settings.input, **settings.source_options(), storage_options=settings.storage_options)
-        return _run_job(settings, serve, resolved, out, source, backend, started)
+        return out, open_source(settings.input, **settings.source_options(), storage_options=settings.storage_options)
+
+    # the storage is reached and the input listed while the model loads (each can cost a second or more)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="byol-list") as lister:
+        storage = lister.submit(reach_storage)
+        try:
+            resolved = resolve_for_backend(serve)
+            backend = build_streamed_backend(resolved, serve) if settings.engine == "local" else None
+        except BaseException:
+            storage.result()  # a bad input or output is said first, before a model's error
+            raise
+        out, source = storage.result()
+    return _run_job(settings, serve, resolved, out, source, backend, started)
 
 
 def _run_job(settings: EmbedSettings, serve, resolved: ResolvedModel, out: Store, source: ImageSource, backend,
@@ -282,7 +291,7 @@ def _run_job(settings: EmbedSettings, serve, resolved: ResolvedModel, out: Store
         writer = ShardWriter(out, manifest)
         try:
             if settings.engine == "local" and shards:
-                _run_local(settings, source, manifest, resolved, backend.result(), shards, writer, bar, stop)
+                _run_local(settings, source, manifest, resolved, backend, shards, writer, bar, stop)
             elif shards:
                 if settings.backend == "onnx":  # export a missing graph once here, not in every actor at once
                     from service.backends.onnx import onnx_path

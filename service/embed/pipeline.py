@@ -11,7 +11,7 @@ import hashlib
 import itertools
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,19 +62,48 @@ def decode_blob(blob: bytes, config: ModelConfig, max_pixels: int) -> Decoded:
         return Decoded(None, f"cannot decode: {type(err).__name__}: {err}", digest)
 
 
-def _ordered(pool: Executor, fn: Callable[[int], Decoded], indices: Iterable[int], window: int) -> Iterator[Decoded]:
-    """``pool.map`` with a bounded read-ahead (so a million-image shard never queues a million futures)."""
+def _ordered(start: Callable[[int], Future], indices: Iterable[int], window: int) -> Iterator[Decoded]:
+    """The results of ``start(i)`` (a future) in the order of ``indices``, at most ``window`` started ahead (so a
+    million-image shard never queues a million futures)."""
     futures = []
     it = iter(indices)
     for index in it:
-        futures.append(pool.submit(fn, index))
+        futures.append(start(index))
         if len(futures) >= window:
             break
     while futures:
         yield futures.pop(0).result()
         nxt = next(it, None)
         if nxt is not None:
-            futures.append(pool.submit(fn, nxt))
+            futures.append(start(nxt))
+
+
+def _then(first: Future, pool: Executor, fn: Callable) -> Future:
+    """A future of ``fn(first's result)`` run in ``pool`` once ``first`` is done; nobody waits in between."""
+    out: Future = Future()
+
+    def forward(done: Future) -> None:
+        try:
+            out.set_result(done.result())
+        except BaseException as err:
+            out.set_exception(err)
+
+    def after(done: Future) -> None:
+        try:
+            value = done.result()
+        except BaseException as err:
+            out.set_exception(err)
+            return
+        if isinstance(value, Decoded):  # the read failed: its error row, nothing to decode
+            out.set_result(value)
+            return
+        try:
+            pool.submit(fn, value).add_done_callback(forward)
+        except RuntimeError as err:  # the pool was shut down (the job is stopping)
+            out.set_exception(err)
+
+    first.add_done_callback(after)
+    return out
 
 
 def read_ahead(source: ImageSource, config: ModelConfig, pool: Executor, indices: Iterable[int], *, batch_size: int,
@@ -87,19 +116,22 @@ def read_ahead(source: ImageSource, config: ModelConfig, pool: Executor, indices
     only preempt inference)."""
     window = max(batch_size * 4, 16)
     if getattr(source, "fs", None) is None:
-        return _ordered(pool, lambda i: decode_item(source, i, config, max_pixels), indices, window=window)
+        return _ordered(lambda i: pool.submit(decode_item, source, i, config, max_pixels), indices, window=window)
     return _remote_read_ahead(source, config, pool, indices, window, max_pixels)
 
 
 def _remote_read_ahead(source: ImageSource, config: ModelConfig, pool: Executor, indices: Iterable[int], window: int,
                        max_pixels: int) -> Iterator[Decoded]:
+    """Each read in the I/O pool, then its decode in ``pool`` as soon as its bytes are in; in order."""
     from concurrent.futures import ThreadPoolExecutor
 
     reader = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="byol-read")
+
+    def start(i: int) -> Future:
+        return _then(reader.submit(read_item, source, i), pool, lambda blob: decode_blob(blob, config, max_pixels))
+
     try:
-        blobs = _ordered(reader, lambda i: read_item(source, i), indices, window=window * 2)
-        yield from _ordered(pool, lambda b: b if isinstance(b, Decoded) else decode_blob(b, config, max_pixels),
-                            blobs, window=window)
+        yield from _ordered(start, indices, window=window * 2)
     finally:
         reader.shutdown(wait=False, cancel_futures=True)
 

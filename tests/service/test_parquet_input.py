@@ -79,10 +79,20 @@ def test_binary_column_with_ids_and_bad_rows(photo_set, trained_model, tmp_path)
 def test_reads_one_row_group_at_a_time_and_travels_to_workers(photo_set):
     source = open_source(photo_set["binary"], id_column="key")
     assert isinstance(source, ParquetImageSource) and source.how == "binary" and source.column == "jpeg"
-    source.read(0)
-    assert len(source._local.values) == 3  # the row group, not the file
+    from concurrent.futures import ThreadPoolExecutor
+
+    loads = []
+    load = source._load
+    source._load = lambda f, g: (loads.append((f, g)), load(f, g))[1]
+    with ThreadPoolExecutor(8) as pool:  # eight threads on one row group: it is read once, for all of them
+        assert len(set(pool.map(source.read, [0, 1, 2] * 8))) == 3
+    assert loads == [(0, 0)] and [len(v[0]) for v in source._groups.values()] == [3]  # the row group, not the file
     source.read(4)
-    assert source._local.key == (0, 1) and len(source._local.values) == 3
+    assert loads == [(0, 0), (0, 1)] and list(source._groups) == [(0, 0), (0, 1)]
+    for i in range(photo_set["count"]):  # only the last few row groups stay in memory
+        source.read(i)
+    assert len(source._groups) <= 4
+    del source._load
     copy = pickle.loads(pickle.dumps(source))  # a Ray actor or a DataLoader worker gets its own reader
     assert copy.read(4) == source.read(4) and copy.item_id(4) == "photo-4"
     assert source.item_path(4).endswith("binary.parquet#row=4")
