@@ -1,6 +1,7 @@
 """``byol-embed run`` reading from and writing to S3 against the same job on local disk, and the Ray driver's memory.
 
-    python benchmarks/object_storage.py [--images 512] [--arch resnet50] [--rounds 3] [--ray-sizes 400,1600]
+    python benchmarks/object_storage.py [--images 512] [--arch resnet50] [--rounds 3] [--formats files,parquet]
+                                        [--ray-sizes 400,1600]
 
 The S3 endpoint is moto's server in a process of its own on loopback (``python -m moto.server``): every read is a
 ranged HTTP GET and every shard an HTTP PUT through s3fs, as on a real store, but the server shares this machine's
@@ -9,8 +10,10 @@ photos that ship with scikit-image, the same files on disk and under ``s3://benc
 ResNet at 224x224 with model.onnx.
 
 Printed with the CPU's capability:
-- images/s of the local job (disk -> disk) and of the S3 job (S3 -> S3), alternating, ``--rounds`` times, and the
-  median of the per-round ratios S3 / disk (target >= 0.9);
+- for each input layout (``files``: one object per JPEG, one GET each; ``parquet``: the same JPEGs' bytes in one
+  Parquet file, one GET per row group of 64), images/s of the local job (disk -> disk) and of the S3 job
+  (S3 -> S3), alternating, ``--rounds`` times, the medians of the per-round ratios S3 / disk, whole job and
+  steady state (target >= 0.9), and the share of the cores the S3 server took;
 - ``--ray-sizes``: the Ray engine (S3 -> S3, a local cluster) on two dataset sizes, each in a fresh driver
   process, with the driver's peak RSS: it must not grow with the dataset (the actors write the shards; the
   driver receives acknowledgements).
@@ -98,8 +101,9 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=512, help="JPEGs for the disk vs S3 ratio (default 512)")
     parser.add_argument("--arch", default="resnet50", help="resnet18/34/50/101/152 (default resnet50)")
     parser.add_argument("--batch", type=int, default=32, help="inference batch (default 32)")
-    parser.add_argument("--rounds", type=int, default=3, help="disk and S3 runs, alternating (default 3: the "
-                        "median of the per-round ratios; this machine drifts between phases)")
+    parser.add_argument("--rounds", type=int, default=4, help="disk and S3 runs, alternating, disk first in odd "
+                        "rounds and S3 first in even ones (default 4: the median of the per-round ratios; this "
+                        "machine drifts between phases)")
     parser.add_argument("--formats", default="files,parquet",
                         help="input layouts measured: files (one object per JPEG: one GET each), parquet (the JPEGs' "
                              "bytes in a Parquet file, row groups of 64: one GET per row group) (default both)")
@@ -157,6 +161,7 @@ def measure(args: argparse.Namespace, root: Path, endpoint: str, server: int) ->
     pq.write_table(pa.table({"id": [p.name for p in paths], "image": [p.read_bytes() for p in paths]}),
                    root / "parquet" / "images.parquet", row_group_size=64)
     fs.pipe_file("bench/parquet/images.parquet", (root / "parquet" / "images.parquet").read_bytes())
+    job(model, str(root / "images"), str(root / "out"), args.batch, {})  # warm-up, not measured (a fresh process)
     for layout in [f.strip() for f in args.formats.split(",") if f.strip()]:
         local_input, remote_input = {"files": (root / "images", "s3://bench/images/"),
                                      "parquet": (root / "parquet", "s3://bench/parquet/")}[layout]
@@ -182,15 +187,22 @@ def measure(args: argparse.Namespace, root: Path, endpoint: str, server: int) ->
 def compare(args, model: Path, local_input: str, remote_input: str, root: Path, options: dict, server: int) -> None:
     ratios, steady, share = [], [], []
     for round_ in range(args.rounds):
-        disk = job(model, local_input, str(root / "out"), args.batch, {})
-        before = server_cpu(server)
-        remote = job(model, remote_input, "s3://bench/emb/", args.batch, options)
-        served = server_cpu(server) - before
+        def on_s3():
+            before = server_cpu(server)
+            summary = job(model, remote_input, "s3://bench/emb/", args.batch, options)
+            return summary, server_cpu(server) - before
+
+        if round_ % 2 == 0:  # ABBA: disk first in even rounds, S3 first in odd ones (no order bias)
+            disk = job(model, local_input, str(root / "out"), args.batch, {})
+            remote, served = on_s3()
+        else:
+            remote, served = on_s3()
+            disk = job(model, local_input, str(root / "out"), args.batch, {})
         disk_ips, s3_ips = disk.images / disk.seconds, remote.images / remote.seconds
         ratios.append(s3_ips / disk_ips)
         steady.append(remote.steady_images_per_s / disk.steady_images_per_s)
         share.append(served / (remote.seconds * (os.cpu_count() or 1)))
-        print(f"  round {round_ + 1}: disk -> disk {disk_ips:6.1f} img/s (start-up {disk.startup_s:.2f} s, steady "
+        print(f"  round {round_ + 1} ({'disk' if round_ % 2 == 0 else 'S3'} first): disk -> disk {disk_ips:6.1f} img/s (start-up {disk.startup_s:.2f} s, steady "
               f"{disk.steady_images_per_s:.1f})   S3 -> S3 {s3_ips:6.1f} img/s (start-up {remote.startup_s:.2f} s, "
               f"steady {remote.steady_images_per_s:.1f})   S3 / disk {ratios[-1]:.3f}x; the S3 server used "
               f"{served:.1f} core-s ({100 * share[-1]:.1f} % of the cores during the S3 job)", flush=True)
