@@ -55,6 +55,17 @@ class ImageSource:
     def item_path(self, index: int) -> str:
         raise NotImplementedError
 
+    def read_many(self, indices: list[int]) -> list[bytes | OSError]:
+        """The bytes of several items, an ``OSError`` in place of each that cannot be read (remote sources send
+        the requests together)."""
+        out: list[bytes | OSError] = []
+        for index in indices:
+            try:
+                out.append(self.read(index))
+            except OSError as err:
+                out.append(err)
+        return out
+
     def positions(self) -> dict[str, int]:
         """id -> index: to read items again by the ids a job recorded."""
         return {self.item_id(i): i for i in range(len(self))}
@@ -98,6 +109,21 @@ class _Remote:
     def _url(self, path) -> str:
         return self.fs.unstrip_protocol(path) if self.fs is not None else str(Path(path).resolve())
 
+    def _results(self, urls: list[str], values: list) -> list[bytes | OSError]:
+        """fsspec's per-path results (``on_error="return"``) as bytes or ``OSError``; storage that cannot be
+        reached as :class:`hub.storage.StorageError`."""
+        from hub.storage import explain
+
+        out: list[bytes | OSError] = []
+        for url, value in zip(urls, values):
+            if isinstance(value, (bytes, bytearray, memoryview)):
+                out.append(bytes(value))
+            elif isinstance(value, (FileNotFoundError, PermissionError)):
+                out.append(value)
+            else:
+                out.append(explain(value, url) or OSError(f"{type(value).__name__}: {value}"))
+        return out
+
     def _cat(self, path, start: int | None = None, end: int | None = None) -> bytes:
         if self.fs is None:
             with open(path, "rb") as fh:
@@ -132,6 +158,14 @@ class FileSource(_Remote, ImageSource):
         if self.fs is None:
             return self.paths[index].read_bytes()
         return self._cat(self.paths[index])
+
+    def read_many(self, indices: list[int]) -> list[bytes | OSError]:
+        if self.fs is None:
+            return super().read_many(indices)
+        paths = [self.paths[i] for i in indices]
+        # cat_ranges, not cat: a name with [ or * in it is a name, never a glob
+        values = self.fs.cat_ranges(paths, None, None, on_error="return")
+        return self._results([self._url(p) for p in paths], values)
 
     def item_id(self, index: int) -> str:
         return self.ids[index]
@@ -203,6 +237,14 @@ class TarSource(_Remote, ImageSource):
             handle = self._handles[shard] = open(self.shards[shard], "rb")  # noqa: SIM115
         handle.seek(offset)
         return handle.read(size)
+
+    def read_many(self, indices: list[int]) -> list[bytes | OSError]:
+        if self.fs is None:
+            return super().read_many(indices)
+        entries = [self.index[i] for i in indices]
+        paths = [self.shards[s] for s, _, _ in entries]
+        values = self.fs.cat_ranges(paths, [o for _, o, _ in entries], [o + n for _, o, n in entries], on_error="return")
+        return self._results([self._url(p) for p in paths], values)
 
     def item_id(self, index: int) -> str:
         return self.ids[index]

@@ -26,7 +26,8 @@ from service.backends.base import Backend
 from service.embed.shards import Manifest, ShardRows
 
 logger = logging.getLogger(__name__)
-IO_THREADS = 16  # reads in flight per reader on object storage
+IO_THREADS = 8  # read tasks in flight per reader on object storage
+READ_CHUNK = 8  # items per read task: their requests are sent together (one event-loop round trip for all)
 
 
 @dataclass(frozen=True)
@@ -122,18 +123,58 @@ def read_ahead(source: ImageSource, config: ModelConfig, pool: Executor, indices
 
 def _remote_read_ahead(source: ImageSource, config: ModelConfig, pool: Executor, indices: Iterable[int], window: int,
                        max_pixels: int) -> Iterator[Decoded]:
-    """Each read in the I/O pool, then its decode in ``pool`` as soon as its bytes are in; in order."""
+    """Reads in the I/O pool, ``READ_CHUNK`` items a task (one ``read_many``: their requests go out together),
+    then each item's decode in ``pool`` as soon as its bytes are in; yielded in order."""
+    import itertools
+    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     reader = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="byol-read")
+    it = iter(indices)
+    pending: deque[Future] = deque()
 
-    def start(i: int) -> Future:
-        return _then(reader.submit(read_item, source, i), pool, lambda blob: decode_blob(blob, config, max_pixels))
+    def decode(blob: bytes) -> Decoded:
+        return decode_blob(blob, config, max_pixels)
+
+    def top_up() -> None:
+        while len(pending) < window * 2:
+            chunk = list(itertools.islice(it, READ_CHUNK))
+            if not chunk:
+                return
+            read = reader.submit(read_items, source, chunk)
+            pending.extend(_then(_item(read, k), pool, decode) for k in range(len(chunk)))
 
     try:
-        yield from _ordered(start, indices, window=window * 2)
+        top_up()
+        while pending:
+            yield pending.popleft().result()
+            top_up()
     finally:
         reader.shutdown(wait=False, cancel_futures=True)
+
+
+def read_items(source: ImageSource, indices: list[int]) -> list[bytes | Decoded]:
+    """Several items' bytes at once (``source.read_many``), each an error row where it cannot be read."""
+    out: list[bytes | Decoded] = []
+    for value in source.read_many(indices):
+        if isinstance(value, StorageError):  # the store cannot be reached: the job stops, nothing is marked broken
+            raise value
+        out.append(Decoded(None, f"unreadable: {value.strerror or value}") if isinstance(value, OSError) else value)
+    return out
+
+
+def _item(many: Future, k: int) -> Future:
+    """A future of element ``k`` of ``many``'s list."""
+    out: Future = Future()
+
+    def done(f: Future) -> None:
+        try:
+            out.set_result(f.result()[k])
+        except BaseException as err:
+            out.set_exception(err)
+
+    many.add_done_callback(done)
+    return out
 
 
 def embed_shard(source: ImageSource, manifest: Manifest, config: ModelConfig, backend: Backend, shard: dict[str, int],

@@ -307,5 +307,7 @@ def test_remote_folders_lists_and_globs_list_as_on_disk(images, s3):
     assert listed.read(0) == (images / "photo1" / "00.png").read_bytes()
     with pytest.raises(OSError):  # a listed object that does not exist: that row's error, not the job's
         listed.read(1)
+    first, missing, third = listed.read_many([0, 1, 2])  # the requests sent together, an error in its place
+    assert first == listed.read(0) and isinstance(missing, FileNotFoundError) and third == listed.read(2)
     pickled = pickle.loads(pickle.dumps(remote))  # what Ray actors and DataLoader workers receive
     assert pickled.read(3) == remote.read(3)
