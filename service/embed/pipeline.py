@@ -137,7 +137,7 @@ def _remote_read_ahead(source: ImageSource, config: ModelConfig, pool: Executor,
         return decode_blob(blob, config, max_pixels)
 
     def top_up() -> None:
-        while len(pending) < window * 2:
+        while len(pending) < window:
             chunk = list(itertools.islice(it, READ_CHUNK))
             if not chunk:
                 return
