@@ -104,11 +104,16 @@ def job(model: Path, data: Path, out: Path, batch: int, engine: str, workers: in
     return summary
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=512, help="JPEGs to embed (default 512)")
+def add_job_arguments(parser: argparse.ArgumentParser, images: str = "JPEGs to embed") -> None:
+    """The data and model options the embedding-job benchmarks share."""
+    parser.add_argument("--images", type=int, default=512, help=f"{images} (default 512)")
     parser.add_argument("--arch", default="resnet50", help="resnet18/34/50/101/152 (default resnet50)")
     parser.add_argument("--batch", type=int, default=32, help="inference batch (default 32)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_job_arguments(parser)
     parser.add_argument("--ray", action="store_true", help="also run the Ray engine on a local cluster")
     parser.add_argument("--ray-workers", type=int, default=1, help="Ray actors (default 1 on 2 cores)")
     parser.add_argument("--rounds", type=int, default=1, help="measure raw and the local job this many times, "

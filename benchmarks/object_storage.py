@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import processes  # noqa: E402
-from benchmarks.embed_job import make_images  # noqa: E402
+from benchmarks.embed_job import add_job_arguments, make_images  # noqa: E402
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -98,9 +98,7 @@ def ray_driver(model: Path, data: str, out: str, batch: int, options: dict) -> d
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--images", type=int, default=512, help="JPEGs for the disk vs S3 ratio (default 512)")
-    parser.add_argument("--arch", default="resnet50", help="resnet18/34/50/101/152 (default resnet50)")
-    parser.add_argument("--batch", type=int, default=32, help="inference batch (default 32)")
+    add_job_arguments(parser, "JPEGs for the disk vs S3 ratio")
     parser.add_argument("--rounds", type=int, default=4, help="disk and S3 runs, alternating, disk first in odd "
                         "rounds and S3 first in even ones (default 4: the median of the per-round ratios; this "
                         "machine drifts between phases)")
