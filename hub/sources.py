@@ -24,6 +24,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 from hub.errors import HubError
+from hub.storage import object_version
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 LIST_SUFFIXES = (".txt", ".lst", ".csv")
@@ -90,15 +91,8 @@ def _info_digest(ids: list[str], infos: list[dict]) -> str:
     """The digest of a remote listing: each object's id, size and version (ETag or modification time)."""
     digest = hashlib.sha256()
     for item_id, info in zip(ids, infos):
-        digest.update(f"{item_id}\0{info.get('size')}\0{_version(info)}\n".encode())
+        digest.update(f"{item_id}\0{info.get('size')}\0{object_version(info)}\n".encode())
     return digest.hexdigest()
-
-
-def _version(info: dict) -> str:
-    for key in ("ETag", "etag", "md5Hash", "blob_id", "last_commit", "mtime", "LastModified", "last_modified"):
-        if info.get(key):
-            return str(info[key]).strip('"')
-    return ""
 
 
 class _Remote:
@@ -109,36 +103,27 @@ class _Remote:
     def _url(self, path) -> str:
         return self.fs.unstrip_protocol(path) if self.fs is not None else str(Path(path).resolve())
 
-    def _results(self, urls: list[str], values: list) -> list[bytes | OSError]:
-        """fsspec's per-path results (``on_error="return"``) as bytes or ``OSError``; storage that cannot be
-        reached as :class:`hub.storage.StorageError`."""
+    @staticmethod
+    def _read_error(err: BaseException, url: str) -> OSError:
+        """What a failed remote read is: a missing or forbidden object as it is (that row's error), storage that
+        cannot be reached as a :class:`hub.storage.StorageError` (the job stops), anything else an ``OSError``."""
         from hub.storage import explain
 
-        out: list[bytes | OSError] = []
-        for url, value in zip(urls, values):
-            if isinstance(value, (bytes, bytearray, memoryview)):
-                out.append(bytes(value))
-            elif isinstance(value, (FileNotFoundError, PermissionError)):
-                out.append(value)
-            else:
-                out.append(explain(value, url) or OSError(f"{type(value).__name__}: {value}"))
-        return out
+        if isinstance(err, (FileNotFoundError, PermissionError)):
+            return err
+        return explain(err, url) or OSError(f"{type(err).__name__}: {err}")
+
+    def _results(self, paths: list, values: list) -> list[bytes | OSError]:
+        """fsspec's per-path results (``on_error="return"``) as bytes or :meth:`_read_error`."""
+        return [bytes(v) if isinstance(v, (bytes, bytearray, memoryview)) else self._read_error(v, self._url(p))
+                for p, v in zip(paths, values)]
 
     def _cat(self, path, start: int | None = None, end: int | None = None) -> bytes:
-        if self.fs is None:
-            with open(path, "rb") as fh:
-                if start is None:
-                    return fh.read()
-                fh.seek(start)
-                return fh.read(end - start)
+        """One remote read (the whole object, or ``start:end``)."""
         try:
             return self.fs.cat_file(path, start=start, end=end)
-        except (FileNotFoundError, PermissionError):
-            raise
-        except Exception as err:  # a network error reading one object: said with its URL, an OSError (an error row)
-            from hub.storage import explain
-
-            raise explain(err, self._url(path)) or OSError(f"{type(err).__name__}: {err}") from None
+        except Exception as err:
+            raise self._read_error(err, self._url(path)) from None
 
 
 class FileSource(_Remote, ImageSource):
@@ -164,8 +149,7 @@ class FileSource(_Remote, ImageSource):
             return super().read_many(indices)
         paths = [self.paths[i] for i in indices]
         # cat_ranges, not cat: a name with [ or * in it is a name, never a glob
-        values = self.fs.cat_ranges(paths, None, None, on_error="return")
-        return self._results([self._url(p) for p in paths], values)
+        return self._results(paths, self.fs.cat_ranges(paths, None, None, on_error="return"))
 
     def item_id(self, index: int) -> str:
         return self.ids[index]
@@ -180,15 +164,11 @@ class FileSource(_Remote, ImageSource):
 def _tar_members(path, fs) -> list[tuple[str, int, int]]:
     """(name, data offset, size) of a tar's image members. Remote tars are read once, front to back, in large
     blocks (only the headers matter, but a tar has no table of contents)."""
-    members = []
     if fs is None:
         with tarfile.open(path) as tar:
             return [(m.name, m.offset_data, m.size) for m in tar if m.isfile() and is_image(m.name)]
     with fs.open(path, "rb", block_size=16 << 20, cache_type="readahead") as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
-        for m in tar:
-            if m.isfile() and is_image(m.name):
-                members.append((m.name, m.offset_data, m.size))
-    return members
+        return [(m.name, m.offset_data, m.size) for m in tar if m.isfile() and is_image(m.name)]
 
 
 class TarSource(_Remote, ImageSource):
@@ -244,7 +224,7 @@ class TarSource(_Remote, ImageSource):
         entries = [self.index[i] for i in indices]
         paths = [self.shards[s] for s, _, _ in entries]
         values = self.fs.cat_ranges(paths, [o for _, o, _ in entries], [o + n for _, o, n in entries], on_error="return")
-        return self._results([self._url(p) for p in paths], values)
+        return self._results(paths, values)
 
     def item_id(self, index: int) -> str:
         return self.ids[index]
@@ -403,11 +383,11 @@ class ParquetImageSource(_Remote, ImageSource):
         try:
             table = self._parquet(f).read_row_group(group, columns=[self.column])
         except Exception as err:  # unreachable storage stops the job; a corrupt row group is that row's error
-            from hub.storage import explain
+            from hub.storage import StorageError
 
-            explained = explain(err, self._url(self.files[f])) if self.fs is not None else None
-            if explained is not None and not isinstance(err, FileNotFoundError):
-                raise explained from None
+            failure = self._read_error(err, self._url(self.files[f])) if self.fs is not None else None
+            if isinstance(failure, StorageError):
+                raise failure from None
             raise OSError(f"row group {group} of {_name(self.files[f])} cannot be read: {err}") from None
         column = table.column(0).combine_chunks()
         if self.how == "struct":
@@ -615,4 +595,3 @@ def open_source(spec: str | Path, *, path_column: str | None = None, image_colum
         raise
     except Exception as err:
         raise_explained(err, spec)
-        raise  # pragma: no cover

@@ -3,8 +3,8 @@
 Torch-free. ``hub.sources`` lists and reads inputs through it; ``byol-embed`` writes its output folders through
 :class:`Store`. Credentials come the provider's standard way (environment variables, its config files such as
 ``~/.aws/credentials``, instance roles); ``storage_options`` (``--storage-option KEY=VALUE``) carry the rest
-(``endpoint_url``, ``anon``, ``profile``, ...) to the fsspec filesystem. Options are never logged (:func:`redact`)
-and never written to a manifest, a card or a config.
+(``endpoint_url``, ``anon``, ``profile``, ...) to the fsspec filesystem. Options are never logged and never
+written to a manifest, a card or a config.
 
     >>> store = Store("s3://bucket/emb", {"endpoint_url": "http://127.0.0.1:9000"})   # doctest: +SKIP
     >>> store.write_bytes("part-00000.parquet", data)                                 # doctest: +SKIP
@@ -21,7 +21,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hub.errors import HubError
 
@@ -34,7 +34,6 @@ CONDITIONAL_CREATE = ("s3", "s3a")  # stores whose create is a real conditional 
 # (and listings are never cached: a resumed run or a server must see the objects other processes wrote)
 S3_DEFAULTS = {"use_listings_cache": False, "config_kwargs": {"connect_timeout": 10, "read_timeout": 60,
                                  "retries": {"max_attempts": 3, "mode": "standard"}}}
-SECRET_WORDS = ("secret", "token", "password", "key", "credential", "sas", "signature")
 
 
 class StorageError(HubError, OSError):
@@ -54,17 +53,6 @@ def protocol_of(url: str) -> str:
 def public_url(url: str) -> str:
     """The URL without any ``user:password@`` part (what may be logged or recorded)."""
     return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@", r"\1", url)
-
-
-def redact(options: dict[str, Any]) -> dict[str, Any]:
-    """Options fit to log: every value whose key names a secret becomes ``***``."""
-    out: dict[str, Any] = {}
-    for key, value in options.items():
-        if isinstance(value, dict):
-            out[key] = redact(value)
-        else:
-            out[key] = "***" if any(word in key.lower() for word in SECRET_WORDS) else value
-    return out
 
 
 def _value(text: str) -> Any:
@@ -173,11 +161,20 @@ def explain(err: BaseException, url: str) -> StorageError | None:
     return None
 
 
-def raise_explained(err: BaseException, url: str) -> None:
+def raise_explained(err: BaseException, url: str) -> NoReturn:
     explained = explain(err, url)
     if explained is not None and explained is not err:
         raise explained from None
     raise err
+
+
+def object_version(info: dict[str, Any]) -> str:
+    """An object's version tag from an fsspec listing or ``info``: its ETag (or the store's like), else its
+    modification time; it changes when the object does."""
+    for key in ("ETag", "etag", "md5Hash", "blob_id", "last_commit", "mtime", "LastModified", "last_modified"):
+        if info.get(key):
+            return str(info[key]).strip('"')
+    return ""
 
 
 def join(url: str, name: str) -> str:
@@ -301,9 +298,7 @@ class Store:
             st = self.local_path(name).stat()
             return {"size": st.st_size, "version": str(st.st_mtime_ns)}
         info = self._call(self.fs.info, self.path(name))
-        version = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("mtime") \
-            or info.get("LastModified") or ""
-        return {"size": int(info.get("size") or 0), "version": str(version).strip('"')}
+        return {"size": int(info.get("size") or 0), "version": object_version(info)}
 
     def open(self, name: str, mode: str = "rb"):
         if not self.remote:

@@ -37,19 +37,20 @@ class Decoded:
     sha256: str | None = None  # of the image's bytes as read (exact duplicates), None when unreadable
 
 
-def read_item(source: ImageSource, index: int) -> bytes | Decoded:
-    """One item's bytes, or its error row where it cannot be read."""
-    try:
-        return source.read(index)
-    except StorageError:  # the store cannot be reached: the job stops (and resumes), no row is marked broken
-        raise
-    except OSError as err:
-        return Decoded(None, f"unreadable: {err.strerror or err}")
+def read_items(source: ImageSource, indices: list[int]) -> list[bytes | Decoded]:
+    """Items' bytes (``source.read_many``: a remote source sends the requests together), each an error row where
+    it cannot be read."""
+    out: list[bytes | Decoded] = []
+    for value in source.read_many(indices):
+        if isinstance(value, StorageError):  # the store cannot be reached: the job stops, nothing is marked broken
+            raise value
+        out.append(Decoded(None, f"unreadable: {value.strerror or value}") if isinstance(value, OSError) else value)
+    return out
 
 
 def decode_item(source: ImageSource, index: int, config: ModelConfig, max_pixels: int) -> Decoded:
     """Read and preprocess one item; every failure becomes its error message."""
-    blob = read_item(source, index)
+    blob = read_items(source, [index])[0]
     return blob if isinstance(blob, Decoded) else decode_blob(blob, config, max_pixels)
 
 
@@ -63,47 +64,49 @@ def decode_blob(blob: bytes, config: ModelConfig, max_pixels: int) -> Decoded:
         return Decoded(None, f"cannot decode: {type(err).__name__}: {err}", digest)
 
 
-def _ordered(start: Callable[[int], Future], indices: Iterable[int], window: int) -> Iterator[Decoded]:
-    """The results of ``start(i)`` (a future) in the order of ``indices``, at most ``window`` started ahead (so a
-    million-image shard never queues a million futures)."""
-    futures = []
-    it = iter(indices)
-    for index in it:
-        futures.append(start(index))
-        if len(futures) >= window:
-            break
-    while futures:
-        yield futures.pop(0).result()
-        nxt = next(it, None)
-        if nxt is not None:
-            futures.append(start(nxt))
+def _ordered(futures: Iterator[Future], window: int) -> Iterator[Decoded]:
+    """The results of ``futures`` (a lazy iterator: each is started when taken) in order, at most ``window``
+    started ahead (so a million-image shard never queues a million futures)."""
+    from collections import deque
+
+    pending: deque[Future] = deque(itertools.islice(futures, window))
+    while pending:
+        yield pending.popleft().result()
+        pending.extend(itertools.islice(futures, 1))
 
 
-def _then(first: Future, pool: Executor, fn: Callable) -> Future:
-    """A future of ``fn(first's result)`` run in ``pool`` once ``first`` is done; nobody waits in between."""
+def _settle(out: Future, compute: Callable[[], object]) -> None:
+    try:
+        out.set_result(compute())
+    except BaseException as err:
+        out.set_exception(err)
+
+
+def _then(first: Future, fn: Callable[[object], object]) -> Future:
+    """A future of ``fn(first's result)``, computed in whichever thread finishes ``first``."""
     out: Future = Future()
+    first.add_done_callback(lambda done: _settle(out, lambda: fn(done.result())))
+    return out
 
-    def forward(done: Future) -> None:
-        try:
-            out.set_result(done.result())
-        except BaseException as err:
-            out.set_exception(err)
+
+def _decoded_in(pool: Executor, blob: Future, config: ModelConfig, max_pixels: int) -> Future:
+    """A future of ``blob``'s decode, submitted to ``pool`` as soon as its bytes are in (nobody waits in between);
+    a read that failed is its error row, with nothing to decode."""
+    out: Future = Future()
 
     def after(done: Future) -> None:
         try:
             value = done.result()
-        except BaseException as err:
+            if isinstance(value, Decoded):
+                out.set_result(value)
+                return
+            decoding = pool.submit(decode_blob, value, config, max_pixels)
+        except BaseException as err:  # a read that raised, or a pool shut down (the job is stopping)
             out.set_exception(err)
             return
-        if isinstance(value, Decoded):  # the read failed: its error row, nothing to decode
-            out.set_result(value)
-            return
-        try:
-            pool.submit(fn, value).add_done_callback(forward)
-        except RuntimeError as err:  # the pool was shut down (the job is stopping)
-            out.set_exception(err)
+        decoding.add_done_callback(lambda d: _settle(out, d.result))
 
-    first.add_done_callback(after)
+    blob.add_done_callback(after)
     return out
 
 
@@ -112,69 +115,32 @@ def read_ahead(source: ImageSource, config: ModelConfig, pool: Executor, indices
     """The items at ``indices``, decoded in ``pool`` a bounded window ahead, in order. One iterator over several
     shards keeps the window full across their boundaries (the model never waits for a new shard's first batch).
 
-    A remote source (object storage) is read by its own I/O threads, further ahead: waiting on the network takes
-    no core, so many reads are in flight while the decode pool stays at the cores' count (more decoders would
-    only preempt inference)."""
+    A remote source (object storage) is read by its own I/O threads, ``READ_CHUNK`` items a task: waiting on the
+    network takes no core, so many reads are in flight while the decode pool stays at the cores' count (more
+    decoders would only preempt inference)."""
     window = max(batch_size * 4, 16)
     if getattr(source, "fs", None) is None:
-        return _ordered(lambda i: pool.submit(decode_item, source, i, config, max_pixels), indices, window=window)
+        return _ordered((pool.submit(decode_item, source, i, config, max_pixels) for i in indices), window)
     return _remote_read_ahead(source, config, pool, indices, window, max_pixels)
 
 
 def _remote_read_ahead(source: ImageSource, config: ModelConfig, pool: Executor, indices: Iterable[int], window: int,
                        max_pixels: int) -> Iterator[Decoded]:
-    """Reads in the I/O pool, ``READ_CHUNK`` items a task (one ``read_many``: their requests go out together),
-    then each item's decode in ``pool`` as soon as its bytes are in; yielded in order."""
-    import itertools
-    from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
     reader = ThreadPoolExecutor(max_workers=IO_THREADS, thread_name_prefix="byol-read")
     it = iter(indices)
-    pending: deque[Future] = deque()
 
-    def decode(blob: bytes) -> Decoded:
-        return decode_blob(blob, config, max_pixels)
-
-    def top_up() -> None:
-        while len(pending) < window:
-            chunk = list(itertools.islice(it, READ_CHUNK))
-            if not chunk:
-                return
+    def futures() -> Iterator[Future]:
+        while chunk := list(itertools.islice(it, READ_CHUNK)):
             read = reader.submit(read_items, source, chunk)
-            pending.extend(_then(_item(read, k), pool, decode) for k in range(len(chunk)))
+            for k in range(len(chunk)):
+                yield _decoded_in(pool, _then(read, lambda blobs, k=k: blobs[k]), config, max_pixels)
 
     try:
-        top_up()
-        while pending:
-            yield pending.popleft().result()
-            top_up()
+        yield from _ordered(futures(), window)
     finally:
         reader.shutdown(wait=False, cancel_futures=True)
-
-
-def read_items(source: ImageSource, indices: list[int]) -> list[bytes | Decoded]:
-    """Several items' bytes at once (``source.read_many``), each an error row where it cannot be read."""
-    out: list[bytes | Decoded] = []
-    for value in source.read_many(indices):
-        if isinstance(value, StorageError):  # the store cannot be reached: the job stops, nothing is marked broken
-            raise value
-        out.append(Decoded(None, f"unreadable: {value.strerror or value}") if isinstance(value, OSError) else value)
-    return out
-
-
-def _item(many: Future, k: int) -> Future:
-    """A future of element ``k`` of ``many``'s list."""
-    out: Future = Future()
-
-    def done(f: Future) -> None:
-        try:
-            out.set_result(f.result()[k])
-        except BaseException as err:
-            out.set_exception(err)
-
-    many.add_done_callback(done)
-    return out
 
 
 def embed_shard(source: ImageSource, manifest: Manifest, config: ModelConfig, backend: Backend, shard: dict[str, int],
