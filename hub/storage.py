@@ -17,6 +17,7 @@ has one (local files: ``O_EXCL``; S3: ``If-None-Match: *``); elsewhere it is che
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -79,6 +80,30 @@ def parse_storage_options(items: list[str] | None) -> dict[str, Any]:
                 raise StorageError(f"--storage-option {item!r}: {part} is already a value, not a group")
         target[last] = _value(text)
     return options
+
+
+class _StorageOptions(argparse.Action):
+    """``--storage-option KEY=VALUE``, repeatable, gathered into one nested dict as argparse reads them."""
+
+    def __call__(self, parser, namespace, value, option_string=None) -> None:
+        items = [*getattr(namespace, self.dest + "_items", []), value]
+        setattr(namespace, self.dest + "_items", items)
+        try:
+            setattr(namespace, self.dest, parse_storage_options(items))
+        except StorageError as err:
+            parser.error(str(err))
+
+
+def add_storage_option(parser: argparse.ArgumentParser, what: str = "URLs") -> None:
+    """The one ``--storage-option`` of every command (``args.storage_options``: a dict, empty by default)."""
+    parser.add_argument("--storage-option", dest="storage_options", action=_StorageOptions, default={},
+                        metavar="KEY=VALUE",
+                        help=f"an fsspec option for {what} (repeat): endpoint_url=http://host:9000 (S3-compatible "
+                             "stores), anon=true (public buckets), profile=NAME, config_kwargs.read_timeout=30; "
+                             "values are JSON where they parse [env BYOL_STORAGE_OPTIONS, a JSON object]. "
+                             "Credentials come the provider's standard way (AWS_* variables, ~/.aws, an instance "
+                             "role): never pass secrets here, they would show in the process list. Never logged "
+                             "nor written to any output")
 
 
 def env_storage_options() -> dict[str, Any]:

@@ -12,6 +12,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from hub.storage import add_storage_option
+
 
 def build_parser() -> argparse.ArgumentParser:
     from service.settings import ServiceSettings
@@ -20,10 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     for name, field in ServiceSettings.model_fields.items():
         if name == "storage_options":
-            parser.add_argument("--storage-option", dest="storage_option_items", action="append", metavar="KEY=VALUE",
-                                help="an fsspec option for an --index on object storage (repeat; e.g. "
-                                     "endpoint_url=http://minio:9000, anon=true) [env BYOL_STORAGE_OPTIONS, a JSON "
-                                     "object]; credentials come from AWS_* variables, ~/.aws or an instance role")
+            add_storage_option(parser, "an --index on object storage (and its images)")
+            parser.set_defaults(storage_options=None)  # unset: BYOL_STORAGE_OPTIONS or the default
             continue
         flag = "--" + name.replace("_", "-")
         env = f"BYOL_{name.upper()}"
@@ -67,18 +67,6 @@ def _autoscale(text: str | None) -> tuple[int, int] | None:
     return int(low), int(high)
 
 
-def _replica_settings(settings) -> dict:
-    """What the replicas get: every setting resolved here (the replicas may run on nodes without this shell's
-    BYOL_* variables), local paths made absolute (a replica's working directory is not this one's)."""
-    from pathlib import Path
-
-    values = settings.model_dump()
-    for key in ("model", "index", "cache_dir"):
-        if values.get(key) and "://" not in values[key] and Path(values[key]).exists():
-            values[key] = str(Path(values[key]).resolve())
-    return values
-
-
 def _run_ray(settings, args) -> int:
     """``--engine ray``: deploy on Ray Serve, wait for SIGTERM / Ctrl-C, delete the application, stop what we
     started."""
@@ -111,7 +99,7 @@ def _run_ray(settings, args) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port}, proxy_location=args.proxy_location)
-        serve.run(build(_replica_settings(settings), **options), name=APP_NAME, route_prefix="/")
+        serve.run(build(settings.portable(), **options), name=APP_NAME, route_prefix="/")
         status = serve.status().applications[APP_NAME]
         replicas = sum(d.replica_states.get("RUNNING", 0) for d in status.deployments.values())
         print(f"byol-serve: Ray Serve application {APP_NAME!r} {status.status} with {replicas} replica(s) on "
@@ -180,12 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None and k in ServiceSettings.model_fields}
     try:
-        if args.storage_option_items:
-            from hub.storage import parse_storage_options
-
-            overrides["storage_options"] = parse_storage_options(args.storage_option_items)
         settings = ServiceSettings(**overrides)
-    except (ValidationError, ValueError) as err:
+    except ValidationError as err:
         print(f"byol-serve: invalid settings: {err}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",

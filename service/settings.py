@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
@@ -58,3 +59,13 @@ class ServiceSettings(BaseSettings):
     search_max_k: int = Field(100, ge=1, description="the most results /search returns (larger k is capped)")
     search_return_paths: bool = Field(False, description="/search also returns each result's stored path (off: ids only)")
     search_nprobe: int | None = Field(None, ge=1, description="IVF lists probed per /search query (default: FAISS's)")
+
+    def portable(self) -> dict[str, Any]:
+        """The settings for processes started elsewhere (Ray Serve replicas, Ray actors): every value resolved
+        here (they may run on nodes without this shell's BYOL_* variables), local paths made absolute (their
+        working directory is not this one's)."""
+        values = self.model_dump()
+        for key in ("model", "index", "cache_dir"):
+            if values.get(key) and "://" not in values[key] and Path(values[key]).exists():
+                values[key] = str(Path(values[key]).resolve())
+        return values

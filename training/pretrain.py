@@ -37,7 +37,7 @@ import yaml
 from hub import BYOLModel, ModelConfig, PreprocessConfig
 from hub.files import atomic_write_text
 from hub.provenance import git_commit, package_versions
-from hub.storage import parse_storage_options, public_url
+from hub.storage import add_storage_option, public_url
 from training.augment import AugmentConfig, ViewParams
 from training.byol import BYOL, projection_std
 from training.checkpoints import (
@@ -86,10 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "file, a glob or a folder: Hugging Face datasets' Image column or a binary column, found "
                              "or named by --image-column); local, or a URL (s3://, gs://, az://, "
                              "hf://datasets/ORG/NAME/...) read through fsspec with the provider's standard credentials")
-    parser.add_argument("--storage-option", dest="storage_options", action="append", default=[], metavar="KEY=VALUE",
-                        help="an fsspec option for a --data URL (repeat): endpoint_url=http://host:9000, anon=true, "
-                             "profile=NAME; values are JSON where they parse. Never logged nor written to config.yaml "
-                             "or the card")
+    add_storage_option(parser, "a --data URL")
     parser.add_argument("--image-column", default=None,
                         help="Parquet --data: the column of image bytes (default: found; 'image' where there are several)")
     parser.add_argument("--output", required=True, help="run folder (config.yaml, checkpoints/, logs/, final/)")
@@ -199,7 +196,7 @@ def build_run(args: argparse.Namespace) -> Run:
                             view1=ViewParams(cfg.blur_probs[0], cfg.solarize_probs[0]),
                             view2=ViewParams(cfg.blur_probs[1], cfg.solarize_probs[1]))
     source = open_source(args.data, image_column=args.image_column,
-                         storage_options=parse_storage_options(args.storage_options))
+                         storage_options=args.storage_options)
     dataset = TwoViewDataset(source, augment, cfg.seed, cfg.augment_backend)
     batch, accum = cfg.batch_size_per_device, cfg.grad_accum_steps
     spe = steps_per_epoch(len(dataset), world, batch, accum)

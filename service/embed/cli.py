@@ -26,15 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hub.errors import HubError
-
-
-def _storage(parser) -> None:
-    parser.add_argument("--storage-option", dest="storage_options", action="append", default=[], metavar="KEY=VALUE",
-                        help="an fsspec option for URLs (repeat): endpoint_url=http://host:9000 (S3-compatible "
-                             "stores), anon=true (public buckets), profile=NAME, config_kwargs.read_timeout=30; "
-                             "values are JSON where they parse. Credentials: the provider's standard environment "
-                             "variables and config files (never pass secrets here on a shared machine: they would "
-                             "show in the process list). Never logged nor written to the output")
+from hub.storage import add_storage_option
 
 
 def _add_run(sub) -> None:
@@ -59,7 +51,7 @@ def _add_run(sub) -> None:
     p.add_argument("--output", required=True,
                    help="output folder (manifest.json, part-NNNNN.parquet, index/): a local path, or a URL such as "
                         "s3://bucket/emb/ (each shard one object, then its done marker: the commit)")
-    _storage(p)
+    add_storage_option(p)
     p.add_argument("--break-lock", action="store_true",
                    help="object storage: take over the output's lock from a run that is dead (a lock whose run is "
                         "gone from this host, or has no heartbeat for 10 minutes, is taken over without it)")
@@ -93,7 +85,7 @@ def _add_index(sub) -> None:
     p = sub.add_parser("index", help="build a FAISS index over one layer of an output folder")
     p.add_argument("folder", help="output folder of `byol-embed run` (a path or a URL)")
     p.add_argument("--layer", default="avgpool", help="the embedded layer to index (default avgpool)")
-    _storage(p)
+    add_storage_option(p)
     p.add_argument("--factory", default="Flat",
                    help="FAISS index_factory string: Flat (exact, default) or e.g. 'IVF4096,PQ64', 'HNSW32' for "
                         "large sets (trained on a sample; IVF needs ~39 x lists vectors); inner product over "
@@ -105,7 +97,7 @@ def _add_search(sub) -> None:
     p = sub.add_parser("search", help="nearest neighbours of an image, or of an image already in the set")
     p.add_argument("folder", help="output folder with an index (`byol-embed index`); a URL's index is copied once "
                                   "into a local cache")
-    _storage(p)
+    add_storage_option(p)
     query = p.add_mutually_exclusive_group(required=True)
     query.add_argument("--image", help="query image file: embedded with the manifest's model and settings")
     query.add_argument("--id", dest="item_id", help="an id in the set (its own row is left out of the results)")
@@ -125,7 +117,7 @@ def _add_curation(sub) -> None:
     common.add_argument("--nprobe", type=int, default=None,
                         help="IVF lists probed per query beyond --exact-limit (default 16)")
     common.add_argument("--json", action="store_true", help="print the summary as JSON")
-    _storage(common)
+    add_storage_option(common)
     common.add_argument("--no-progress", action="store_true", help="no progress bar")
     p = sub.add_parser("dedup", parents=[common], help="exact and near-duplicate groups",
                        description="Exact duplicates (same bytes) and near-duplicate groups (a kNN graph at cosine "
@@ -161,7 +153,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from hub.storage import parse_storage_options
     from service.embed.job import EmbedSettings, run_job
 
     settings = EmbedSettings(
@@ -170,7 +161,7 @@ def _run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, shard_size=args.shard_size, engine=args.engine, ray_address=args.ray_address,
         workers=args.workers, threads=args.threads, max_pixels=args.max_pixels, path_column=args.path_column,
         image_column=args.image_column, id_column=args.id_column,
-        storage_options=parse_storage_options(args.storage_options), break_lock=args.break_lock,
+        storage_options=args.storage_options, break_lock=args.break_lock,
         overwrite=args.overwrite, revision=args.revision, local_files_only=args.local_files_only,
         progress=not args.no_progress)
     summary = run_job(settings)
@@ -181,11 +172,11 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _index(args: argparse.Namespace) -> int:
-    from hub.storage import join, parse_storage_options
+    from hub.storage import join
     from service.embed.index import build_index
 
     meta = build_index(args.folder, layer=args.layer, factory=args.factory, train_size=args.train_size,
-                       storage_options=parse_storage_options(args.storage_options))
+                       storage_options=args.storage_options)
     print(f"indexed {meta['count']} vectors of {meta['layer']} ({meta['dim']}-d, {meta['factory']}, cosine) in "
           f"{meta['built_s']} s -> {join(args.folder, 'index')}")
     return 0
@@ -219,9 +210,7 @@ def _search(args: argparse.Namespace) -> int:
 
     if args.k <= 0:
         raise HubError(f"-k must be positive, got {args.k}")
-    from hub.storage import parse_storage_options
-
-    index = LoadedIndex.open(args.folder, nprobe=args.nprobe, storage_options=parse_storage_options(args.storage_options))
+    index = LoadedIndex.open(args.folder, nprobe=args.nprobe, storage_options=args.storage_options)
     if args.item_id is not None:
         results = index.search(index.vector_of(args.item_id), args.k, exclude=args.item_id)
     else:
@@ -235,12 +224,12 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _dedup(args: argparse.Namespace) -> int:
-    from hub.storage import join, parse_storage_options
+    from hub.storage import join
     from service.embed.curate import dedup, format_histogram
 
     summary = dedup(args.folder, layer=args.layer, threshold=args.threshold, k=args.k, write_lists=args.write_lists,
                     exact_limit=args.exact_limit, nprobe=args.nprobe, progress=not args.no_progress,
-                    storage_options=parse_storage_options(args.storage_options))
+                    storage_options=args.storage_options)
     if args.json:
         print(json.dumps(summary))
         return 0
@@ -257,12 +246,12 @@ def _dedup(args: argparse.Namespace) -> int:
 
 
 def _outliers(args: argparse.Namespace) -> int:
-    from hub.storage import join, parse_storage_options
+    from hub.storage import join
     from service.embed.curate import outliers
 
     summary = outliers(args.folder, layer=args.layer, k=args.k, threshold=args.threshold,
                        exact_limit=args.exact_limit, nprobe=args.nprobe, progress=not args.no_progress,
-                       storage_options=parse_storage_options(args.storage_options))
+                       storage_options=args.storage_options)
     if args.json:
         print(json.dumps(summary))
         return 0

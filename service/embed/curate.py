@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from hub.storage import Store, as_store
+from hub.storage import as_store
 from service.embed.index import TRAIN_PER_LIST
-from service.embed.shards import EmbedJobError, Manifest, Rows, load_rows
+from service.embed.shards import EmbedJobError, Manifest, Rows, load_rows, write_table
 
 logger = logging.getLogger(__name__)
 
@@ -225,16 +225,6 @@ def format_histogram(hist: dict[str, Any], lo: float = 0.5, width: int = 40) -> 
     return "\n".join(lines)
 
 
-def _write_parquet(table, store: Store, name: str) -> None:
-    """Write a whole file: atomically on disk (rename), as one object on object storage."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    store.write_bytes(name, sink.getvalue().to_pybytes())
-
-
 def dedup(folder: str | Path, *, layer: str = "avgpool", threshold: float = DEFAULT_THRESHOLD, k: int = 16,
           write_lists: bool = False, exact_limit: int = EXACT_LIMIT, nprobe: int | None = None,
           progress: bool = False, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -301,7 +291,7 @@ def dedup(folder: str | Path, *, layer: str = "avgpool", threshold: float = DEFA
         "kind": pa.array([r["kind"] for r in records], pa.string()),
     })
     out = folder.child(CURATION_DIR)
-    _write_parquet(table, out, DUPLICATES_FILE)
+    write_table(out, DUPLICATES_FILE, table)
     nearest = sims[:, 0] if n > 1 else np.zeros(0, np.float32)
     hist = histogram(nearest)
     remove = {r["row"] for r in records if r["row"] != r["representative"]}  # all but each group's representative
@@ -356,7 +346,7 @@ def outliers(folder: str | Path, *, layer: str = "avgpool", k: int = 10, thresho
         "kind": pa.array(["embedded"] * n + ["broken"] * len(broken), pa.string()),
         "error": pa.array([None] * n + [rows.errors[i] for i in broken], pa.string()),
     })
-    _write_parquet(table, folder.child(CURATION_DIR), OUTLIERS_FILE)
+    write_table(folder.child(CURATION_DIR), OUTLIERS_FILE, table)
     top = [{"id": rows.ids[int(rows.embedded[i])], "score": round(float(score[i]), 4)} for i in ranking[:10]]
     return {"layer": layer, "k": k, "images": len(rows.ids), "embedded": n, "broken": len(broken), "search": info,
             "top": top, "broken_ids": [rows.ids[i] for i in broken][:10]}

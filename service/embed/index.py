@@ -134,7 +134,7 @@ def cached_copy(store: Store) -> Path:
         described = store.read_bytes(f"{INDEX_DIR}/{META_FILE}")
     except FileNotFoundError:
         raise EmbedJobError(f"{store} has no index; build one with `byol-embed index {store}`") from None
-    curation = [f"curation/{n}" for n in store.child("curation").names("*")] if store.exists("curation") else []
+    curation = [f"curation/{n}" for n in store.child("curation").names("*")]  # none: an empty listing
     names = [f"{INDEX_DIR}/{INDEX_FILE}", f"{INDEX_DIR}/{IDS_FILE}"] + curation
     key = hashlib.sha256(store.url().encode() + described)
     for name in names:

@@ -312,10 +312,8 @@ def write_shard(folder: Path | Store, manifest: Manifest, rows: ShardRows, *, ma
     table = pa.Table.from_arrays(columns, schema=schema)
     name = shard_name(rows.index)
     if store.remote:
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd")
-        store.write_bytes(name, sink.getvalue().to_pybytes())
-    else:
+        write_table(store, name, table)
+    else:  # streamed to a temporary file (no copy in memory), renamed
         final = store.local_path(name)
         tmp = final.parent / f".{final.stem}.tmp-{os.getpid()}-{threading.get_ident()}"
         pq.write_table(table, tmp, compression="zstd")
@@ -325,6 +323,16 @@ def write_shard(folder: Path | Store, manifest: Manifest, rows: ShardRows, *, ma
     if mark:
         mark_done(store, ack)
     return ack
+
+
+def write_table(store: Store, name: str, table) -> None:
+    """A Parquet file written whole: one object on object storage, an atomic rename on disk."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    store.write_bytes(name, sink.getvalue().to_pybytes())
 
 
 def mark_done(folder: Path | Store, ack: dict[str, Any]) -> None:
