@@ -164,9 +164,9 @@ def _use_it_with(config: ModelConfig) -> str:
                   "vector = extract(image, pool=True)   # avgpool; without pool=True: the last feature map"]
     lines += ["```"]
     if not config.transformers:
-        from hub.interop import transformers_reason
+        from hub.interop import unsupported_reason
 
-        why = transformers_reason(config) or "it was saved with `save_pretrained(..., transformers=False)`"
+        why = unsupported_reason(config) or "it was saved with `save_pretrained(..., transformers=False)`"
         lines += ["", "This folder was saved without the `transformers/` subfolder, so transformers' own "
                   f"`ResNetModel` cannot load it ({why}); the timm route works."]
     return "\n".join(lines)

@@ -19,12 +19,14 @@ from hub.errors import ModelNotFoundError, WeightsIntegrityError, WeightsMismatc
 from hub.files import sha256_file
 from hub.interop import (
     PREPROCESSOR_NAME,
+    PROCESSOR_NAME,
     TRANSFORMERS_DIR,
     TRANSFORMERS_FILES,
     preprocessor_config,
+    processor_config,
     transformers_config,
     transformers_key,
-    transformers_reason,
+    unsupported_reason,
 )
 
 if TYPE_CHECKING:
@@ -149,7 +151,7 @@ class HubIOMixin:
             elif not (onnx_matches and (target / ONNX_NAME).exists()):
                 self.config.onnx = {}  # an ONNX graph made from other weights no longer belongs here
             self.config.transformers = {}
-            if transformers and transformers_reason(self.config) is None:
+            if transformers and unsupported_reason(self.config) is None:
                 self.config.transformers = write_transformers_folder(state, self.config, staging / TRANSFORMERS_DIR)
             self.config.save(staging)
             existing_card = target / CARD_NAME
@@ -231,7 +233,8 @@ def upload_folder(folder: str | Path, repo_id: str, *, token: str | bool | None 
 
 
 def write_transformers_folder(state: dict[str, torch.Tensor], config: ModelConfig, folder: Path) -> dict[str, Any]:
-    """transformers' ``ResNetModel`` folder: config, renamed weights, image processor; returns the record
+    """transformers' ``ResNetModel`` folder: config, renamed weights, image processor (in both of transformers'
+    files, see :mod:`hub.interop`); returns the record
     (file sha256s) that our config keeps."""
     import json
 
@@ -242,6 +245,7 @@ def write_transformers_folder(state: dict[str, torch.Tensor], config: ModelConfi
     save_file(renamed, folder / WEIGHTS_NAME, metadata={"format": "pt"})
     (folder / CONFIG_NAME).write_text(json.dumps(transformers_config(config), indent=2) + "\n")
     (folder / PREPROCESSOR_NAME).write_text(json.dumps(preprocessor_config(config), indent=2) + "\n")
+    (folder / PROCESSOR_NAME).write_text(json.dumps(processor_config(config), indent=2) + "\n")
     return {"subfolder": TRANSFORMERS_DIR, "model_class": "ResNetModel",
             "sha256": {name: sha256_file(folder / name) for name in TRANSFORMERS_FILES}}
 
@@ -260,6 +264,11 @@ def check_transformers_folder(folder: Path, config: ModelConfig) -> None:
         path = sub / name
         if path.exists() and (actual := sha256_file(path)) != expected:
             raise WeightsIntegrityError(f"{TRANSFORMERS_DIR}/{name}", actual, expected)
+    if not (sub / PROCESSOR_NAME).exists():
+        logger.warning("%s/%s has no %s (written from this release on): from transformers 5.25 on, the pipeline "
+                       "on this local folder preprocesses with default values (384 px, mean/std 0.5); re-save it "
+                       "with BYOLModel.from_pretrained(folder).save_pretrained(folder)", folder, TRANSFORMERS_DIR,
+                       PROCESSOR_NAME)
 
 
 def _replace_dir(new: Path, old: Path) -> None:

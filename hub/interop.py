@@ -9,8 +9,13 @@ One folder, three loaders, no ``trust_remote_code``:
   ``classifier: "fc"`` let ``timm.create_model(..., num_classes=10)`` drop the (absent) head and start a new one.
 - **transformers** sees a root config with ``pretrained_cfg`` and no ``model_type`` as a timm model and builds
   ``TimmWrapperModel`` (``AutoModel.from_pretrained``). Its own ``ResNetModel`` loads the ``transformers/``
-  subfolder: a ``ResNetConfig``, the weights renamed to its keys, and a ``preprocessor_config.json`` naming
-  ``ConvNextImageProcessor`` with every value spelled out (its defaults are mean/std 0.5 and size 384).
+  subfolder: a ``ResNetConfig``, the weights renamed to its keys, and our preprocessing as a
+  ``BitImageProcessor`` (resize the shorter side, center crop, rescale, normalize: every value spelled out) in
+  two files that say the same: ``processor_config.json`` (nested under ``image_processor``), which every
+  transformers 5 release reads first, and ``preprocessor_config.json`` for older readers. The nested file is
+  what keeps the pipeline right on a local folder from transformers 5.25 on: there a root ``config.json`` with
+  ``pretrained_cfg`` (ours) makes ``AutoImageProcessor.from_pretrained(root, subfolder=...)`` read the subfolder's
+  ``config.json`` instead of ``preprocessor_config.json``, and fall back to the defaults (384 px, mean/std 0.5).
 - **this project** (``BYOLModel.from_pretrained``) reads its own fields, checks that the timm keys agree with
   them, and checks the subfolder's weights against the sha256 its config records.
 
@@ -30,7 +35,8 @@ from hub.layers import ARCHS
 TIMM_KEYS = ("num_classes", "num_features", "pretrained_cfg")  # the root keys we write for timm
 TRANSFORMERS_DIR = "transformers"
 PREPROCESSOR_NAME = "preprocessor_config.json"
-TRANSFORMERS_FILES = ("config.json", "model.safetensors", PREPROCESSOR_NAME)
+PROCESSOR_NAME = "processor_config.json"
+TRANSFORMERS_FILES = ("config.json", "model.safetensors", PREPROCESSOR_NAME, PROCESSOR_NAME)
 PIL_RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3}
 
 
@@ -43,19 +49,6 @@ def unsupported_reason(config: Any) -> str | None:
         return ("its Haiku 'SAME' padding (tf_same) is not expressible in timm's or transformers' ResNet; re-convert "
                 "with `--padding torch` to accept the documented drift, or load it with BYOLModel.from_pretrained")
     return None
-
-
-# ConvNextImageProcessor center-crops only below 384 (at 384 and above it warps the image to a square)
-PROCESSOR_MAX_CROP = 383
-
-
-def transformers_reason(config: Any) -> str | None:
-    """Why the ``transformers/`` subfolder is not written for this model, or ``None`` when it is."""
-    reason = unsupported_reason(config)
-    if reason is None and config.preprocessing.crop_size > PROCESSOR_MAX_CROP:
-        reason = (f"transformers' ConvNextImageProcessor warps instead of center-cropping at {PROCESSOR_MAX_CROP + 1} "
-                  "px and above, so its pipeline would not match this model's preprocessing")
-    return reason
 
 
 def crop_pct(resize: int, crop: int) -> float:
@@ -176,15 +169,17 @@ def transformers_config(config: Any) -> dict[str, Any]:
 
 
 def preprocessor_config(config: Any) -> dict[str, Any]:
-    """``ConvNextImageProcessor`` with every value spelled out: resize the shorter side to
-    ``int(crop / crop_pct)`` (= our resize), center crop, rescale, normalize, as our preprocessing does."""
+    """``BitImageProcessor`` with every value spelled out, so that no default of any transformers release enters:
+    resize the shorter side to ``resize_size`` (the longer side keeps the aspect ratio, rounded down as
+    torchvision does), center crop ``crop_size``, rescale to [0, 1], normalize, as our preprocessing does."""
     pre = config.preprocessing
     return {
-        "image_processor_type": "ConvNextImageProcessor",
+        "image_processor_type": "BitImageProcessor",
         "do_resize": True,
-        "size": {"shortest_edge": pre.crop_size},
-        "crop_pct": crop_pct(pre.resize_size, pre.crop_size),
+        "size": {"shortest_edge": pre.resize_size},
         "resample": PIL_RESAMPLE[pre.interpolation],
+        "do_center_crop": True,
+        "crop_size": {"height": pre.crop_size, "width": pre.crop_size},
         "do_rescale": True,
         "rescale_factor": 1 / 255,
         "do_normalize": True,
@@ -192,3 +187,8 @@ def preprocessor_config(config: Any) -> dict[str, Any]:
         "image_std": list(pre.std),
         "do_convert_rgb": True,
     }
+
+
+def processor_config(config: Any) -> dict[str, Any]:
+    """transformers' nested processor file: the same image processor under ``image_processor``."""
+    return {"image_processor": preprocessor_config(config)}

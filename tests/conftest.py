@@ -76,6 +76,17 @@ def max_abs_diff(a, b) -> float:
     return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
 
 
+def fake_hub_cache(cache: Path, repo_id: str, folder: Path, commit: str = "c" * 40, ref: str = "main") -> None:
+    """The Hub is the one thing that cannot exist here: a cache laid out as huggingface_hub itself writes it,
+    ``models--org--name/{refs/<ref>, snapshots/<commit>/...}``, which the real loaders then resolve offline."""
+    import shutil
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(folder, repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / ref).write_text(commit)
+
+
 S3_ENV = {"AWS_ACCESS_KEY_ID": "byol-test-access-key", "AWS_SECRET_ACCESS_KEY": "byol-test-secret-0123456789",
           "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -131,3 +142,16 @@ def s3():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def pytest_report_header(config) -> str:
+    """The releases this run tests against (CI runs on whatever pip resolved today)."""
+    from importlib import metadata
+
+    found = []
+    for name in ("torch", "onnxruntime", "transformers", "timm", "ray", "fastapi", "huggingface-hub"):
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            found.append(f"{name} (not installed)")
+    return "releases: " + ", ".join(found)

@@ -1,5 +1,4 @@
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -9,6 +8,7 @@ from safetensors.torch import load_file, save_file
 from hub import BYOLModel
 from hub.config import ModelConfig
 from hub.errors import ModelNotFoundError, WeightsIntegrityError, WeightsMismatchError
+from tests.conftest import fake_hub_cache
 
 
 def test_save_and_load_round_trip(tmp_path, make_model, pixel_batch):
@@ -75,22 +75,14 @@ def test_failed_save_leaves_the_previous_model_intact(tmp_path, make_model, monk
     BYOLModel.from_pretrained(tmp_path / "m")
 
 
-def _fake_hub_cache(cache: Path, repo_id: str, folder: Path, commit: str, ref: str = "main") -> None:
-    """The layout huggingface_hub itself writes: models--org--name/{refs/main, snapshots/<commit>/...}."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    shutil.copytree(folder, repo / "snapshots" / commit)
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / ref).write_text(commit)
-
-
 def test_from_pretrained_resolves_hub_ids_from_the_cache(tmp_path, make_model, pixel_batch):
     cache = tmp_path / "hf-cache"
     model = make_model()
     model.save_pretrained(tmp_path / "m")
     commit_a, commit_b = "a" * 40, "b" * 40
-    _fake_hub_cache(cache, "org/byol-r18", tmp_path / "m", commit_a)
+    fake_hub_cache(cache, "org/byol-r18", tmp_path / "m", commit_a)
     make_model(seed=5).save_pretrained(tmp_path / "m2")
-    _fake_hub_cache(cache, "org/byol-r18", tmp_path / "m2", commit_b, ref="v2")
+    fake_hub_cache(cache, "org/byol-r18", tmp_path / "m2", commit_b, ref="v2")
 
     loaded = BYOLModel.from_pretrained("org/byol-r18", cache_dir=cache, local_files_only=True)
     assert loaded.source == {"id": "org/byol-r18", "revision": commit_a, "folder": loaded.source["folder"]}
@@ -109,7 +101,7 @@ def test_a_pickle_in_a_hub_repo_is_never_loaded(tmp_path, make_model):
     make_model().save_pretrained(tmp_path / "m")
     (tmp_path / "m" / "model.safetensors").unlink()
     torch.save({}, tmp_path / "m" / "pytorch_model.bin")
-    _fake_hub_cache(cache, "org/pickled", tmp_path / "m", "c" * 40)
+    fake_hub_cache(cache, "org/pickled", tmp_path / "m", "c" * 40)
     with pytest.raises(ModelNotFoundError):
         BYOLModel.from_pretrained("org/pickled", cache_dir=cache, local_files_only=True)
 

@@ -21,7 +21,7 @@ import torch
 from hub import BYOLModel, ModelConfig
 from hub.errors import ConfigError, WeightsIntegrityError
 from hub.layers import FEATURE_LAYERS, LAYERS
-from tests.conftest import max_abs_diff, randomize_bn
+from tests.conftest import fake_hub_cache, max_abs_diff, randomize_bn
 
 timm = pytest.importorskip("timm")
 transformers = pytest.importorskip("transformers")
@@ -123,14 +123,6 @@ print(json.dumps({name: {"max_abs": float(np.abs(v - ref).max()), "min_cos": flo
 """
 
 
-def fake_hub_cache(cache: Path, repo_id: str, folder: Path, commit: str = "c" * 40) -> None:
-    """The layout huggingface_hub itself writes: models--org--name/{refs/main, snapshots/<commit>/...}."""
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    shutil.copytree(folder, repo / "snapshots" / commit)
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / "main").write_text(commit)
-
-
 @pytest.mark.slow
 def test_hub_ids_load_in_every_library(saved, tmp_path, photo_paths):
     """The card's snippets, verbatim in spirit: hf-hub:/repo ids resolved from a Hub cache, offline."""
@@ -153,7 +145,8 @@ def test_our_loader_accepts_the_keys_it_writes_and_checks_them(saved, tmp_path):
     data = json.loads((folder / "config.json").read_text())
     assert {"num_classes", "num_features", "pretrained_cfg"} <= set(data) and "model_type" not in data
     assert data["architecture"] == "resnet18" and data["pretrained_cfg"]["classifier"] == "fc"
-    assert data["transformers"]["sha256"].keys() == {"config.json", "model.safetensors", "preprocessor_config.json"}
+    assert data["transformers"]["sha256"].keys() == {"config.json", "model.safetensors", "preprocessor_config.json",
+                                                     "processor_config.json"}
     BYOLModel.from_pretrained(folder)
 
     edited = tmp_path / "edited"
@@ -209,9 +202,9 @@ def test_without_the_subfolder_timm_still_loads_and_the_card_says_so(tmp_path, p
     assert not (tmp_path / "m" / "transformers").exists()
     assert "saved without the `transformers/` subfolder" in (tmp_path / "m" / "README.md").read_text()
     big = BYOLModel(ModelConfig(architecture="resnet18", preprocessing={"resize_size": 438, "crop_size": 384}))
-    big.save_pretrained(tmp_path / "big", onnx=False)  # the processor would warp, not crop: no subfolder
-    assert not (tmp_path / "big" / "transformers").exists()
-    assert "warps instead of center-cropping" in (tmp_path / "big" / "README.md").read_text()
+    big.save_pretrained(tmp_path / "big", onnx=False)  # BitImageProcessor center-crops at any size
+    assert (tmp_path / "big" / "transformers" / "processor_config.json").exists()
+    assert "saved without the `transformers/` subfolder" not in (tmp_path / "big" / "README.md").read_text()
     # re-saving with the subfolder and then without it removes the stale one
     model.save_pretrained(tmp_path / "m2")
     assert (tmp_path / "m2" / "transformers" / "model.safetensors").exists()
@@ -239,8 +232,12 @@ def test_converted_folders_and_the_timm_export_load_in_timm(saved, tmp_path, pix
 
 
 def test_transformers_preprocessor_spells_every_value(saved):
-    pre = json.loads((saved["resnet50"][1] / "transformers" / "preprocessor_config.json").read_text())
-    assert pre["image_processor_type"] == "ConvNextImageProcessor"
-    assert pre["size"] == {"shortest_edge": 224} and int(224 / pre["crop_pct"]) == 256
+    """Both of transformers' files say the same, every value spelled out (no release's default enters)."""
+    sub = saved["resnet50"][1] / "transformers"
+    pre = json.loads((sub / "preprocessor_config.json").read_text())
+    assert json.loads((sub / "processor_config.json").read_text()) == {"image_processor": pre}
+    assert pre["image_processor_type"] == "BitImageProcessor"
+    assert pre["size"] == {"shortest_edge": 256} and pre["crop_size"] == {"height": 224, "width": 224}
+    assert pre["do_resize"] and pre["do_center_crop"] and pre["do_rescale"] and pre["do_normalize"]
     assert pre["image_mean"] == pytest.approx([0.485, 0.456, 0.406]) and pre["resample"] == 2
     assert np.isclose(pre["rescale_factor"], 1 / 255)
