@@ -67,6 +67,30 @@ def _autoscale(text: str | None) -> tuple[int, int] | None:
     return int(low), int(high)
 
 
+READY_WAIT_S = 120.0
+
+
+def _wait_until_ready(host: str, port: int, stop, timeout_s: float = READY_WAIT_S) -> bool:
+    """Poll ``/ready`` through this node's proxy until it answers 200 (True), a signal arrives or ``timeout_s``
+    passes (False)."""
+    import time
+    import urllib.error
+    import urllib.request
+
+    target = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+    url = f"http://[{target}]:{port}/ready" if ":" in target else f"http://{target}:{port}/ready"
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and not stop.is_set():
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return True
+        except (urllib.error.URLError, OSError):
+            pass
+        stop.wait(0.5)
+    return False
+
+
 def _run_ray(settings, args) -> int:
     """``--engine ray``: deploy on Ray Serve, wait for SIGTERM / Ctrl-C, delete the application, stop what we
     started."""
@@ -100,6 +124,11 @@ def _run_ray(settings, args) -> int:
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port}, proxy_location=args.proxy_location)
         serve.run(build(settings.portable(), **options), name=APP_NAME, route_prefix="/")
+        # the line below is the readiness signal scripts and tests wait for: print it once this node's proxy
+        # answers /ready, not merely once the replicas run
+        if not _wait_until_ready(settings.host, settings.port, stop):
+            logger.warning("this node's Serve proxy did not answer /ready on port %d within %g s; it may still come "
+                           "up", settings.port, READY_WAIT_S)
         status = serve.status().applications[APP_NAME]
         replicas = sum(d.replica_states.get("RUNNING", 0) for d in status.deployments.values())
         print(f"byol-serve: Ray Serve application {APP_NAME!r} {status.status} with {replicas} replica(s) on "
