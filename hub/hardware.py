@@ -10,6 +10,7 @@ turns bf16 autocast on (on a CPU without native bf16, bf16 autocast measured 7x 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import platform
 import sys
@@ -66,6 +67,39 @@ def has_vnni() -> bool:
     return bool({"avx512_vnni", "avx_vnni"} & cpu_flags())
 
 
+def _cgroup_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs the cgroup's CFS quota allows (cgroup v2 ``cpu.max``, then v1 ``cpu.cfs_quota_us``), or ``None``."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this process may actually use: a container's CPU quota (a pod's ``limits.cpu``), then the
+    affinity mask (``taskset``, cpusets), then the machine's count. ``os.cpu_count()`` is the host's count, so
+    pools sized from it on a 64-core node with a 2-CPU limit run 64 threads on 2 CPUs' time.
+
+        >>> usable_cpus() >= 1
+        True
+    """
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        count = os.cpu_count() or 1
+    quota = _cgroup_quota(cgroup_root)
+    if quota is not None:
+        count = min(count, max(1, math.ceil(quota)))
+    return max(1, count)
+
+
 def cpu_summary() -> str:
     """One line to print beside a benchmark figure, e.g.
     ``AMD EPYC, 2 cores; avx2 yes, avx512f yes, avx512_bf16 no, amx_bf16 no, ...; native bf16 no, vnni no``."""
@@ -73,5 +107,7 @@ def cpu_summary() -> str:
     listed = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in RELEVANT_FLAGS)
     torch = sys.modules.get("torch")  # never import torch just to describe the CPU
     capability = f"; torch capability {torch.backends.cpu.get_cpu_capability()}" if torch is not None else ""
-    return (f"{cpu_model()}, {os.cpu_count()} cores{capability}; {listed}; "
+    usable = usable_cpus()
+    cores = f"{os.cpu_count()} cores" + (f" ({usable} usable)" if usable != os.cpu_count() else "")
+    return (f"{cpu_model()}, {cores}{capability}; {listed}; "
             f"native bf16 {'yes' if native_bf16() else 'no'}, vnni {'yes' if has_vnni() else 'no'}")

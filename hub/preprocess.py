@@ -10,6 +10,7 @@ center crop (torchvision's rounding) -> [0, 1] -> normalize -> NCHW float32.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import re
@@ -27,12 +28,61 @@ _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.
 DEFAULT_MAX_PIXELS = 50_000_000
 
 
+# What the server and the jobs decode: Pillow's other plugins (EPS through Ghostscript, PSD, ICNS, FITS, ...) are
+# never reachable from an upload
+FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+
+
+@contextlib.contextmanager
+def _decode_errors():
+    """Any failure while reading an image becomes one :class:`ImageDecodeError` (none of PIL's many types escape)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageDecodeError(f"image refused as a decompression bomb: {err}", too_large=True) from None
+    except Exception as err:
+        detail = re.sub(r" <[^<>]* at 0x[0-9a-f]+>", "", str(err))  # no object address: the same bytes, the same message
+        raise ImageDecodeError(f"not a decodable image ({type(err).__name__}: {detail}); "
+                               "send JPEG, PNG, GIF, BMP, TIFF or WebP bytes") from None
+
+
+def open_image(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Read only the header: the format (one of :data:`FORMATS`) and the size, refused above ``max_pixels``
+    before any pixel is decoded, so decompression bombs cost nothing. ``img.size`` tells a caller what the
+    decode will cost before it calls :func:`load_image`."""
+    if not data:
+        raise ImageDecodeError("empty image (0 bytes)")
+    with _decode_errors():
+        img = Image.open(io.BytesIO(data), formats=FORMATS)
+        width, height = img.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageDecodeError(
+                f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}", too_large=True
+            )
+    return img
+
+
+def load_image(img: Image.Image, *, draft_min_side: int | None = None) -> Image.Image:
+    """Decode the pixels of an :func:`open_image` result (its first frame) into an RGB ``PIL.Image``."""
+    with _decode_errors():
+        img.seek(0)
+        width, height = img.size
+        if draft_min_side and img.format == "JPEG" and min(width, height) >= 2 * draft_min_side:
+            img.draft(img.mode, (draft_min_side, draft_min_side))
+        img.load()
+    return to_rgb(img)
+
+
 def decode_image(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  draft_min_side: int | None = None) -> Image.Image:
     """Decode bytes into an RGB ``PIL.Image``; raise :class:`ImageDecodeError` on anything else.
 
     ``max_pixels`` is checked on the header, before any pixel is decoded, so decompression bombs
-    are refused cheaply. Animated images give their first frame.
+    are refused cheaply. Animated images give their first frame. Only :data:`FORMATS` are opened.
 
     ``draft_min_side`` (off by default: the exact path matches torchvision's eval transform): a JPEG whose
     shorter side is at least twice this is decoded at a reduced scale in the DCT domain (libjpeg's scaled
@@ -40,30 +90,7 @@ def decode_image(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     at 1/8 of the cost; the pixels differ slightly from a full decode + antialiased resize (the cosine of the
     embeddings is measured in the README). EXIF orientation is applied after, as on the exact path.
     """
-    if not data:
-        raise ImageDecodeError("empty image (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if max_pixels is not None and width * height > max_pixels:
-                raise ImageDecodeError(
-                    f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}", too_large=True
-                )
-            img.seek(0)
-            if draft_min_side and img.format == "JPEG" and min(width, height) >= 2 * draft_min_side:
-                img.draft(img.mode, (draft_min_side, draft_min_side))
-            img.load()
-    except ImageDecodeError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageDecodeError(f"image refused as a decompression bomb: {err}", too_large=True) from None
-    except Exception as err:  # PIL raises many types for corrupt input; none of them may escape
-        detail = re.sub(r" <[^<>]* at 0x[0-9a-f]+>", "", str(err))  # no object address: the same bytes, the same message
-        raise ImageDecodeError(f"not a decodable image ({type(err).__name__}: {detail}); "
-                               "send JPEG, PNG, GIF, BMP, TIFF or WebP bytes") from None
-    return to_rgb(img)
+    return load_image(open_image(data, max_pixels=max_pixels), draft_min_side=draft_min_side)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -73,15 +100,36 @@ def to_rgb(img: Image.Image) -> Image.Image:
     except Exception:  # a broken EXIF block should not cost the image
         pass
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if (img.mode.startswith("I;16") or arr.max(initial=0) > 255) else 255.0
-        arr = np.clip(arr * (255.0 / peak), 0, 255).round().astype(np.uint8)
-        img = Image.fromarray(arr)  # uint8 2-D -> "L"
+        img = Image.fromarray(_to_uint8(np.asarray(img), sixteen_bit=img.mode.startswith("I;16")))  # -> "L"
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode != "RGB":
         img = img.convert("RGB")
     return img
+
+
+_ROWS_PER_STEP = 256  # a 36-megapixel 16-bit image converts through ~8 MB of temporaries, not ~1 GB of float64
+
+
+def _to_uint8(arr: np.ndarray, *, sixteen_bit: bool) -> np.ndarray:
+    """A 2-D 16-bit, 32-bit integer or float image -> uint8: 16-bit (and any image whose values pass 255) is
+    scaled from 0..65535, others are taken as 0..255; clipped, rounded to the nearest level. Done a band of rows
+    at a time, in integers for 16-bit and float32 otherwise, so the temporaries stay a few MB whatever the size."""
+    out = np.empty(arr.shape, np.uint8)
+    if sixteen_bit:
+        for top in range(0, arr.shape[0], _ROWS_PER_STEP):
+            band = arr[top:top + _ROWS_PER_STEP].astype(np.uint32)
+            out[top:top + _ROWS_PER_STEP] = (band * 255 + 32767) // 65535  # exact: x / 257 never ends in .5
+        return out
+    peak = 65535.0 if arr.size and float(np.nanmax(arr)) > 255 else 255.0
+    scale = np.float32(255.0 / peak)
+    for top in range(0, arr.shape[0], _ROWS_PER_STEP):
+        band = np.nan_to_num(arr[top:top + _ROWS_PER_STEP].astype(np.float32), nan=0.0, posinf=255.0 / scale,
+                             neginf=0.0)
+        band *= scale
+        np.clip(band, 0, 255, out=band)
+        out[top:top + _ROWS_PER_STEP] = np.rint(band)
+    return out
 
 
 def resize_shorter(img: Image.Image, size: int, interpolation: str = "bilinear") -> Image.Image:

@@ -17,7 +17,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service.backends import Backend, build_planned_backend, inference_plan, resolve_for_backend
 from service.engine import BatchEngine
-from service.errors import DrainingError, error_response, install_error_handlers
+from service.errors import DrainingError, ServiceError, error_response, install_error_handlers
 from service.routes_embed import router as embed_router
 from service.routes_ops import router as ops_router
 from service.routes_search import router as search_router
@@ -29,12 +29,15 @@ logger = logging.getLogger("service")
 access_log = logging.getLogger("service.access")
 KNOWN_ROUTES = {"/embed", "/v1/embeddings", "/v1/models", "/info", "/health", "/ready", "/metrics", "/search", "/",
                 "/ui", "/curation", "/curation/duplicates", "/curation/outliers"}
-WORK_ROUTES = {"/embed", "/v1/embeddings", "/search"}  # refused while draining; counted in flight
+WORK_ROUTES = {"/embed", "/v1/embeddings", "/search"}  # refused while draining
+PROBES = {"/health", "/ready", "/metrics"}  # never refused, never counted in flight (every other route is)
 DOCS_STATIC = "/docs-static"
 
 
 class RequestMiddleware:
-    """Request ids, the body size limit, metrics and structured access logs, as plain ASGI."""
+    """Request ids, admission (requests and body bytes in flight, checked before the body is read), the body
+    size limit, metrics and structured access logs, as plain ASGI. Every answer goes through here, an unhandled
+    error's 500 included, so each one carries its request id and reaches the metrics and the access log."""
 
     def __init__(self, app, state: ServiceState) -> None:
         self.app, self.state = app, state
@@ -46,28 +49,30 @@ class RequestMiddleware:
         request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
         path = scope.get("path", "")
         route = path if path in KNOWN_ROUTES else "other"
-        start, status = time.perf_counter(), 500
+        start, status, answered = time.perf_counter(), 500, False
+        scope.setdefault("state", {})["started"] = time.monotonic()  # the request's deadline counts from here
         limit = self.state.settings.max_body_bytes
 
         async def send_wrapper(message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, answered = message["status"], True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode("latin-1"))]
             await send(message)
 
-        try:
-            length = int(headers.get(b"content-length", b"0") or 0)
-        except ValueError:
-            length = 0
-        working = path in WORK_ROUTES
-        if working and self.state.draining:
-            err = DrainingError()
-            await error_response(err.status, err.code, err.message, headers=err.headers)(scope, receive, send_wrapper)
+        length = _body_length(headers, limit)
+        counted = path not in PROBES
+        refusal: ServiceError | None = None
+        if path in WORK_ROUTES and self.state.draining:
+            refusal = DrainingError()
         elif length > limit:
-            response = error_response(413, "body_too_large", f"request body is {length} bytes; the limit is {limit}")
-            await response(scope, receive, send_wrapper)
+            refusal = ServiceError(413, "body_too_large", f"request body is {length} bytes; the limit is {limit}")
+        elif counted:
+            refusal = self.state.admission.try_admit(length)
+        if refusal is not None:
+            await error_response(refusal.status, refusal.code, refusal.message, headers=refusal.headers)(
+                scope, receive, send_wrapper)
         else:
             received = 0
 
@@ -76,27 +81,39 @@ class RequestMiddleware:
                 message = await receive()
                 received += len(message.get("body", b""))
                 if received > limit:
-                    from service.errors import ServiceError
-
                     raise ServiceError(413, "body_too_large", f"request body exceeds the limit of {limit} bytes")
                 return message
 
-            if working:
-                self.state.in_flight += 1
             try:
                 await self.app(scope, receive_limited, send_wrapper)
+            except Exception:
+                logger.exception("unhandled error on %s (request %s)", path, request_id)
+                if answered:
+                    raise  # the response has begun: nothing left to say but to drop the connection
+                await error_response(500, "internal_error", "internal error; see the server log")(
+                    scope, receive, send_wrapper)
             finally:
-                if working:
-                    self.state.in_flight -= 1
+                if counted:
+                    self.state.admission.release(length)
                     if self.state.draining:
                         self.state.finished_while_draining += 1
         elapsed = time.perf_counter() - start
         metrics = self.state.metrics
         metrics.requests.labels(route, str(status)).inc()
         metrics.latency.labels(route).observe(elapsed)
-        if route not in ("/health", "/ready", "/metrics"):
+        if route not in PROBES:
             access_log.info(json.dumps({"request_id": request_id, "method": scope.get("method"), "path": path,
                                         "status": status, "ms": round(elapsed * 1000, 1)}))
+
+
+def _body_length(headers: dict[bytes, bytes], limit: int) -> int:
+    """The body's size as announced; a chunked body (no Content-Length) may be as large as the limit."""
+    if b"content-length" not in headers:
+        return limit if b"transfer-encoding" in headers else 0
+    try:
+        return int(headers[b"content-length"])
+    except ValueError:
+        return limit
 
 
 def create_app(settings: ServiceSettings | None = None, backend: Backend | None = None) -> FastAPI:

@@ -13,7 +13,8 @@ import numpy as np
 
 from hub.config import ModelConfig
 from hub.errors import ImageDecodeError
-from hub.preprocess import decode_image, preprocess_one
+from hub.preprocess import load_image, open_image, preprocess_one
+from service.admission import DecodeTicket
 from service.engine import BatchEngine
 from service.errors import ServiceError, image_error
 
@@ -37,21 +38,63 @@ def decode_base64_image(text: str, index: int) -> bytes:
 
 
 def decode_and_preprocess(blobs: list[bytes], config: ModelConfig, max_pixels: int, on_error=None,
-                          fast_jpeg: bool = False) -> np.ndarray:
+                          fast_jpeg: bool = False, ticket: DecodeTicket | None = None) -> np.ndarray:
     """Decode every image (any failure names its index) -> ``(N, 3, H, W)`` float32.
 
-    ``fast_jpeg``: large JPEGs are decoded at a reduced scale in the DCT domain (``--fast-jpeg-decode``)."""
+    ``fast_jpeg``: large JPEGs are decoded at a reduced scale in the DCT domain (``--fast-jpeg-decode``).
+    ``ticket`` (the server's): each image's pixels are reserved from the server's decode budget on its header,
+    before it is decoded, and released once it is preprocessed; the request's deadline and its client's
+    disconnect stop the loop between images."""
     rows = []
     draft = config.preprocessing.resize_size if fast_jpeg else None
     for index, blob in enumerate(blobs):
+        held = 0
         try:
-            rows.append(preprocess_one(decode_image(blob, max_pixels=max_pixels, draft_min_side=draft),
-                                       config.preprocessing))
+            img = open_image(blob, max_pixels=max_pixels)
+            if ticket is not None:
+                pixels = img.size[0] * img.size[1]
+                ticket.reserve(pixels, index)
+                held = pixels
+            rows.append(preprocess_one(load_image(img, draft_min_side=draft), config.preprocessing))
         except ImageDecodeError as err:
             if on_error:
                 on_error()
             raise image_error(err, index) from None
+        finally:
+            if held:
+                ticket.budget.release(held)
     return np.stack(rows)
+
+
+async def wait_for_client(awaitable, timeout: float, disconnected=None, *, on_stop=None):
+    """Await ``awaitable`` for at most ``timeout`` seconds while its client is connected: 504 at the timeout,
+    499 once ``disconnected()`` says the client is gone; ``on_stop`` is called in both cases (to drop the
+    work)."""
+    task = asyncio.ensure_future(awaitable)
+    watcher = None
+    try:
+        waiting = {task}
+        if disconnected is not None:
+            async def watch() -> None:
+                while not await disconnected():
+                    await asyncio.sleep(0.05)
+
+            watcher = asyncio.create_task(watch())
+            waiting.add(watcher)
+        done, _ = await asyncio.wait(waiting, timeout=max(timeout, 0), return_when=asyncio.FIRST_COMPLETED)
+        if task not in done:
+            if on_stop is not None:
+                on_stop()
+            if watcher is not None and watcher in done:
+                raise ServiceError(499, "client_closed", "the client disconnected")
+            raise ServiceError(504, "timeout", "the request ran out of time (request_timeout_s, or the drain "
+                               "budget while the server shuts down)")
+        return task.result()
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        if not task.done():
+            task.cancel()
 
 
 async def run_images(engine: BatchEngine, pixels: np.ndarray, timeout: float,
@@ -59,31 +102,18 @@ async def run_images(engine: BatchEngine, pixels: np.ndarray, timeout: float,
     """Submit and wait; on timeout or client disconnect the images are dropped from the queue."""
     futures = engine.submit(pixels)
     gathered = asyncio.gather(*futures)
-    watcher = None
-    try:
-        if disconnected is not None:
-            async def watch() -> None:
-                while not await disconnected():
-                    await asyncio.sleep(0.05)
 
-            watcher = asyncio.create_task(watch())
-            done, _ = await asyncio.wait({gathered, watcher}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            if gathered not in done:
-                raise ServiceError(499 if watcher in done else 504, "client_closed" if watcher in done else "timeout",
-                                   "the client disconnected" if watcher in done else
-                                   f"the request took longer than {timeout:g} s")
-            return gathered.result()
-        return await asyncio.wait_for(gathered, timeout)
-    except TimeoutError:
-        raise ServiceError(504, "timeout", f"the request took longer than {timeout:g} s") from None
-    except RuntimeError as err:
-        raise ServiceError(500, "inference_failed", str(err)) from None
-    finally:
+    def drop() -> None:
         for fut in futures:
             if not fut.done():
                 fut.cancel()
-        if watcher is not None:
-            watcher.cancel()
+
+    try:
+        return await wait_for_client(gathered, timeout, disconnected, on_stop=drop)
+    except RuntimeError as err:
+        raise ServiceError(500, "inference_failed", str(err)) from None
+    finally:
+        drop()
         if not gathered.done():
             gathered.cancel()
 

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import numpy as np
 import orjson
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
-from service.embedding import decode_and_preprocess, run_images
+from service.admission import DecodeTicket
+from service.embedding import decode_and_preprocess, run_images, wait_for_client
 from service.errors import ServiceError
 from service.state import ServiceState
 
@@ -46,10 +48,26 @@ async def read_form(request: Request, *, max_files: int, max_fields: int):
 
 
 async def embed_blobs(state: ServiceState, request: Request, blobs: list[bytes]) -> list[dict[str, np.ndarray]]:
-    """Decode in the decode pool (the server's limits and decode setting), then through the batching engine."""
+    """Decode in the decode pool (the server's limits, its pixel budget and decode setting), then through the
+    batching engine; both stages count toward the request's deadline and stop when its client is gone."""
     settings = state.settings
+    started = request_started(request)
+    ticket = DecodeTicket(state.pixels, settings.max_request_pixels, lambda: state.deadline(started))
     loop = asyncio.get_running_loop()
-    pixels = await loop.run_in_executor(state.decode_pool, decode_and_preprocess, blobs, state.config,
-                                        settings.max_pixels, state.metrics.decode_errors.inc,
-                                        settings.fast_jpeg_decode)
-    return await run_images(state.engine, pixels, settings.request_timeout_s, request.is_disconnected)
+    decoding = loop.run_in_executor(state.decode_pool, decode_and_preprocess, blobs, state.config,
+                                    settings.max_pixels, state.metrics.decode_errors.inc,
+                                    settings.fast_jpeg_decode, ticket)
+
+    def stop_decoding() -> None:
+        ticket.cancelled.set()  # the decode thread stops before its next image (or its wait for pixels)
+        decoding.cancel()  # not started yet: never starts
+
+    pixels = await wait_for_client(decoding, state.deadline(started) - time.monotonic(), request.is_disconnected,
+                                   on_stop=stop_decoding)
+    return await run_images(state.engine, pixels, state.deadline(started) - time.monotonic(),
+                            request.is_disconnected)
+
+
+def request_started(request: Request) -> float:
+    """When the request middleware admitted this request (``time.monotonic()``); now, for apps without it."""
+    return request.scope.get("state", {}).get("started", time.monotonic())

@@ -36,6 +36,19 @@ class ServiceSettings(BaseSettings):
     max_images: int = Field(32, ge=1, description="images per request")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1, description="request body size limit")
     max_pixels: int = Field(40_000_000, ge=1, description="pixels per image, checked before decoding")
+    max_request_pixels: int = Field(
+        400_000_000, ge=1, description="pixels per request (all its images), checked on each header before "
+        "decoding; beyond, 413")
+    max_decode_pixels: int = Field(
+        120_000_000, ge=1, description="pixels being decoded at once across the server (decoded pixels are what "
+        "costs memory: ~3 bytes each as RGB, more on the way from 16-bit); a decode waits for room within its "
+        "request's deadline. Sized for the 3 GiB pod of docker/k8s; an image larger than this decodes alone")
+    max_concurrent_requests: int = Field(
+        64, ge=1, description="requests in flight at most (every route but /health, /ready and /metrics); "
+        "beyond, 503 with Retry-After before the body is read")
+    max_inflight_bytes: int = Field(
+        128 * 1024 * 1024, ge=1, description="request body bytes in flight at most (by Content-Length; a chunked "
+        "body counts as max_body_bytes); beyond, 503 with Retry-After before the body is read")
     fast_jpeg_decode: bool = Field(
         False, description="decode JPEGs at least twice the resize target at a reduced scale in the DCT domain "
         "(12-megapixel phone photos decode ~8x faster; embeddings differ slightly from the exact path, cosine in "

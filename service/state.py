@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -11,11 +10,15 @@ from typing import Annotated, Any
 from fastapi import Depends, Header, Request
 
 from hub.config import ModelConfig
+from hub.hardware import usable_cpus
+from service.admission import Admission, PixelBudget
 from service.backends.base import Backend
 from service.engine import BatchEngine
 from service.errors import ServiceError
 from service.metrics import Metrics
 from service.settings import ServiceSettings
+
+DRAIN_MARGIN_S = 1.0  # how long before the drain budget ends admitted work is cut, to leave time for the answers
 
 
 @dataclass
@@ -30,19 +33,42 @@ class ServiceState:
     plan: Any = None  # service.backends.InferencePlan, set by the lifespan
     ready: bool = False
     draining: bool = False  # SIGTERM: refuse new work, finish what is in flight, then exit
-    in_flight: int = 0  # admitted /embed, /v1/embeddings and /search requests not answered yet
+    drain_started: float | None = None  # time.monotonic() of the signal: deadlines are cut to the drain budget
+    admission: Admission = None  # requests and body bytes in flight (set from the settings)
+    pixels: PixelBudget = None  # pixels being decoded (set from the settings)
     finished_while_draining: int = 0
     search_index: Any = None  # service.embed.index.LoadedIndex when --index is set
     model_folder: Any = None  # the resolved model folder (its card for GET /)
     thumbnails: Any = None  # service.thumbs.Thumbnails of the search index (GET /thumb)
     serving_unit: str | None = None  # one replica of several (Ray Serve): who this process is, for /metrics
     started: int = field(default_factory=lambda: int(time.time()))
+    # sized from the CPUs this process may use (a container's quota), not the host's count
     decode_pool: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2),
-                                                   thread_name_prefix="byol-decode"))
+        default_factory=lambda: ThreadPoolExecutor(max_workers=max(2, usable_cpus()), thread_name_prefix="byol-decode"))
+
+    def __post_init__(self) -> None:
+        if self.admission is None:
+            self.admission = Admission(self.settings.max_concurrent_requests, self.settings.max_inflight_bytes)
+        if self.pixels is None:
+            self.pixels = PixelBudget(self.settings.max_decode_pixels)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests admitted and not answered yet (every route but the probes and /metrics)."""
+        return self.admission.requests
 
     def begin_drain(self) -> None:
         self.draining, self.ready = True, False
+        self.drain_started = time.monotonic()
+
+    def deadline(self, started: float) -> float:
+        """When a request admitted at ``started`` (``time.monotonic()``) must be answered: ``request_timeout_s``
+        after it came, or, once a drain has begun, a second before the drain budget runs out (so that admitted
+        work ends with an answer rather than a cancelled connection)."""
+        end = started + self.settings.request_timeout_s
+        if self.drain_started is not None:
+            end = min(end, self.drain_started + self.settings.drain_timeout_s - DRAIN_MARGIN_S)
+        return end
 
     @property
     def drained(self) -> bool:

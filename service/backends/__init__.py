@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from hub.config import CARD_NAME, ONNX_INT8_NAME, ONNX_NAME, WEIGHTS_NAME
+from hub.hardware import usable_cpus
 from hub.hub_io import ResolvedModel, resolve_model
 from service.backends.base import Backend
 from service.settings import ServiceSettings
@@ -36,7 +36,7 @@ def inference_plan(settings: ServiceSettings) -> InferencePlan:
     """Streams and threads for the server (``inference_streams``, ``threads``). Only ONNX Runtime on a CPU runs
     several batches at once (its session runs are concurrent and each brings its own threads); torch shares one
     intra-op pool between callers, and a GPU is fed best by one stream."""
-    threads = settings.threads or os.cpu_count() or 1
+    threads = settings.threads or usable_cpus()  # a container's CPU quota, then affinity
     concurrent = settings.backend == "onnx" and not settings.device.startswith("cuda")
     streams = min(settings.inference_streams or 2, threads) if concurrent else 1
     return InferencePlan(streams, max(1, threads // streams))

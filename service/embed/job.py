@@ -10,7 +10,6 @@ URLs (``s3://...``): see :mod:`hub.storage`.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import signal
 import threading
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hub.hardware import usable_cpus
 from hub.hub_io import ResolvedModel
 from hub.layers import check_layers, output_name, serving_outputs
 from hub.sources import ImageSource, open_source
@@ -321,7 +321,7 @@ def _run_local(settings: EmbedSettings, source: ImageSource, manifest: Manifest,
 
     from service.embed.pipeline import embed_shard, read_ahead
 
-    workers = settings.workers or max(2, (os.cpu_count() or 2))
+    workers = settings.workers or max(2, usable_cpus())
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="byol-decode") as pool:
         # one read-ahead over every shard to do: decoding runs on into the next shard while this one finishes
         indices = itertools.chain.from_iterable(range(s["start"], s["stop"]) for s in shards)

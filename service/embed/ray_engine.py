@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from typing import Any
 
+from hub.hardware import usable_cpus
 from service.embed.shards import EmbedJobError, Manifest, write_shard
 
 logger = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def _init(address: str | None) -> bool:
         return False
     if address in (None, "", "local"):
         ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 num_cpus=os.cpu_count() or 2)
+                 num_cpus=max(2, usable_cpus()))
     else:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
     return True
