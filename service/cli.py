@@ -201,8 +201,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as err:
         print(f"byol-serve: invalid settings: {err}", file=sys.stderr)
         return 2
+    if (problem := settings.auth_problem()) is not None:
+        print(f"byol-serve: refusing to start: {problem}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         force=True)
+    if not settings.api_keys:
+        logging.getLogger("service").warning(
+            "AUTHENTICATION IS OFF: no API keys, every client on %s may call every route%s", settings.host,
+            " (--allow-no-auth)" if settings.allow_no_auth else "")
     if args.engine == "ray":
         return _run_ray(settings, args)
     app = create_app(settings)

@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ServiceSettings(BaseSettings):
     """Settings of the embedding server. Each field reads ``BYOL_<NAME>`` (e.g. ``BYOL_MODEL``)."""
 
-    model_config = SettingsConfigDict(env_prefix="BYOL_", extra="ignore")
+    # hide_input_in_errors: an invalid setting's message never echoes its value (a key, a storage option)
+    model_config = SettingsConfigDict(env_prefix="BYOL_", extra="ignore", hide_input_in_errors=True)
 
     model: str = Field("models/default", description="model folder or Hub repo id (org/name)")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit)")
@@ -58,7 +59,12 @@ class ServiceSettings(BaseSettings):
         25.0, gt=0, description="on SIGTERM (or Ctrl-C): /ready answers 503 at once, new /embed, /v1/embeddings and "
         "/search requests get 503 with Retry-After, the requests in flight and queued finish; the process exits 0 "
         "once drained or after this many seconds (keep it below the orchestrator's grace period)")
-    api_keys: list[str] = Field(default_factory=list, description="accepted Bearer keys (empty: no auth)")
+    api_keys: list[str] = Field(
+        default_factory=list, repr=False, description="accepted Bearer keys; none: no authentication, which a "
+        "server bound beyond loopback refuses unless --allow-no-auth says so. Empty keys are refused")
+    allow_no_auth: bool = Field(
+        False, description="serve without API keys on a non-loopback address (behind a gateway that "
+        "authenticates); without it such a server refuses to start")
     cors_origins: list[str] = Field(default_factory=list, description="origins allowed by CORS")
     host: str = Field("127.0.0.1", description="bind address")
     port: int = Field(8000, description="port")
@@ -73,6 +79,23 @@ class ServiceSettings(BaseSettings):
     search_return_paths: bool = Field(False, description="/search also returns each result's stored path (off: ids only)")
     search_nprobe: int | None = Field(None, ge=1, description="IVF lists probed per /search query (default: FAISS's)")
 
+    @field_validator("api_keys")
+    @classmethod
+    def _no_empty_key(cls, keys: list[str]) -> list[str]:
+        if any(not key.strip() for key in keys):
+            raise ValueError("an API key is empty (an unset variable in --api-keys \"$KEY\", or a blank line): it "
+                             "would accept 'Bearer ' with nothing after it; give non-empty keys, or none at all")
+        return keys
+
+    def auth_problem(self) -> str | None:
+        """Why this server must not start as configured, or ``None``: no keys on an address beyond loopback,
+        unless ``allow_no_auth`` says so."""
+        if self.api_keys or self.allow_no_auth or is_loopback(self.host):
+            return None
+        return (f"no API keys, and the server would listen on {self.host!r}, beyond this machine: anyone who can "
+                "reach it could use it. Set --api-keys / BYOL_API_KEYS (a JSON list), bind to 127.0.0.1, or say "
+                "--allow-no-auth / BYOL_ALLOW_NO_AUTH=true if a gateway in front authenticates")
+
     def portable(self) -> dict[str, Any]:
         """The settings for processes started elsewhere (Ray Serve replicas, Ray actors): every value resolved
         here (they may run on nodes without this shell's BYOL_* variables), local paths made absolute (their
@@ -82,3 +105,15 @@ class ServiceSettings(BaseSettings):
             if values.get(key) and "://" not in values[key] and Path(values[key]).exists():
                 values[key] = str(Path(values[key]).resolve())
         return values
+
+
+def is_loopback(host: str) -> bool:
+    """``127.0.0.1``, ``::1``, ``localhost`` (and the rest of 127/8); ``0.0.0.0``, ``::`` and names are not."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -89,14 +89,15 @@ def ready_state(request: Request) -> ServiceState:
 
 
 def check_api_key(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
-    """Bearer API keys, compared in constant time; no keys configured means no authentication."""
+    """Bearer API keys, compared in constant time; an empty token never matches. No keys configured means no
+    authentication (refused at start beyond loopback unless ``allow_no_auth``, and logged loudly)."""
     import hmac
 
     keys = request.app.state.service.settings.api_keys
     if not keys:
         return
     scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
+    if scheme.lower() != "bearer" or not token.strip() or not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
         raise ServiceError(401, "unauthorized", "missing or invalid API key; send 'Authorization: Bearer <key>'",
                            headers={"WWW-Authenticate": "Bearer"})
 

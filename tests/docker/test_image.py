@@ -117,7 +117,12 @@ def test_container_serves_the_same_numbers_as_the_local_server(image, model_fold
     blob = image_bytes(photos[0], "JPEG", quality=92)
     port = _free_port()
     name = f"byol-test-{uuid.uuid4().hex[:8]}"
+    # the image binds 0.0.0.0 and states BYOL_ALLOW_NO_AUTH=false: without keys it refuses to start
+    refused = _docker("run", "--rm", "--network", "host", "-e", f"BYOL_PORT={port}", image, check=False)
+    assert refused.returncode == 2 and "refusing to start: no API keys" in refused.stderr, refused.stderr[-2000:]
+    auth = {"Authorization": "Bearer test-key-0123"}
     _docker("run", "-d", "--name", name, "--network", "host", "-e", f"BYOL_PORT={port}", "-e", "BYOL_THREADS=2",
+            "-e", 'BYOL_API_KEYS=["test-key-0123"]',
             "-v", f"{model_folder}:/models/default:ro", "-v", f"{index_folder}:/index:ro", "-e", "BYOL_INDEX=/index",
             image)
     try:
@@ -131,12 +136,16 @@ def test_container_serves_the_same_numbers_as_the_local_server(image, model_fold
         logs = _docker("logs", name, check=False)
         assert status.startswith("healthy"), (status, logs.stdout[-2000:], logs.stderr[-2000:])
         url = f"http://127.0.0.1:{port}"
+        anonymous = httpx.post(url + "/embed?layers=avgpool", files=[("images", ("p.jpg", blob, "image/jpeg"))],
+                               timeout=60)
+        assert anonymous.status_code == 401, anonymous.text
         remote = httpx.post(url + "/embed?layers=feature3,avgpool&pooling=mhead",
-                            files=[("images", ("p.jpg", blob, "image/jpeg"))], timeout=60)
+                            files=[("images", ("p.jpg", blob, "image/jpeg"))], headers=auth, timeout=60)
         assert remote.status_code == 200, remote.text
-        info = httpx.get(url + "/info").json()
+        info = httpx.get(url + "/info", headers=auth).json()
         assert info["backend"] == "onnx" and info["search"]["count"] == len(photos)
-        found = httpx.post(url + "/search?k=2", files={"image": ("p.jpg", blob, "image/jpeg")}, timeout=60)
+        found = httpx.post(url + "/search?k=2", files={"image": ("p.jpg", blob, "image/jpeg")}, headers=auth,
+                           timeout=60)
         assert found.status_code == 200 and found.json()["results"][0]["id"] == "photo0.png", found.text
         docs = httpx.get(url + "/docs").text  # offline docs: the assets come from the image, not a CDN
         assert "cdn." not in docs and httpx.get(url + "/docs-static/swagger-ui-bundle.js").status_code == 200

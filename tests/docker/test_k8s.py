@@ -77,6 +77,7 @@ def test_every_setting_named_exists_in_the_app(monkeypatch):
     ServiceSettings()
     assert container["envFrom"][0]["configMapRef"]["name"] == load("configmap.yaml")["metadata"]["name"]
     keys = next(e for e in container["env"] if e["name"] == "BYOL_API_KEYS")["valueFrom"]["secretKeyRef"]
+    assert not keys.get("optional"), "the API keys' Secret must be required: without it the pod would serve openly"
     secret = load("secret.example.yaml")
     assert keys["name"] == secret["metadata"]["name"] and keys["key"] in secret["stringData"]
     monkeypatch.setenv("BYOL_API_KEYS", secret["stringData"][keys["key"]])

@@ -1,0 +1,130 @@
+"""Fail closed, in-process: authentication settings, secrets kept out of reprs and errors, the request budgets and
+deadlines, and unhandled errors answered like every other answer."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.admission import Admission, DecodeTicket, PixelBudget
+from service.errors import ServiceError
+from service.settings import ServiceSettings, is_loopback
+from tests.service.conftest import image_bytes, make_client
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--api-keys", ""], "an API key is empty"),
+    (["--api-keys", "good-key", "  "], "an API key is empty"),
+    (["--host", "0.0.0.0"], "refusing to start: no API keys"),
+    (["--host", "192.0.2.7"], "refusing to start: no API keys"),
+])
+def test_fail_open_settings_refuse_to_start(argv, message, capsys):
+    from service.cli import main
+
+    assert main(["--model", "unused", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "good-key" not in err  # the message never echoes a key
+
+
+def test_no_keys_is_allowed_on_loopback_or_when_said(monkeypatch):
+    assert ServiceSettings(host="127.0.0.1").auth_problem() is None
+    assert ServiceSettings(host="::1").auth_problem() is None
+    assert ServiceSettings(host="0.0.0.0", api_keys=["k-1"]).auth_problem() is None
+    assert ServiceSettings(host="0.0.0.0", allow_no_auth=True).auth_problem() is None
+    monkeypatch.setenv("BYOL_ALLOW_NO_AUTH", "true")
+    assert ServiceSettings(host="0.0.0.0").auth_problem() is None
+    assert not is_loopback("0.0.0.0") and not is_loopback("::") and is_loopback("localhost")
+
+
+def test_keys_stay_out_of_the_settings_repr():
+    settings = ServiceSettings(api_keys=["very-secret-key"])
+    assert "very-secret-key" not in repr(settings) and "very-secret-key" not in str(settings)
+
+
+def test_an_empty_bearer_token_is_refused(trained_model):
+    with make_client(trained_model, api_keys=["k-0123"], max_wait_ms=2) as client:
+        blob = image_bytes(Image.new("RGB", (64, 48), "red"), "PNG")
+        for header in ("Bearer ", "Bearer", "bearer  ", "k-0123"):
+            r = client.post("/embed", files={"images": ("a.png", blob, "image/png")},
+                            headers={"Authorization": header})
+            assert r.status_code == 401, header
+        ok = client.post("/embed", files={"images": ("a.png", blob, "image/png")},
+                         headers={"Authorization": "Bearer k-0123"})
+        assert ok.status_code == 200
+
+
+def test_an_unhandled_error_is_answered_like_every_other_answer(trained_model):
+    """A 500 from a bug carries the request id and the error shape, and reaches the metrics."""
+    with make_client(trained_model, max_wait_ms=2) as client:
+        def boom() -> None:
+            raise KeyError("a bug")
+
+        client.app.add_api_route("/boom", boom)
+        r = client.get("/boom", headers={"x-request-id": "req-42"})
+        assert r.status_code == 500 and r.headers["x-request-id"] == "req-42"
+        assert r.json()["error"]["code"] == "internal_error" and "a bug" not in r.text
+        assert 'byol_requests_total{route="other",status="500"} 1.0' in client.get("/metrics").text
+
+
+def test_admission_refuses_past_the_request_and_byte_budgets():
+    admission = Admission(max_requests=2, max_bytes=100)
+    assert admission.try_admit(60) is None
+    refused = admission.try_admit(60)  # 120 bytes > 100 with a request in flight
+    assert refused is not None and refused.status == 503 and refused.headers["Retry-After"]
+    assert admission.try_admit(40) is None
+    assert admission.try_admit(0) is not None  # 2 requests in flight
+    admission.release(60)
+    admission.release(40)
+    assert admission.try_admit(500) is None  # alone, a body over the byte budget still goes (the body limit rules)
+
+
+def test_the_pixel_budget_waits_for_room_then_times_out_or_stops_for_a_gone_client():
+    budget = PixelBudget(100)
+    budget.acquire(80, time.monotonic() + 1, threading.Event())
+    with pytest.raises(ServiceError) as err:
+        budget.acquire(30, time.monotonic() + 0.2, threading.Event())
+    assert err.value.status == 504
+    gone = threading.Event()
+    gone.set()
+    with pytest.raises(ServiceError) as err:
+        budget.acquire(30, time.monotonic() + 5, gone)
+    assert err.value.status == 499
+    threading.Timer(0.2, budget.release, (80,)).start()
+    budget.acquire(30, time.monotonic() + 5, threading.Event())  # room once the first decode is done
+    assert budget.held == 30
+    budget.release(30)
+    budget.acquire(500, time.monotonic() + 1, threading.Event())  # larger than the budget: alone, it goes
+
+
+def test_a_request_over_its_pixel_total_is_refused_before_decoding(trained_model):
+    from hub.hub_io import resolve_model
+    from service.embedding import decode_and_preprocess
+
+    config = resolve_model(str(trained_model)).config
+    blobs = [image_bytes(Image.new("RGB", (100, 100), "blue"), "PNG")] * 3
+    ticket = DecodeTicket(PixelBudget(10**9), max_request_pixels=25_000, deadline=lambda: time.monotonic() + 10)
+    with pytest.raises(ServiceError) as err:
+        decode_and_preprocess(blobs, config, 10**8, ticket=ticket)
+    assert err.value.status == 413 and err.value.index == 2 and ticket.budget.held == 0
+    ticket = DecodeTicket(PixelBudget(10**9), max_request_pixels=10**8, deadline=lambda: time.monotonic() + 10)
+    ticket.cancelled.set()  # the client is gone: no image is decoded
+    with pytest.raises(ServiceError) as err:
+        decode_and_preprocess(blobs, config, 10**8, ticket=ticket)
+    assert err.value.status == 499
+    out = decode_and_preprocess(blobs, config, 10**8, ticket=DecodeTicket(
+        PixelBudget(10**9), max_request_pixels=10**8, deadline=lambda: time.monotonic() + 10))
+    assert out.shape[0] == 3 and np.isfinite(out).all()
+
+
+def test_a_drain_cuts_deadlines_to_its_budget():
+    from service.state import DRAIN_MARGIN_S, ServiceState
+
+    state = ServiceState(ServiceSettings(request_timeout_s=60, drain_timeout_s=25))
+    started = time.monotonic()
+    assert state.deadline(started) == pytest.approx(started + 60)
+    state.begin_drain()
+    assert state.deadline(started) == pytest.approx(state.drain_started + 25 - DRAIN_MARGIN_S)
