@@ -172,16 +172,50 @@ class ReplayOnReplicaLoss:
     """An ASGI middleware in front of Serve's HTTP proxy (see the module docstring).
 
     A response that did not come from the app (each replica adds ``X-Byol-Replica`` to every response it sends)
-    with a 5xx status other than 503, or no response at all, means the replica was lost under the request: for the replayable routes
-    the buffered request goes again (``attempts`` in all), then a 503 with Retry-After. The body is buffered, so
-    bodies are bounded by the app's own limit (``BYOL_MAX_BODY_BYTES``) a moment later anyway."""
+    with a 5xx status other than 503, or no response at all, means the replica was lost under the request: for the
+    replayable routes the buffered request goes again (``attempts`` in all), then a 503 with Retry-After.
 
-    def __init__(self, app, attempts: int = 3, max_body_bytes: int = 64 * 1024 * 1024) -> None:
-        self.app, self.attempts, self.max_body_bytes = app, attempts, max_body_bytes
+    Buffering costs the proxy memory, so it is bounded before a byte is held: a ``Content-Length`` over the app's
+    body limit is answered 413 at once; where the proxy's environment has the API keys (``BYOL_API_KEYS``, as
+    docker/k8s/rayservice.yaml gives it), a request without a valid key is answered 401 at once; and the bytes
+    buffered across all requests stay under ``max_buffered_bytes``: past it, a request goes through unbuffered
+    (no replay), and the app's own admission answers it."""
+
+    def __init__(self, app, attempts: int = 3, max_body_bytes: int = 32 * 1024 * 1024,
+                 max_buffered_bytes: int = 128 * 1024 * 1024, api_keys: list[str] | None = None) -> None:
+        self.app, self.attempts = app, attempts
+        self.max_body_bytes, self.max_buffered_bytes = max_body_bytes, max_buffered_bytes
+        self.api_keys = api_keys or []
+        self.buffered = 0  # bytes held for replay, all requests together (the proxy's one event loop)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope.get("path") not in REPLAYABLE:
             return await self.app(scope, receive, send)
+        from service.errors import error_response
+        from service.settings import bearer_accepted
+
+        headers = dict(scope.get("headers") or [])
+        try:
+            announced = int(headers.get(b"content-length", b"0") or 0)
+        except ValueError:
+            announced = 0
+        if announced > self.max_body_bytes:
+            return await error_response(413, "body_too_large", f"request body is {announced} bytes; the limit is "
+                                        f"{self.max_body_bytes}")(scope, receive, send)
+        if self.api_keys and not bearer_accepted(headers.get(b"authorization", b"").decode("latin-1"),
+                                                 self.api_keys):
+            return await error_response(401, "unauthorized", "missing or invalid API key; send 'Authorization: "
+                                        "Bearer <key>'", headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+        reserved = announced or self.max_body_bytes  # a chunked body may be as large as the limit
+        if self.buffered + reserved > self.max_buffered_bytes:
+            return await self.app(scope, receive, send)  # no room to hold it: no replay for this one
+        self.buffered += reserved
+        try:
+            await self._buffered(scope, receive, send)
+        finally:
+            self.buffered -= reserved
+
+    async def _buffered(self, scope, receive, send) -> None:
         chunks, size, more = [], 0, True
         while more:
             message = await receive()
@@ -241,4 +275,9 @@ def proxy_middlewares() -> list:
     Serve's HTTP proxy (Starlette ``Middleware`` objects, as Serve asks)."""
     from starlette.middleware import Middleware
 
-    return [Middleware(ReplayOnReplicaLoss)]
+    from service.settings import ServiceSettings
+
+    # the proxy's own environment: the body limit and the keys the replicas use, where the nodes were given them
+    settings = ServiceSettings()
+    return [Middleware(ReplayOnReplicaLoss, max_body_bytes=settings.max_body_bytes,
+                       max_buffered_bytes=settings.max_inflight_bytes, api_keys=settings.api_keys)]

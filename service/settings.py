@@ -117,3 +117,13 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def bearer_accepted(authorization: str | None, keys: list[str]) -> bool:
+    """``Authorization: Bearer <key>`` with one of ``keys``, compared in constant time; an empty token never
+    matches. Used by the app and, before it buffers a body, by the Ray Serve proxy's middleware."""
+    import hmac
+
+    scheme, _, token = (authorization or "").partition(" ")
+    return (scheme.lower() == "bearer" and bool(token.strip())
+            and any(hmac.compare_digest(token.encode(), key.encode()) for key in keys))

@@ -16,7 +16,7 @@ from service.backends.base import Backend
 from service.engine import BatchEngine
 from service.errors import ServiceError
 from service.metrics import Metrics
-from service.settings import ServiceSettings
+from service.settings import ServiceSettings, bearer_accepted
 
 DRAIN_MARGIN_S = 1.0  # how long before the drain budget ends admitted work is cut, to leave time for the answers
 
@@ -91,13 +91,8 @@ def ready_state(request: Request) -> ServiceState:
 def check_api_key(request: Request, authorization: Annotated[str | None, Header()] = None) -> None:
     """Bearer API keys, compared in constant time; an empty token never matches. No keys configured means no
     authentication (refused at start beyond loopback unless ``allow_no_auth``, and logged loudly)."""
-    import hmac
-
     keys = request.app.state.service.settings.api_keys
-    if not keys:
-        return
-    scheme, _, token = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip() or not any(hmac.compare_digest(token.encode(), k.encode()) for k in keys):
+    if keys and not bearer_accepted(authorization, keys):
         raise ServiceError(401, "unauthorized", "missing or invalid API key; send 'Authorization: Bearer <key>'",
                            headers={"WWW-Authenticate": "Bearer"})
 

@@ -165,7 +165,61 @@ def test_rayservice_runs_the_serve_config_application():
     pods = [cluster["headGroupSpec"]["template"], workers["template"]]
     for pod in pods:
         (container,) = pod["spec"]["containers"]
-        assert {e["name"]: e["value"] for e in container["env"]}[ray_serve.PROXY_CALLBACK_ENV] == ray_serve.PROXY_CALLBACK
+        named = {e["name"]: e for e in container["env"]}
+        assert named[ray_serve.PROXY_CALLBACK_ENV]["value"] == ray_serve.PROXY_CALLBACK
         assert {"containerPort": from_file["http_options"]["port"], "name": "serve"} in container["ports"]
         mounts = {m["mountPath"] for m in container["volumeMounts"]}
         assert env["HF_HOME"] in mounts  # the Hub cache on its own volume
+
+
+def _ray_pods() -> list[dict]:
+    cluster = load("rayservice.yaml")["spec"]["rayClusterConfig"]
+    return [cluster["headGroupSpec"]["template"], *(group["template"] for group in cluster["workerGroupSpecs"])]
+
+
+def test_the_ray_cluster_is_closed_to_the_cluster_network():
+    """Ray's token auth on; the API keys from the required Secret on every node (the replicas and each proxy
+    check them); the Deployment's securityContext; no client port; a NetworkPolicy that lets the Ray pods reach
+    each other, the operator the dashboard, and the ingress Serve's HTTP port only."""
+    cluster = load("rayservice.yaml")["spec"]["rayClusterConfig"]
+    assert cluster["authOptions"]["mode"] == "token"
+    policy = load("networkpolicy-ray.yaml")["spec"]
+    secret = load("secret.example.yaml")["metadata"]["name"]
+    for pod in _ray_pods():
+        assert pod["metadata"]["labels"].items() >= policy["podSelector"]["matchLabels"].items()
+        assert pod["spec"]["securityContext"]["runAsNonRoot"]
+        (container,) = pod["spec"]["containers"]
+        keys = next(e for e in container["env"] if e["name"] == "BYOL_API_KEYS")["valueFrom"]["secretKeyRef"]
+        assert keys["name"] == secret and not keys.get("optional")
+        security = container["securityContext"]
+        assert security["allowPrivilegeEscalation"] is False and security["capabilities"]["drop"] == ["ALL"]
+        assert security["readOnlyRootFilesystem"] and "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}
+        assert 10001 not in {p["containerPort"] for p in container["ports"]}  # Ray Client: not offered
+        assert not container.get("image", "").endswith(":latest")
+    workers = _ray_pods()[1:]
+    assert all(pod["spec"]["automountServiceAccountToken"] is False for pod in workers)
+    assert policy["policyTypes"] == ["Ingress"]
+    outside = [rule for rule in policy["ingress"] if "podSelector" not in rule["from"][0]]
+    assert sorted(p["port"] for rule in outside for p in rule["ports"]) == [8000, 8265]
+
+
+def test_the_deployment_fails_closed_and_pins_what_it_runs():
+    pod = load("deployment.yaml")["spec"]["template"]
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    policy = load("networkpolicy.yaml")["spec"]
+    assert pod["metadata"]["labels"].items() >= policy["podSelector"]["matchLabels"].items()
+    assert [p["port"] for rule in policy["ingress"] for p in rule["ports"]] == ["http"]
+    unpinned = [str(p.relative_to(K8S.parent)) for p in [*K8S.parent.rglob("*.yaml"), *K8S.parent.rglob("Dockerfile*")]
+                if ":latest" in p.read_text()]
+    assert not unpinned, unpinned
+
+
+def test_every_cache_is_on_a_writable_volume():
+    """With readOnlyRootFilesystem, a cache under the home folder fails at start-up (a remote BYOL_INDEX is copied
+    to local disk first): the image puts the Hub's and this project's caches on /cache, a volume in every pod."""
+    env = dockerfile_env()
+    (container,) = load("deployment.yaml")["spec"]["template"]["spec"]["containers"]
+    writable = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
+    for variable in ("HF_HOME", "BYOL_CACHE"):
+        assert any(env[variable] == path or env[variable].startswith(path + "/") for path in writable), variable
+    assert "BYOL_CACHE=/cache/byol" in RAY_DOCKERFILE

@@ -128,3 +128,36 @@ def test_a_drain_cuts_deadlines_to_its_budget():
     assert state.deadline(started) == pytest.approx(started + 60)
     state.begin_drain()
     assert state.deadline(started) == pytest.approx(state.drain_started + 25 - DRAIN_MARGIN_S)
+
+
+def test_the_ray_proxy_middleware_bounds_what_it_buffers():
+    """Serve's proxy replays lost requests from a buffered copy: the body limit (by Content-Length) and the keys
+    are checked before a byte is held, and past the total it may hold a request goes through unbuffered."""
+    pytest.importorskip("ray.serve")
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from service.ray_serve import ReplayOnReplicaLoss
+
+    seen: list[int] = []
+
+    async def embed(request):
+        seen.append(len(await request.body()))
+        return JSONResponse({"ok": True}, headers={"X-Byol-Replica": "replica=a"})
+
+    def client(**options) -> tuple[TestClient, ReplayOnReplicaLoss]:
+        proxy = ReplayOnReplicaLoss(Starlette(routes=[Route("/embed", embed, methods=["POST"])]), **options)
+        return TestClient(proxy), proxy
+
+    http, _ = client(max_body_bytes=1000)
+    assert http.post("/embed", content=b"x" * 2000).status_code == 413 and not seen
+    assert http.post("/embed", content=b"x" * 500).status_code == 200 and seen == [500]
+    http, _ = client(api_keys=["k-1"])
+    assert http.post("/embed", content=b"x" * 10).status_code == 401 and seen == [500]
+    assert http.post("/embed", content=b"x" * 10, headers={"Authorization": "Bearer "}).status_code == 401
+    assert http.post("/embed", content=b"x" * 10, headers={"Authorization": "Bearer k-1"}).status_code == 200
+    http, proxy = client(max_body_bytes=1000, max_buffered_bytes=100)
+    assert http.post("/embed", content=b"x" * 500).status_code == 200  # unbuffered, still answered
+    assert seen[-1] == 500 and proxy.buffered == 0
