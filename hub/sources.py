@@ -18,6 +18,7 @@ import hashlib
 import io
 import os
 import posixpath
+import re
 import tarfile
 import threading
 from collections import OrderedDict
@@ -345,9 +346,11 @@ class ParquetImageSource(_Remote, ImageSource):
             path = paths[row] if paths else None
             if not path:
                 raise OSError(f"row {row} of {_name(self.files[f])} has no image bytes")
-            if self.fs is not None:
-                return self._cat(str(self.files[f]).rsplit("/", 1)[0] + "/" + path)
-            return (Path(self.files[f]).parent / path).read_bytes()
+            try:  # beside the Parquet file, never elsewhere: a row cannot name /etc/passwd or ../../secrets
+                beside = inside(str(self.files[f]).rsplit("/", 1)[0], path)
+            except DataError as err:
+                raise OSError(f"row {row} of {_name(self.files[f])}: {err}") from None
+            return self._cat(beside) if self.fs is not None else Path(beside).read_bytes()
         return data
 
     def _group(self, f: int, group: int) -> tuple[list, list | None]:
@@ -490,6 +493,17 @@ def _local_source(spec: str, path_column: str | None, image_column: str | None, 
     raise DataError(f"cannot read {spec}: expected a folder, a .txt list of images, .tar shards or a .parquet file")
 
 
+def inside(parent: str, entry: str) -> str:
+    """``entry`` relative to the folder ``parent`` (POSIX), refused where it is absolute, a URL, or climbs out
+    with ``..``."""
+    if "://" in entry or entry.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:[\\/]", entry):
+        raise DataError(f"{entry!r} is absolute; entries name files relative to {_name(parent) or parent!r}")
+    joined = posixpath.normpath(f"{parent.rstrip('/')}/{entry}")
+    if not joined.startswith(parent.rstrip("/") + "/"):
+        raise DataError(f"{entry!r} climbs out of its folder with '..'; entries name files inside it")
+    return joined
+
+
 def _list_entries(text: str) -> list[str]:
     entries = []
     for line in text.splitlines():
@@ -565,8 +579,11 @@ def _remote_source(spec: str, path_column: str | None, image_column: str | None,
         text = fs.cat_file(first).decode("utf-8")
         entries = _list_entries(text)
         parent = first.rsplit("/", 1)[0]
-        paths = [fs._strip_protocol(e) if "://" in e else posixpath.normpath(e if e.startswith("/") else f"{parent}/{e}")
-                 for e in entries]
+        # a remote list names objects under its own prefix only: the credentials it is read with reach further
+        try:
+            paths = [inside(parent, e) for e in entries]
+        except DataError as err:
+            raise DataError(f"{shown}: {err}") from None
         digest = hashlib.sha256(text.encode()).hexdigest()  # the list is the input: its text, not a stat per image
         return FileSource(paths, entries, fs=fs, fingerprint=f"list:{digest}")
     raise DataError(f"cannot read {shown}: expected a folder, a .txt list of images, .tar shards or .parquet files")

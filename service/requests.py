@@ -71,3 +71,13 @@ async def embed_blobs(state: ServiceState, request: Request, blobs: list[bytes])
 def request_started(request: Request) -> float:
     """When the request middleware admitted this request (``time.monotonic()``); now, for apps without it."""
     return request.scope.get("state", {}).get("started", time.monotonic())
+
+
+async def in_lookup_pool(state: ServiceState, request: Request, fn, *args):
+    """Index and thumbnail work (a FAISS search, a vector read by id, a thumbnail, a curation table): on the
+    server's small lookup pool, so at most its few threads run at once whatever arrives, within the request's
+    deadline, and dropped from the pool's queue when the client is gone first."""
+    started = request_started(request)
+    work = asyncio.get_running_loop().run_in_executor(state.lookup_pool, fn, *args)
+    return await wait_for_client(work, state.deadline(started) - time.monotonic(), request.is_disconnected,
+                                 on_stop=work.cancel)

@@ -33,7 +33,9 @@ async def ready(state: State) -> JSONResponse:
     return JSONResponse(body, status_code=200 if ok else 503, headers=None if ok else {"Retry-After": "5"})
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                             "description": "Prometheus' text exposition format"}})
 async def metrics(state: State) -> Response:
     body = generate_latest(state.metrics.registry)
     if not state.serving_unit:

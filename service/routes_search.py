@@ -7,7 +7,6 @@ and pooling the server outputs: anything else is refused at start.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,7 @@ from hub.hub_io import ResolvedModel
 from hub.layers import output_name
 from service.embedding import decode_base64_image
 from service.errors import ServiceError
-from service.requests import embed_blobs, read_form, read_json
+from service.requests import embed_blobs, in_lookup_pool, read_form, read_json
 from service.responses import NumpyJSONResponse
 from service.schemas import (
     EMBED_ERRORS,
@@ -117,13 +116,13 @@ async def search(request: Request, state: ReadyState, _: Auth,
         from service.embed.shards import EmbedJobError
 
         try:
-            vector = await asyncio.to_thread(index.vector_of, item_id)
+            vector = await in_lookup_pool(state, request, index.vector_of, item_id)
         except EmbedJobError as err:
             raise ServiceError(404, "unknown_id", str(err)) from None
     else:
         rows = await embed_blobs(state, request, [blob])
         vector = np.asarray(rows[0][output_name(layer, index.manifest.pooling)], np.float32)
-    results = await asyncio.to_thread(index.search, vector, count, item_id)
+    results = await in_lookup_pool(state, request, index.search, vector, count, item_id)
     state.metrics.searches.inc()
     keys = ("id", "path") if state.settings.search_return_paths else ("id",)
     # scores are FAISS's float32: written as the shortest text that gives back that float32

@@ -1,6 +1,6 @@
 """The pages: ``GET /`` (the model, its card's summary, layers, links), ``GET /ui`` (search by upload or id,
 "more like this", the curation results of ``byol-embed dedup`` / ``outliers``), and what they read:
-``GET /thumb/{id}``, ``GET /curation``, ``/curation/duplicates``, ``/curation/outliers``, ``/ui/card``.
+``GET /thumb?id=`` (and ``/thumb/{id}``), ``GET /curation``, ``/curation/duplicates``, ``/curation/outliers``, ``/ui/card``.
 
 Plain HTML, CSS and JavaScript shipped in the package (``service/static``): no CDN, no web fonts, no request to
 anything but this server. The pages themselves hold nothing secret and need no key; every route they call is
@@ -9,15 +9,15 @@ behind the API keys, and the page asks for the key once (kept in ``sessionStorag
 
 from __future__ import annotations
 
-import asyncio
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from service.errors import ServiceError
+from service.requests import in_lookup_pool
 from service.schemas import CurationAvailable, DuplicatesPage, OutliersPage, error_responses
 from service.state import Auth, State
 
@@ -78,16 +78,29 @@ def _index(state) -> Any:
     return state.search_index
 
 
+THUMB_RESPONSES = {200: {"content": {"image/jpeg": {}}, "description": "a JPEG, at most 256 px a side"},
+                   **error_responses(401, 404, 422)}
+
+
+@router.get("/thumb", summary="a small JPEG of an image in the index, its id in the query string (any id, "
+            "'.' and '..' included)", response_class=Response, responses=THUMB_RESPONSES)
+async def thumb_by_query(request: Request, state: State, _: Auth,
+                         id: str = Query(..., min_length=1, description="the image's id in the index")) -> Response:
+    return await _thumb(request, state, id)
+
+
 @router.get("/thumb/{item_id:path}", summary="a small JPEG of an image in the index (ids in the index only)",
-            response_class=Response,
-            responses={200: {"content": {"image/jpeg": {}}, "description": "a JPEG, at most 256 px a side"},
-                       **error_responses(401, 404, 422)})
-async def thumb(item_id: str, state: State, _: Auth) -> Response:
+            response_class=Response, responses=THUMB_RESPONSES)
+async def thumb(item_id: str, request: Request, state: State, _: Auth) -> Response:
+    return await _thumb(request, state, item_id)
+
+
+async def _thumb(request: Request, state, item_id: str) -> Response:
     from service.thumbs import ThumbnailError
 
     _index(state)  # 404 without an index
     try:
-        data = await asyncio.to_thread(state.thumbnails.get, item_id)
+        data = await in_lookup_pool(state, request, state.thumbnails.get, item_id)
     except ThumbnailError as err:
         raise ServiceError(err.status, err.code, err.message) from None
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
@@ -122,8 +135,8 @@ async def curation(state: State, _: Auth) -> dict:
 
 @router.get("/curation/duplicates", summary="duplicate groups (byol-embed dedup), a page at a time",
             response_model=DuplicatesPage, responses=error_responses(401, 404, 422))
-async def duplicates(state: State, _: Auth, offset: int = Query(0, ge=0), limit: int = Query(20, ge=1, le=200)) -> dict:
-    table = await asyncio.to_thread(_table, state, "duplicates.parquet")
+async def duplicates(request: Request, state: State, _: Auth, offset: int = Query(0, ge=0), limit: int = Query(20, ge=1, le=200)) -> dict:
+    table = await in_lookup_pool(state, request, _table, state, "duplicates.parquet")
     groups: dict[int, dict[str, Any]] = {}
     for g, i, rep, sim, kind in zip(table["group"], table["id"], table["representative"], table["similarity"],
                                     table["kind"]):
@@ -135,8 +148,8 @@ async def duplicates(state: State, _: Auth, offset: int = Query(0, ge=0), limit:
 
 @router.get("/curation/outliers", summary="outlier scores (byol-embed outliers), most unusual first, a page at a time",
             response_model=OutliersPage, responses=error_responses(401, 404, 422))
-async def outlier_rows(state: State, _: Auth, offset: int = Query(0, ge=0), limit: int = Query(50, ge=1, le=500)) -> dict:
-    table = await asyncio.to_thread(_table, state, "outliers.parquet")
+async def outlier_rows(request: Request, state: State, _: Auth, offset: int = Query(0, ge=0), limit: int = Query(50, ge=1, le=500)) -> dict:
+    table = await in_lookup_pool(state, request, _table, state, "outliers.parquet")
     n = len(table["id"])
     rows = []
     for j in range(offset, min(n, offset + limit)):

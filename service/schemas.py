@@ -8,7 +8,7 @@ a ``Response`` a route returns itself.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -20,7 +20,8 @@ class EmbedBody(BaseModel):
     """``POST /embed`` as JSON: base64 images (or data URIs) and the options."""
 
     model_config = ConfigDict(extra="forbid")
-    images: list[str] = Field(description="base64 image bytes or data:image/...;base64, URIs (never URLs)")
+    images: list[str] = Field(description="base64 image bytes or data:image/...;base64, URIs (never URLs)",
+                              json_schema_extra={"minItems": 1})
     layers: list[str] | str | None = Field(None, description="feature1..feature5, avgpool (list or comma-separated)")
     pooling: str | None = Field(None, description="gap (default) or mhead")
     normalize: bool | None = Field(None, description="L2-normalize each embedding (default false)")
@@ -31,7 +32,8 @@ class OpenAIEmbeddingsBody(BaseModel):
     """``POST /v1/embeddings``, OpenAI's shape: ``input`` is one image or a list, as base64 or data URIs."""
 
     model_config = ConfigDict(extra="ignore")
-    input: str | list[str] = Field(description="a data:image/...;base64 URI or bare base64, or a list of them")
+    input: Annotated[str, Field(min_length=1)] | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] = Field(
+        description="a data:image/...;base64 URI or bare base64, or a non-empty list of them")
     model: str | None = Field(None, description="must be the served model's id when given")
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = Field(None, description="must equal the avgpool size when given")
@@ -41,7 +43,9 @@ class OpenAIEmbeddingsBody(BaseModel):
 class SearchBody(BaseModel):
     """``POST /search`` as JSON: a base64 image or the id of an image in the indexed set, and ``k``."""
 
-    model_config = ConfigDict(extra="forbid")
+    # exactly one of image and id (the handler answers 400 otherwise): said in the schema, for generated clients
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [{"required": ["image"]},
+                                                                          {"required": ["id"]}]})
     image: str | None = Field(None, description="base64 image bytes or a data:image/...;base64, URI")
     id: str | None = Field(None, description="an id in the indexed set (its own row is left out of the results)")
     k: int | None = Field(None, description="number of results (default 10, capped by the server)")
@@ -49,7 +53,7 @@ class SearchBody(BaseModel):
 
 MULTIPART_EMBED_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"},
+    "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1,
                               "description": "one or more image files; options go in the query string"}},
     "required": ["images"],
 }

@@ -45,6 +45,10 @@ class ServiceState:
     # sized from the CPUs this process may use (a container's quota), not the host's count
     decode_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=max(2, usable_cpus()), thread_name_prefix="byol-decode"))
+    # /search's index work and /thumb, /curation/*: two at a time (they read files and search; the cores are the
+    # engine's), queued behind the request admission, each within its request's deadline
+    lookup_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="byol-lookup"))
 
     def __post_init__(self) -> None:
         if self.admission is None:

@@ -26,7 +26,7 @@ import numpy as np
 
 from hub.files import cache_root, replace_dir
 from hub.storage import Store, as_store
-from service.embed.shards import EmbedJobError, Manifest, finished_shards, load_rows
+from service.embed.shards import EmbedJobError, Manifest, finished_shards, load_rows, open_parquet
 
 logger = logging.getLogger(__name__)
 INDEX_DIR = "index"
@@ -74,6 +74,7 @@ def build_index(folder: str | Path | Store, *, layer: str = "avgpool", factory: 
         raise EmbedJobError("no embedded rows to index (every row has an error)")
     x = rows.vectors
     ids, paths = [rows.ids[i] for i in rows.embedded], [rows.paths[i] for i in rows.embedded]
+    shard_of, row_in_shard = rows.locations(rows.embedded)  # a query by id reads one row group, never all shards
     dim = x.shape[1]
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
@@ -100,7 +101,7 @@ def build_index(folder: str | Path | Store, *, layer: str = "avgpool", factory: 
             "dim": dim, "trained_on": trained_on, "model_id": manifest.model_id, "revision": manifest.revision,
             "weights_sha256": manifest.weights_sha256, "pooling": manifest.pooling,
             "manifest_normalize": manifest.normalize, "input_fingerprint": manifest.input_fingerprint,
-            "built_s": round(time.perf_counter() - started, 2)}
+            "built_s": round(time.perf_counter() - started, 2), "shards": rows.shards}
     if folder.remote:
         tmp = Path(tempfile.mkdtemp(prefix="byol-index-"))
     else:
@@ -109,7 +110,8 @@ def build_index(folder: str | Path | Store, *, layer: str = "avgpool", factory: 
         tmp.mkdir()
     try:
         faiss.write_index(index, str(tmp / INDEX_FILE))
-        feather.write_feather(pa.table({"id": pa.array(ids, pa.string()), "path": pa.array(paths, pa.string())}),
+        feather.write_feather(pa.table({"id": pa.array(ids, pa.string()), "path": pa.array(paths, pa.string()),
+                                        "shard": pa.array(shard_of), "row": pa.array(row_in_shard)}),
                               tmp / IDS_FILE, compression="uncompressed")
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         if folder.remote:  # whole objects, the description last: a reader never takes a half-uploaded index
@@ -179,6 +181,8 @@ class LoadedIndex:
     ids: list[str]
     paths: list[str]
     store: Store | None = None  # where the output folder lives (its shards are read from there)
+    shard_of: np.ndarray | None = None  # each index row's shard (into meta["shards"]) and row in it
+    row_in_shard: np.ndarray | None = None
 
     @property
     def location(self) -> str:
@@ -207,8 +211,10 @@ class LoadedIndex:
             except RuntimeError:
                 logger.info("--nprobe ignored: %s is not an IVF index", meta["factory"])
         table = feather.read_table(root / IDS_FILE)
+        located = "shard" in table.column_names and "shards" in meta  # indexes made before 0.1 lack them
         return cls(folder, manifest, meta, index, table.column("id").to_pylist(), table.column("path").to_pylist(),
-                   store)
+                   store, table.column("shard").to_numpy() if located else None,
+                   table.column("row").to_numpy() if located else None)
 
     @cached_property
     def _positions(self) -> dict[str, int]:
@@ -221,18 +227,34 @@ class LoadedIndex:
             raise EmbedJobError(f"no embedded image with id {item_id!r} in this index") from None
 
     def vector_of(self, item_id: str) -> np.ndarray:
-        """The stored vector of ``item_id``: from the index where it keeps vectors (Flat), else from the shards."""
+        """The stored vector of ``item_id``: from the index where it keeps vectors (Flat); else (IVF/PQ keep no
+        direct map) the exact vector from the one row group of the one shard that holds it, on disk or on
+        object storage. Indexes made before the rows' locations were recorded fall back to a filtered scan."""
         row = self.row_of(item_id)
         try:
             return np.asarray(self.index.reconstruct(row)).reshape(1, -1)
-        except RuntimeError:  # IVF/PQ indexes keep no direct map: read the exact vector from the shards
-            import pyarrow.parquet as pq
+        except RuntimeError:
+            pass
+        import pyarrow.parquet as pq
 
-            layer = self.meta["layer"]
-            store = self.store or as_store(self.folder)
+        layer = self.meta["layer"]
+        store = self.store or as_store(self.folder)
+        if self.shard_of is None:
             table = pq.read_table(finished_shards(store, self.manifest), columns=[layer], filters=[("id", "=", item_id)],
                                   filesystem=store.fs if store.remote else None)
             return table.column(layer).combine_chunks().values.to_numpy(zero_copy_only=False).reshape(1, -1)
+        parquet = open_parquet(store, store.path(self.meta["shards"][self.shard_of[row]]))
+        offset = int(self.row_in_shard[row])
+        for group in range(parquet.metadata.num_row_groups):
+            rows = parquet.metadata.row_group(group).num_rows
+            if offset < rows:
+                table = parquet.read_row_group(group, columns=["id", layer])
+                if table.column("id")[offset].as_py() != item_id:
+                    raise EmbedJobError(f"{item_id!r}: the index does not match the folder's shards; rebuild it "
+                                        "with `byol-embed index`")
+                return np.asarray(table.column(layer)[offset].as_py(), np.float32).reshape(1, -1)
+            offset -= rows
+        raise EmbedJobError(f"{item_id!r}: its shard has fewer rows than the index recorded; rebuild the index")
 
     def search(self, vector: np.ndarray, k: int, exclude: str | None = None) -> list[dict[str, Any]]:
         """Top ``k`` by cosine; ``exclude`` drops that id (a query by id does not find itself)."""

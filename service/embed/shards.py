@@ -376,6 +376,14 @@ class Rows:
     sha256: list[str | None]
     vectors: np.ndarray  # (embedded, dim)
     embedded: np.ndarray  # positions in ids of the vector rows
+    shards: list[str] = field(default_factory=list)  # the shards read, in order (their names in the folder)
+    shard_sizes: list[int] = field(default_factory=list)  # rows in each of them
+
+    def locations(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Where the rows at ``positions`` live: (index into :attr:`shards`, row within that shard)."""
+        starts = np.concatenate([[0], np.cumsum(self.shard_sizes)])
+        shard = np.searchsorted(starts, positions, side="right") - 1
+        return shard.astype(np.int32), (positions - starts[shard]).astype(np.int64)
 
 
 def load_rows(folder: Path | Store, manifest: Manifest, layer: str) -> Rows:
@@ -383,7 +391,8 @@ def load_rows(folder: Path | Store, manifest: Manifest, layer: str) -> Rows:
     matrix and one record batch), with every row's id, path, error and content hash."""
 
     store = as_store(folder)
-    shards = [open_parquet(store, s) for s in complete_shards(store, manifest, layer)]
+    shard_paths = complete_shards(store, manifest, layer)
+    shards = [open_parquet(store, s) for s in shard_paths]
     dim = manifest.dims[layer]
     vectors = np.empty((sum(s.metadata.num_rows for s in shards), dim), np.float32)
     ids: list[str] = []
@@ -411,4 +420,5 @@ def load_rows(folder: Path | Store, manifest: Manifest, layer: str) -> Rows:
             errors += batch_errors
             digests += batch.column("sha256").to_pylist() if "sha256" in names else [None] * len(batch)
     return Rows(ids, paths, errors, digests, vectors[:filled],
-                np.concatenate(embedded) if embedded else np.zeros(0, np.int64))
+                np.concatenate(embedded) if embedded else np.zeros(0, np.int64),
+                [path.rsplit("/", 1)[-1] for path in shard_paths], [s.metadata.num_rows for s in shards])

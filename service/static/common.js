@@ -51,7 +51,9 @@ async function apiJSON(path, options) {
 // thumbnails need the key too, so they are fetched and shown as object URLs (an <img src> sends no header)
 async function loadThumb(img, id) {
   try {
-    const response = await api("/thumb/" + id.split("/").map(encodeURIComponent).join("/"));
+    // the id in the query string: a path would be normalized by the browser ("." and ".." segments, even
+    // percent-encoded), and another image's thumbnail shown
+    const response = await api("/thumb?id=" + encodeURIComponent(id));
     if (!response.ok) { img.alt = "no thumbnail (" + response.status + ")"; return; }
     img.src = URL.createObjectURL(await response.blob());
   } catch (err) { img.alt = "no thumbnail"; }
@@ -68,8 +70,15 @@ function setupKeyBar(onKey) {
   });
 }
 
+// a cell that a spreadsheet would read as a formula (=, +, -, @, a tab or a carriage return first) is
+// prefixed with a single quote, so an id chosen by whoever named the files cannot run in the reader's spreadsheet
+function csvCell(value) {
+  const text = /^[=+\-@\t\r]/.test(value) ? "'" + value : value;
+  return '"' + text.replaceAll('"', '""') + '"';
+}
+
 function downloadCSV(name, ids) {
-  const text = "id\n" + ids.map((id) => '"' + id.replaceAll('"', '""') + '"').join("\n") + "\n";
+  const text = "id\n" + ids.map(csvCell).join("\n") + "\n";
   const link = document.createElement("a");
   link.href = URL.createObjectURL(new Blob([text], { type: "text/csv" }));
   link.download = name;

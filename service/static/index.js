@@ -4,10 +4,19 @@ async function landing() {
     const info = await showModel();
     const card = await apiJSON("/ui/card");
     document.getElementById("summary").textContent = card.summary || "(the model folder has no card)";
-    const rows = Object.entries(info.dims.gap).map(([layer, dim]) =>
-      `<tr><td>${layer}</td><td>${dim}</td><td>${info.dims.mhead[layer] || ""}</td></tr>`);
-    document.getElementById("layers").innerHTML =
-      "<tr><th>layer</th><th>gap dims</th><th>mhead dims</th></tr>" + rows.join("");
+    // built from nodes and text, never markup: nothing the server sends is parsed as HTML
+    const table = document.getElementById("layers");
+    const row = (cells, tag) => {
+      const tr = document.createElement("tr");
+      for (const cell of cells) {
+        const td = document.createElement(tag);
+        td.textContent = cell;
+        tr.appendChild(td);
+      }
+      return tr;
+    };
+    table.replaceChildren(row(["layer", "gap dims", "mhead dims"], "th"),
+      ...Object.entries(info.dims.gap).map(([layer, dim]) => row([layer, String(dim), String(info.dims.mhead[layer] || "")], "td")));
   } catch (err) {
     if (err.message !== "unauthorized") showMessage("Could not load the model: " + err.message, true);
   }

@@ -335,3 +335,29 @@ def test_help_explains_every_option():
         text = " ".join(buf.getvalue().split())
         for needle in needles:
             assert needle in text, (command, needle)
+
+
+def test_a_query_by_id_reads_one_row_group_of_one_shard(indexed, monkeypatch):
+    """IVF/PQ indexes keep no direct map from id to vector: the index records each row's shard and row, so
+    the lookup reads one row group of one shard (the same exact vector a scan of every shard finds), never all."""
+    import pyarrow.parquet as pq
+
+    from service.embed import index as index_module
+
+    loaded = LoadedIndex.open(indexed)
+    flat = loaded.vector_of("photo1/02.jpg")  # a Flat index reconstructs it
+    scanned = pq.read_table(sorted(map(str, indexed.glob("part-*.parquet"))), columns=["id", "avgpool"]).to_pydict()
+    exact = np.asarray(scanned["avgpool"][scanned["id"].index("photo1/02.jpg")], np.float32)
+
+    class NoDirectMap:  # what IVF/PQ answer to reconstruct()
+        def reconstruct(self, row):
+            raise RuntimeError("direct map not initialized")
+
+    opened: list[str] = []
+    real_open = index_module.open_parquet
+    monkeypatch.setattr(index_module, "open_parquet", lambda store, path: opened.append(path) or real_open(store, path))
+    monkeypatch.setattr(pq, "read_table", lambda *a, **k: pytest.fail("a query by id scanned the shards"))
+    loaded.index = NoDirectMap()
+    got = loaded.vector_of("photo1/02.jpg")
+    assert len(opened) == 1 and np.array_equal(got.ravel(), exact)
+    assert np.allclose(flat.ravel() / np.linalg.norm(flat), exact / np.linalg.norm(exact), atol=1e-6)

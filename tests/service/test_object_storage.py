@@ -25,6 +25,7 @@ pq = pytest.importorskip("pyarrow.parquet")
 pytest.importorskip("faiss")
 pytest.importorskip("s3fs")
 
+from hub.sources import DataError  # noqa: E402
 from service.embed.cli import main  # noqa: E402
 from tests.conftest import S3_ENV  # noqa: E402
 from tests.service.conftest import image_bytes, make_client  # noqa: E402
@@ -296,13 +297,19 @@ def test_remote_folders_lists_and_globs_list_as_on_disk(images, s3):
     assert [remote.item_id(i) for i in range(len(remote))] == [local.item_id(i) for i in range(len(local))]
     assert remote.read(0) == local.read(0) and remote.fingerprint() != local.fingerprint()
     assert open_source("s3://bkt/images/", storage_options=s3.options).fingerprint() == remote.fingerprint()
-    entries = ["photo1/00.png", "photo0/01.jpg", "../images/photo2/02.jpg"]
+    entries = ["photo1/00.png", "photo0/01.jpg", "more/./photo2/../photo2/02.jpg"]
     s3.fs.pipe_file("bkt/lists/some.txt", ("# a list\n" + "\n".join(entries) + "\n").encode())
+    s3.fs.pipe_file("bkt/lists/more/photo2/02.jpg", (images / "photo2" / "02.jpg").read_bytes())
     listed = open_source("s3://bkt/lists/some.txt", storage_options=s3.options)
     assert [listed.item_id(i) for i in range(3)] == entries
     assert listed.item_path(0) == "s3://bkt/lists/photo1/00.png"
-    assert listed.item_path(2) == "s3://bkt/images/photo2/02.jpg"  # relative to the list, as on disk
+    assert listed.item_path(2) == "s3://bkt/lists/more/photo2/02.jpg"  # relative to the list, as on disk
     assert listed.read(2) == (images / "photo2" / "02.jpg").read_bytes()
+    # a remote list names objects under its own prefix only (its credentials may reach much further)
+    for entry in ("../images/photo2/02.jpg", "s3://bkt/images/photo2/02.jpg", "/bkt/images/photo2/02.jpg"):
+        s3.fs.pipe_file("bkt/lists/escape.txt", f"photo1/00.png\n{entry}\n".encode())
+        with pytest.raises(DataError, match="climbs out|is absolute"):
+            open_source("s3://bkt/lists/escape.txt", storage_options=s3.options)
     s3.fs.pipe_file("bkt/lists/photo1/00.png", (images / "photo1" / "00.png").read_bytes())
     assert listed.read(0) == (images / "photo1" / "00.png").read_bytes()
     with pytest.raises(OSError):  # a listed object that does not exist: that row's error, not the job's

@@ -12,7 +12,7 @@ SAVED = Path(__file__).with_name("openapi_contract.json")
 
 
 def project(schema: Any, components: dict[str, Any], depth: int = 0) -> Any:
-    """A schema reduced to its shape (types, properties, required, items, enums), refs resolved, titles,
+    """A schema reduced to its shape (types, properties, required, items, enums, minimum sizes), refs resolved, titles,
     descriptions and defaults dropped: what a generated client types, stable across FastAPI versions."""
     if not isinstance(schema, dict) or depth > 12:
         return schema
@@ -22,11 +22,12 @@ def project(schema: Any, components: dict[str, Any], depth: int = 0) -> Any:
     for key in ("anyOf", "oneOf", "allOf"):
         if key in schema:
             out[key] = sorted((project(s, components, depth + 1) for s in schema[key]), key=json.dumps)
-    for key in ("type", "format", "enum", "const"):
+    for key in ("type", "format", "enum", "const", "minItems", "minLength"):
         if key in schema:
             out[key] = schema[key]
-    if "properties" in schema:
-        out["properties"] = {k: project(v, components, depth + 1) for k, v in sorted(schema["properties"].items())}
+    if "properties" in schema or "required" in schema:
+        out["properties"] = {k: project(v, components, depth + 1)
+                             for k, v in sorted(schema.get("properties", {}).items())}
         out["required"] = sorted(schema.get("required", []))
     if "items" in schema:
         out["items"] = project(schema["items"], components, depth + 1)
@@ -45,7 +46,8 @@ def contract(schema: dict) -> dict:
                             if p.get("in") == "query")
             body = {ctype: project(media.get("schema", {}), components)
                     for ctype, media in sorted(op.get("requestBody", {}).get("content", {}).items())}
-            responses = {code: project(resp.get("content", {}).get("application/json", {}).get("schema"), components)
+            responses = {code: {ctype: project(media.get("schema"), components)
+                                for ctype, media in sorted(resp.get("content", {}).items())}
                          for code, resp in sorted(op.get("responses", {}).items())}
             out[f"{method.upper()} {path}"] = {"query": params, "body": body, "responses": responses}
     return json.loads(json.dumps(out))
@@ -67,12 +69,37 @@ def test_every_route_declares_typed_bodies_and_responses(onnx_client):
     assert "images" in embed["body"]["application/json"]["required"]
     assert "input" in live["POST /v1/embeddings"]["body"]["application/json"]["required"]
     for name, op in live.items():
-        if name in ("GET /metrics", "GET /thumb/{item_id}"):  # Prometheus text and a JPEG, not JSON
+        if name in ("GET /metrics", "GET /thumb", "GET /thumb/{item_id}"):  # Prometheus text and JPEGs, not JSON
             continue
-        assert op["responses"]["200"].get("properties"), f"{name}: untyped 200 response"
+        assert (op["responses"]["200"].get("application/json") or {}).get("properties"), f"{name}: untyped 200"
         for code, resp in op["responses"].items():
             if code.startswith(("4", "5")):
                 key = "status" if name == "GET /ready" else "error"  # /ready's 503 is its own not-ready body
-                assert resp and key in resp["properties"], f"{name} {code}: no error model"
-    data = live["POST /embed"]["responses"]["200"]["properties"]["data"]["items"]["properties"]
+                assert key in (resp.get("application/json") or {}).get("properties", {}), f"{name} {code}: no error model"
+    data = live["POST /embed"]["responses"]["200"]["application/json"]["properties"]["data"]["items"]["properties"]
     assert set(data) == {"index", "embeddings"}
+
+
+def test_the_schema_says_what_the_server_refuses(onnx_client):
+    """Where the handlers refuse a request, the schema says so, so that clients generated from it send only what
+    the server takes: at least one image, a non-empty input, exactly one of image and id, Prometheus text."""
+    schema = onnx_client.get("/openapi.json").json()
+    components = schema["components"]["schemas"]
+    embed = schema["paths"]["/embed"]["post"]["requestBody"]["content"]
+    assert embed["multipart/form-data"]["schema"]["properties"]["images"]["minItems"] == 1
+    assert project(embed["application/json"]["schema"], components)["properties"]["images"]["minItems"] == 1
+    openai = schema["paths"]["/v1/embeddings"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    variants = project(openai, components)["properties"]["input"]["anyOf"]
+    assert {"type": "string", "minLength": 1} in variants
+    assert any(v.get("type") == "array" and v.get("minItems") == 1 for v in variants)
+    search = schema["paths"]["/search"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert project(search, components)["oneOf"] == [
+        {"properties": {}, "required": ["id"]}, {"properties": {}, "required": ["image"]}]
+    assert list(schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
+    assert onnx_client.get("/metrics").headers["content-type"].startswith("text/plain")
+    for body, status in ((b'{"images": []}', 400), (b'{"input": ""}', 422), (b'{"input": []}', 422)):
+        path = "/embed" if b"images" in body else "/v1/embeddings"
+        r = onnx_client.post(path, content=body, headers={"content-type": "application/json"})
+        assert r.status_code == status, (path, body, r.text)
+    r = onnx_client.post("/search", json={"image": "aGk=", "id": "x"})
+    assert r.status_code in (400, 404), r.text  # 404 here: this server has no index

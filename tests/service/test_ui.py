@@ -64,6 +64,12 @@ def test_thumbnails_only_for_ids_in_the_index(server):
         assert r.json()["error"]["code"] in ("unknown_id", "http_error"), (bad, r.text)
     # the encoded traversal reaches the route as an id, and is refused there
     assert httpx.get(f"{server}/thumb/%2e%2e/%2e%2e/etc/passwd", headers=AUTH).json()["error"]["code"] == "unknown_id"
+    # the page asks by query string: every id reaches the route as itself ('.' and '..' are not path segments)
+    r = httpx.get(f"{server}/thumb", params={"id": "orig_00.jpg"}, headers=AUTH)
+    assert r.status_code == 200 and r.content == httpx.get(f"{server}/thumb/orig_00.jpg", headers=AUTH).content
+    for bad in (".", "..", "../orig_00.jpg", "./orig_00.jpg"):
+        r = httpx.get(f"{server}/thumb", params={"id": bad}, headers=AUTH)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_id", (bad, r.text)
 
 
 def test_pages_and_curation_routes(server):
@@ -192,6 +198,9 @@ def test_the_page_in_a_real_browser(server, browser, emb, tmp_path):
         page.click("#dup-export")
     csv = Path(download.value.path()).read_text().splitlines()
     assert csv[0] == "id" and [line.strip('"') for line in csv[1:]] == chosen
+    # an id a spreadsheet would run as a formula is written as text
+    cells = page.evaluate("['=HYPERLINK(\"http://x\")', '+1', '-1', '@SUM(A1)', 'plain', 'a=b'].map(csvCell)")
+    assert cells == ['"\'=HYPERLINK(""http://x"")"', '"\'+1"', '"\'-1"', '"\'@SUM(A1)"', '"plain"', '"a=b"']
 
     # outliers: ranked, the broken image listed
     page.click('[data-tab="outliers"]')
