@@ -80,3 +80,22 @@ def float32_from_json_text(text: str, *path) -> np.ndarray:
         digits = re.sub(r"[eE].*$", "", str(token)).lstrip("-").replace(".", "").strip("0")
         assert len(digits) <= 9, f"{token} is not the shortest float32 text"
     return np.array([float(t) for t in tokens], dtype=np.float32)
+
+
+@pytest.fixture(scope="session")
+def emb(tmp_path_factory, trained_model) -> Path:
+    """Copies of real photos embedded, indexed, deduplicated and scored: what a user serves with --index (made
+    once for the page tests and the fuzzing)."""
+    from benchmarks.curate import make_near_duplicate_fixture, photos_for_quality
+    from service.embed.cli import main as embed_main
+    from tests.conftest import skimage_data_dir
+
+    root = tmp_path_factory.mktemp("ui")
+    images = root / "images"
+    make_near_duplicate_fixture(photos_for_quality(skimage_data_dir())[:5], images)
+    (images / "broken.jpg").write_bytes(b"not an image")
+    out = root / "emb"
+    for argv in (["run", "--model", str(trained_model), "--input", str(images), "--output", str(out), "--no-progress"],
+                 ["index", str(out)], ["dedup", str(out), "--no-progress"], ["outliers", str(out), "--no-progress"]):
+        assert embed_main(argv) == 0, argv
+    return out

@@ -15,27 +15,10 @@ import pytest
 from PIL import Image
 
 from benchmarks import processes
-from benchmarks.curate import make_near_duplicate_fixture, photos_for_quality
-from service.embed.cli import main as embed_main
-from tests.conftest import skimage_data_dir
 from tests.service.test_server_process import start_server
 
 KEY = "ui-test-key"
 STATIC = Path(__file__).resolve().parents[2] / "service" / "static"
-
-
-@pytest.fixture(scope="module")
-def emb(tmp_path_factory, trained_model) -> Path:
-    """Copies of real photos embedded, indexed, deduplicated and scored: what a user serves with --index."""
-    root = tmp_path_factory.mktemp("ui")
-    images = root / "images"
-    make_near_duplicate_fixture(photos_for_quality(skimage_data_dir())[:5], images)
-    (images / "broken.jpg").write_bytes(b"not an image")
-    out = root / "emb"
-    for argv in (["run", "--model", str(trained_model), "--input", str(images), "--output", str(out), "--no-progress"],
-                 ["index", str(out)], ["dedup", str(out), "--no-progress"], ["outliers", str(out), "--no-progress"]):
-        assert embed_main(argv) == 0, argv
-    return out
 
 
 @pytest.fixture(scope="module")
