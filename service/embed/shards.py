@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from hub.errors import HubError
+from hub.files import durable_replace
 from hub.storage import Store, as_store
 
 logger = logging.getLogger(__name__)
@@ -255,11 +256,16 @@ def prepare_folder(folder: Path | Store, manifest: Manifest, overwrite: bool) ->
 
 
 def clear_outputs(folder: Path | Store) -> None:
+    """Remove a run (``--overwrite``): the done markers first, so that a reader never takes a shard whose
+    marker outlived it; then the shards, leftovers, the index and the curation results made from them; the
+    manifest last."""
     store = as_store(folder)
-    for pattern in ("part-*.parquet", "part-*.done", ".part-*.tmp-*", MANIFEST):
+    for pattern in ("part-*.done", "part-*.parquet", ".part-*.tmp-*"):
         for name in store.names(pattern):
             store.remove(name)
     store.remove_tree("index")
+    store.remove_tree("curation")
+    store.remove(MANIFEST)
 
 
 @dataclass
@@ -317,7 +323,7 @@ def write_shard(folder: Path | Store, manifest: Manifest, rows: ShardRows, *, ma
         final = store.local_path(name)
         tmp = final.parent / f".{final.stem}.tmp-{os.getpid()}-{threading.get_ident()}"
         pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, final)
+        durable_replace(tmp, final)  # on the disk before its done marker is written
     ack = {"index": rows.index, "rows": len(rows.ids), "errors": rows.error_count,
            "error_examples": [f"{rows.ids[i]}: {e}" for i, e in enumerate(rows.errors) if e][:5]}
     if mark:
