@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -245,6 +246,9 @@ class Store:
         else:
             self.location = str(Path(self.location.removeprefix("file://")).absolute())
             self.fs, self.root, self.protocol = None, self.location, "file"
+        # called with the name before every write or removal in the folder (a lock's fencing check: a writer
+        # that lost its lease stops before its next commit); not carried to other processes
+        self.fence: Callable[[str], None] | None = None
 
     @property
     def conditional(self) -> bool:
@@ -276,7 +280,12 @@ class Store:
         return Path(self.root) / name if name else Path(self.root)
 
     def child(self, name: str) -> Store:
-        return Store(join(self.location, name), self.options)
+        """The store of a subfolder; writes there pass this store's fence too (they are the same folder's)."""
+        child = Store(join(self.location, name), self.options)
+        if self.fence is not None:
+            fence = self.fence
+            child.fence = lambda inner: fence(f"{name}/{inner}")
+        return child
 
     def _call(self, fn, *args, **kwargs):
         try:
@@ -339,8 +348,13 @@ class Store:
             self._call(self.fs.get_file, self.path(name), str(local))
 
     # --- writes --------------------------------------------------------------------------------------------
+    def _fenced(self, name: str) -> None:
+        if self.fence is not None:
+            self.fence(name)
+
     def write_bytes(self, name: str, data: bytes) -> None:
         """Write ``name`` whole: an atomic rename on disk, a single object (all or nothing) on object storage."""
+        self._fenced(name)
         if not self.remote:
             from hub.files import atomic_write_bytes
 
@@ -353,6 +367,7 @@ class Store:
 
     def upload(self, local: str | Path, name: str) -> None:
         """Copy a local file to ``name`` whole (a rename on the same disk; an upload to object storage)."""
+        self._fenced(name)
         if not self.remote:
             import shutil
 
@@ -362,9 +377,9 @@ class Store:
         else:
             self._call(self.fs.put_file, str(local), self.path(name))
 
-    def create(self, name: str, data: bytes) -> bool:
-        """Write ``name`` only if it does not exist; False when it does. Conditional where the store allows it
-        (:attr:`conditional`), else check-then-write."""
+    def create(self, name: str, data: bytes) -> str | None:
+        """Write ``name`` only if it does not exist: its version tag, or None when it exists. Conditional where the
+        store allows it (:attr:`conditional`), else check-then-write."""
         if not self.remote:
             path = self.local_path(name)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -372,20 +387,60 @@ class Store:
                 with open(path, "xb") as fh:
                     fh.write(data)
             except FileExistsError:
-                return False
-            return True
+                return None
+            return str(path.stat().st_mtime_ns)
         if self.conditional:
             try:
-                self._call(self.fs.pipe_file, self.path(name), data, mode="create")
+                out = self._call(self.fs.pipe_file, self.path(name), data, mode="create")
             except FileExistsError:
-                return False
-            return True
+                return None
+            return _etag(out) or self.version(name)
         if self.exists(name):
-            return False
+            return None
         self.write_bytes(name, data)
+        return self.version(name)
+
+    def version(self, name: str) -> str | None:
+        """The version tag of ``name`` now (its ETag), or None when it does not exist."""
+        try:
+            return self.info(name)["version"]
+        except FileNotFoundError:
+            return None
+
+    def replace_if(self, name: str, data: bytes, version: str) -> str | None:
+        """Overwrite ``name`` only while it is still at ``version`` (S3's ``If-Match``): the new version tag, or
+        None when another writer changed or removed it first. Object storage with :attr:`conditional` only."""
+        if not (self.remote and self.conditional):
+            raise ValueError(f"{self.protocol}: no conditional overwrite")
+        try:
+            out = self._call(self.fs.pipe_file, self.path(name), data, IfMatch=_quoted(version))
+        except FileNotFoundError:
+            return None
+        except OSError as err:
+            if _precondition_failed(err):
+                return None
+            raise
+        return _etag(out) or self.version(name)
+
+    def remove_if(self, name: str, version: str) -> bool:
+        """Remove ``name`` only while it is still at ``version``; False when another writer changed it first."""
+        if not (self.remote and self.conditional):
+            raise ValueError(f"{self.protocol}: no conditional delete")
+        bucket, _, key = self.path(name).partition("/")
+        try:
+            self._call(self.fs.call_s3, "delete_object", Bucket=bucket, Key=key, IfMatch=_quoted(version))
+        except FileNotFoundError:
+            return False
+        except Exception as err:
+            if _precondition_failed(err):
+                return False
+            raise
+        finally:
+            self.fs.invalidate_cache(self.path(name))
         return True
 
     def remove(self, name: str) -> None:
+        self._fenced(name)
         if not self.remote:
             self.local_path(name).unlink(missing_ok=True)
             return
@@ -395,6 +450,7 @@ class Store:
             pass
 
     def remove_tree(self, name: str) -> None:
+        self._fenced(name)
         if not self.remote:
             import shutil
 
@@ -412,3 +468,20 @@ class Store:
 
 def as_store(folder: str | Path | Store, options: dict[str, Any] | None = None) -> Store:
     return folder if isinstance(folder, Store) else Store(folder, options)
+
+
+def _etag(put_result: Any) -> str | None:
+    """The version tag of a write's result, as :func:`object_version` spells it (no quotes)."""
+    return object_version(put_result) or None if isinstance(put_result, dict) else None
+
+
+def _quoted(version: str) -> str:
+    """An ETag as HTTP's ``If-Match`` takes it."""
+    return version if version.startswith('"') else f'"{version}"'
+
+
+
+def _precondition_failed(err: BaseException) -> bool:
+    """S3's 412 PreconditionFailed, as s3fs or botocore raise it."""
+    code = getattr(err, "response", {}).get("Error", {}).get("Code") if hasattr(err, "response") else None
+    return code in ("PreconditionFailed", "412") or "pre-conditions you specified did not hold" in str(err)

@@ -19,6 +19,7 @@ no torch is imported.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -52,9 +53,7 @@ def _add_run(sub) -> None:
                    help="output folder (manifest.json, part-NNNNN.parquet, index/): a local path, or a URL such as "
                         "s3://bucket/emb/ (each shard one object, then its done marker: the commit)")
     add_storage_option(p)
-    p.add_argument("--break-lock", action="store_true",
-                   help="object storage: take over the output's lock from a run that is dead (a lock whose run is "
-                        "gone from this host, or has no heartbeat for 10 minutes, is taken over without it)")
+    add_lock_options(p)
     p.add_argument("--layers", default="avgpool", help="comma-separated: feature1..feature5, avgpool (default avgpool)")
     p.add_argument("--pooling", default="gap", choices=("gap", "mhead"),
                    help="pooling of feature1..feature5 (avgpool is always the global average) (default gap)")
@@ -81,11 +80,25 @@ def _add_run(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def add_lock_options(p: argparse.ArgumentParser) -> None:
+    """The folder's lock: one writer at a time (run, index, dedup, outliers)."""
+    from service.embed.shards import LOCK_TTL_S
+
+    p.add_argument("--break-lock", action="store_true",
+                   help="object storage: take over the folder's lock from a run that is dead (a lock whose run is "
+                        "gone from this host and container, or not renewed for its lease, is taken over without "
+                        "it); the run that held it stops before its next commit")
+    p.add_argument("--lock-ttl", type=float, default=LOCK_TTL_S, metavar="SECONDS",
+                   help=f"object storage: the lock's lease, renewed every quarter of it; a run that cannot renew "
+                        f"it for this long stops, and another may take the folder (default {LOCK_TTL_S:g})")
+
+
 def _add_index(sub) -> None:
     p = sub.add_parser("index", help="build a FAISS index over one layer of an output folder")
     p.add_argument("folder", help="output folder of `byol-embed run` (a path or a URL)")
     p.add_argument("--layer", default="avgpool", help="the embedded layer to index (default avgpool)")
     add_storage_option(p)
+    add_lock_options(p)
     p.add_argument("--factory", default="Flat",
                    help="FAISS index_factory string: Flat (exact, default) or e.g. 'IVF4096,PQ64', 'HNSW32' for "
                         "large sets (trained on a sample; IVF needs ~39 x lists vectors); inner product over "
@@ -118,6 +131,7 @@ def _add_curation(sub) -> None:
                         help="IVF lists probed per query beyond --exact-limit (default 16)")
     common.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_storage_option(common)
+    add_lock_options(common)
     common.add_argument("--no-progress", action="store_true", help="no progress bar")
     p = sub.add_parser("dedup", parents=[common], help="exact and near-duplicate groups",
                        description="Exact duplicates (same bytes) and near-duplicate groups (a kNN graph at cosine "
@@ -161,7 +175,7 @@ def _run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, shard_size=args.shard_size, engine=args.engine, ray_address=args.ray_address,
         workers=args.workers, threads=args.threads, max_pixels=args.max_pixels, path_column=args.path_column,
         image_column=args.image_column, id_column=args.id_column,
-        storage_options=args.storage_options, break_lock=args.break_lock,
+        storage_options=args.storage_options, break_lock=args.break_lock, lock_ttl_s=args.lock_ttl,
         overwrite=args.overwrite, revision=args.revision, local_files_only=args.local_files_only,
         progress=not args.no_progress)
     summary = run_job(settings)
@@ -171,12 +185,24 @@ def _run(args: argparse.Namespace) -> int:
     return 130 if summary.interrupted else 0
 
 
+@contextlib.contextmanager
+def _locked(args: argparse.Namespace):
+    """The folder of ``index``, ``dedup`` and ``outliers``, held under its lock (a run, or another of these, on
+    the same folder is refused; on object storage every write is fenced)."""
+    from hub.storage import as_store
+    from service.embed.shards import FolderLock
+
+    folder = as_store(args.folder, args.storage_options)
+    with FolderLock(folder, break_lock=args.break_lock, ttl_s=args.lock_ttl):
+        yield folder
+
+
 def _index(args: argparse.Namespace) -> int:
     from hub.storage import join
     from service.embed.index import build_index
 
-    meta = build_index(args.folder, layer=args.layer, factory=args.factory, train_size=args.train_size,
-                       storage_options=args.storage_options)
+    with _locked(args) as folder:
+        meta = build_index(folder, layer=args.layer, factory=args.factory, train_size=args.train_size)
     print(f"indexed {meta['count']} vectors of {meta['layer']} ({meta['dim']}-d, {meta['factory']}, cosine) in "
           f"{meta['built_s']} s -> {join(args.folder, 'index')}")
     return 0
@@ -227,9 +253,9 @@ def _dedup(args: argparse.Namespace) -> int:
     from hub.storage import join
     from service.embed.curate import dedup, format_histogram
 
-    summary = dedup(args.folder, layer=args.layer, threshold=args.threshold, k=args.k, write_lists=args.write_lists,
-                    exact_limit=args.exact_limit, nprobe=args.nprobe, progress=not args.no_progress,
-                    storage_options=args.storage_options)
+    with _locked(args) as folder:
+        summary = dedup(folder, layer=args.layer, threshold=args.threshold, k=args.k, write_lists=args.write_lists,
+                        exact_limit=args.exact_limit, nprobe=args.nprobe, progress=not args.no_progress)
     if args.json:
         print(json.dumps(summary))
         return 0
@@ -249,9 +275,9 @@ def _outliers(args: argparse.Namespace) -> int:
     from hub.storage import join
     from service.embed.curate import outliers
 
-    summary = outliers(args.folder, layer=args.layer, k=args.k, threshold=args.threshold,
-                       exact_limit=args.exact_limit, nprobe=args.nprobe, progress=not args.no_progress,
-                       storage_options=args.storage_options)
+    with _locked(args) as folder:
+        summary = outliers(folder, layer=args.layer, k=args.k, threshold=args.threshold,
+                           exact_limit=args.exact_limit, nprobe=args.nprobe, progress=not args.no_progress)
     if args.json:
         print(json.dumps(summary))
         return 0

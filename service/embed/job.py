@@ -25,6 +25,7 @@ from hub.layers import check_layers, output_name, serving_outputs
 from hub.sources import ImageSource, open_source
 from hub.storage import Store, is_url, public_url
 from service.embed.shards import (
+    LOCK_TTL_S,
     EmbedJobError,
     FolderLock,
     Manifest,
@@ -67,6 +68,7 @@ class EmbedSettings:
     # fsspec options for URLs of --input and --output (endpoint_url, anon, ...): never logged nor recorded
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
     break_lock: bool = False
+    lock_ttl_s: float = LOCK_TTL_S
 
     def source_options(self) -> dict[str, str]:
         """How the input is read, beyond its path (kept in the manifest: curation and thumbnails read it again)."""
@@ -274,7 +276,7 @@ def run_job(settings: EmbedSettings) -> JobSummary:
 
 def _run_job(settings: EmbedSettings, serve, resolved: ResolvedModel, out: Store, source: ImageSource, backend,
              started: float) -> JobSummary:
-    with FolderLock(out, break_lock=settings.break_lock), StopFlag() as stop:
+    with FolderLock(out, break_lock=settings.break_lock, ttl_s=settings.lock_ttl_s), StopFlag() as stop:
         # what every backend outputs for this model (the serving graph's outputs): no backend is loaded just to plan
         outputs = serving_outputs(resolved.config.stem, resolved.config.input_size)
         manifest = build_manifest(settings, resolved, source, outputs)

@@ -15,9 +15,10 @@ a kill at any moment loses at most the shards in flight.
 
 On object storage (``--output s3://bucket/emb/``, through :class:`hub.storage.Store`) there is no rename: each
 shard is written as one whole object, then its done marker; the marker is the commit, and a shard object without
-one is rewritten by the next run. The lock is an object created conditionally (S3's ``If-None-Match: *``) holding
-its owner and a heartbeat; a rerun takes over a lock whose owner is gone (the same host with its process dead, or
-no heartbeat for ``LOCK_TTL_S``), or any lock with ``--break-lock``.
+one is rewritten by the next run. The lock is a lease object written only conditionally (S3's ``If-None-Match`` and
+``If-Match``) that fences every later write of its run (:class:`FolderLock`); a rerun takes over a lock whose owner
+is gone (the same host, container and process namespace with its process dead, or not renewed for its lease,
+``--lock-ttl``), or any lock with ``--break-lock``.
 """
 
 from __future__ import annotations
@@ -46,8 +47,7 @@ MANIFEST = "manifest.json"
 LOCK = ".lock"
 FORMAT = "byol-embeddings/1"
 # what a rerun must agree on (the settings that change the vectors, and the input)
-LOCK_TTL_S = 600.0  # a remote lock without a heartbeat for this long belongs to a dead run
-HEARTBEAT_S = 60.0
+LOCK_TTL_S = 600.0  # the lease: a remote lock not renewed for this long belongs to a dead or stalled run
 IDENTITY_FIELDS = ("model_id", "revision", "weights_sha256", "layers", "pooling", "normalize", "dtype",
                    "preprocessing", "input_fingerprint", "input_count", "shard_size", "decode")
 
@@ -130,22 +130,59 @@ def plan_shards(count: int, shard_size: int) -> list[dict[str, int]]:
             for i, start in enumerate(range(0, count, shard_size))]
 
 
-class FolderLock:
-    """One run per output folder. On disk an exclusive ``flock`` on ``folder/.lock`` (released by the kernel when
-    the process dies); on object storage a lease object (see the module's docstring)."""
+class LostLockError(EmbedJobError):
+    """This run no longer holds its folder's lock: it stops before its next commit."""
 
-    def __init__(self, folder: Path | Store, *, break_lock: bool = False) -> None:
+
+def _process_identity() -> dict[str, Any]:
+    """Who this process is, precisely enough to tell whether a lock's holder still runs: containers on one node
+    share a hostname pattern and a boot id, but not a pid namespace."""
+    def read(path: str) -> str:
+        try:
+            return Path(path).read_text().strip()
+        except OSError:
+            return ""
+
+    try:
+        pid_ns = str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        pid_ns = ""
+    return {"host": socket.gethostname(), "boot_id": read("/proc/sys/kernel/random/boot_id"), "pid_ns": pid_ns,
+            "pid": os.getpid()}
+
+
+class FolderLock:
+    """One writer per output folder (``run``, ``index``, ``dedup``, ``outliers``).
+
+    On disk an exclusive ``flock`` on ``folder/.lock``, released by the kernel when the process dies. On object
+    storage a lease object: created with ``If-None-Match: *``, renewed every ``ttl_s / 4`` with ``If-Match`` on
+    the version this run wrote last, taken over (a holder that is gone, or silent for ``ttl_s``, or
+    ``--break-lock``) with ``If-Match`` on the version that was read, so two contenders can never both win. It
+    fences the folder's store: before every write or removal, a run checks that the lock is still the version it
+    wrote and that it renewed it within ``ttl_s``; a run that lost it (taken over, or stalled past its lease)
+    stops with :class:`LostLockError` before its next commit. Stores without conditional writes say so, and
+    take over a lock only with ``--break-lock``.
+    """
+
+    def __init__(self, folder: Path | Store, *, break_lock: bool = False, ttl_s: float = LOCK_TTL_S) -> None:
+        if ttl_s <= 0:
+            raise EmbedJobError(f"--lock-ttl must be positive, got {ttl_s:g}")
         self.store = as_store(folder)
-        self.break_lock = break_lock
+        self.break_lock, self.ttl_s = break_lock, ttl_s
         self.handle = None
         self.path = self.store.local_path(LOCK) if not self.store.remote else None
         self.token = uuid.uuid4().hex
+        self.version: str | None = None  # the lock object's version this run wrote last
+        self.renewed = 0.0  # time.monotonic() of the last renewal
+        self.lost: str | None = None
+        self._mutex = threading.Lock()
         self._stop = threading.Event()
         self._beat: threading.Thread | None = None
 
     def __enter__(self) -> FolderLock:
         if self.store.remote:
             self._acquire_remote()
+            self.store.fence = self.check
             return self
         self.handle = open(self.path, "a+")  # noqa: SIM115
         try:
@@ -160,46 +197,60 @@ class FolderLock:
         return self
 
     # --- object storage: a lease ------------------------------------------------------------------------------
-    def _body(self, started: float) -> bytes:
-        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
-                           "started": started, "heartbeat": time.time()}).encode()
+    def _body(self) -> bytes:
+        return json.dumps({**_process_identity(), "token": self.token, "started": self.started,
+                           "heartbeat": time.time(), "ttl_s": self.ttl_s}).encode()
 
     def _acquire_remote(self) -> None:
         self.started = time.time()
-        for _ in range(2):
-            if self.store.create(LOCK, self._body(self.started)):
-                break
-            holder = self._holder()
+        url = self.store.url(LOCK)
+        version = self.store.create(LOCK, self._body())
+        if version is None:
+            holder, seen = self._holder()
             reason = self._stale(holder)
             if reason is None:
                 age = time.time() - float(holder.get("heartbeat", 0))
                 raise EmbedJobError(
-                    f"another byol-embed run holds {self.store.url(LOCK)} (host {holder.get('host')}, pid "
-                    f"{holder.get('pid')}, last heartbeat {age:.0f} s ago); wait for it, use another --output, or "
-                    f"pass --break-lock if that run is dead (a lock without a heartbeat for {LOCK_TTL_S:.0f} s is "
-                    "taken over by itself)")
-            logger.warning("taking over the lock %s: %s", self.store.url(LOCK), reason)
-            self.store.remove(LOCK)
-        else:
-            raise EmbedJobError(f"another run took the lock {self.store.url(LOCK)} at the same moment; retry")
+                    f"another byol-embed run holds {url} (host {holder.get('host')}, pid {holder.get('pid')}, last "
+                    f"heartbeat {age:.0f} s ago); wait for it, use another --output, or pass --break-lock if that "
+                    f"run is dead (a lock not renewed for its lease, {float(holder.get('ttl_s', self.ttl_s)):.0f} s, "
+                    "is taken over by itself)")
+            if not self.store.conditional and not self.break_lock:
+                raise EmbedJobError(f"{url} looks stale ({reason}), but {self.store.protocol} has no conditional "
+                                    "writes, so taking it over could let two runs write at once; pass --break-lock "
+                                    "once you know the other run is gone")
+            logger.warning("taking over the lock %s: %s", url, reason)
+            if self.store.conditional:  # only from the version read: a contender that moved first wins alone
+                version = (self.store.replace_if(LOCK, self._body(), seen) if seen is not None
+                           else self.store.create(LOCK, self._body()))
+            else:
+                self.store.write_bytes(LOCK, self._body())
+                version = self.store.version(LOCK)
+            if version is None:
+                raise EmbedJobError(f"another run took the lock {url} at the same moment; retry")
         if not self.store.conditional:
-            logger.warning("%s has no conditional create: the lock is check-then-write (two runs started at the same "
-                           "moment could both proceed)", self.store.protocol)
+            logger.warning("%s has no conditional writes: the lock on %s is check-then-write, so two runs started "
+                           "at the same moment could both proceed", self.store.protocol, url)
+        self.version, self.renewed = version, time.monotonic()
         self._beat = threading.Thread(target=self._heartbeat, name="byol-embed-lock", daemon=True)
         self._beat.start()
 
-    def _holder(self) -> dict[str, Any]:
+    def _holder(self) -> tuple[dict[str, Any], str | None]:
+        """The lock's content and the version it was read at (the version first: a change in between makes
+        the takeover's ``If-Match`` fail, never succeed on content it did not see)."""
+        version = self.store.version(LOCK)
         try:
-            return json.loads(self.store.read_text(LOCK))
+            return json.loads(self.store.read_text(LOCK)), version
         except (FileNotFoundError, ValueError):
-            return {}
+            return {}, version
 
     def _stale(self, holder: dict[str, Any]) -> str | None:
         if self.break_lock:
             return "--break-lock"
         if not holder:
             return "the lock is empty or gone"
-        if holder.get("host") == socket.gethostname():
+        me = _process_identity()
+        if all(holder.get(key) == me[key] and me[key] for key in ("host", "boot_id", "pid_ns")):
             try:
                 os.kill(int(holder.get("pid", 0)), 0)
             except ProcessLookupError:
@@ -207,23 +258,66 @@ class FolderLock:
             except (PermissionError, ValueError):
                 pass
         age = time.time() - float(holder.get("heartbeat", 0))
-        if age > LOCK_TTL_S:
-            return f"no heartbeat for {age:.0f} s"
+        ttl = float(holder.get("ttl_s", self.ttl_s))
+        if age > ttl:
+            return f"not renewed for {age:.0f} s (its lease is {ttl:.0f} s)"
         return None
 
     def _heartbeat(self) -> None:
-        while not self._stop.wait(HEARTBEAT_S):
+        while not self._stop.wait(self.ttl_s / 4):
+            self.renew()
+            if self.lost:
+                return
+
+    def renew(self) -> None:
+        with self._mutex:
+            if self.lost:
+                return
             try:
-                if self._holder().get("token") == self.token:
-                    self.store.write_bytes(LOCK, self._body(self.started))
-            except Exception as err:  # a missed heartbeat only shortens the lease
-                logger.warning("lock heartbeat failed: %s", err)
+                if self.store.conditional:
+                    version = self.store.replace_if(LOCK, self._body(), self.version)
+                else:
+                    holder, _ = self._holder()
+                    version = None
+                    if holder.get("token") == self.token:
+                        self.store.write_bytes(LOCK, self._body())
+                        version = self.store.version(LOCK)
+                if version is None:
+                    self.lost = "another run took the lock over"
+                    logger.error("lost the lock %s: %s; this run stops before its next commit",
+                                 self.store.url(LOCK), self.lost)
+                    return
+                self.version, self.renewed = version, time.monotonic()
+            except Exception as err:  # a missed renewal only shortens the lease
+                logger.warning("lock renewal failed: %s (the lease ends %.0f s after the last renewal)", err,
+                               self.ttl_s)
+
+    def check(self, name: str = "") -> None:
+        """The fence, before a write or removal of ``name``: this run still holds the lock."""
+        if name == LOCK:
+            return
+        with self._mutex:  # not in the middle of a renewal (the lock's new version not yet recorded)
+            if self.lost is None:
+                idle = time.monotonic() - self.renewed
+                if idle > self.ttl_s:
+                    self.lost = (f"its lease was not renewed for {idle:.0f} s, longer than the lease "
+                                 f"({self.ttl_s:.0f} s): another run may hold the folder now")
+                elif self.store.conditional and self.store.version(LOCK) != self.version:
+                    self.lost = "another run took the lock over"
+        if self.lost is not None:
+            raise LostLockError(f"this run no longer holds {self.store.url(LOCK)} ({self.lost}); it stopped before "
+                                f"writing {name or 'more'}. The run that holds the lock now owns the folder")
 
     def __exit__(self, *exc: Any) -> None:
         if self.store.remote:
             self._stop.set()
-            if self._holder().get("token") == self.token:
-                self.store.remove(LOCK)
+            self.store.fence = None
+            with self._mutex:
+                if self.lost is None and self.version is not None:
+                    if self.store.conditional:
+                        self.store.remove_if(LOCK, self.version)
+                    elif self._holder()[0].get("token") == self.token:
+                        self.store.remove(LOCK)
             return
         if self.handle is not None:
             fcntl.flock(self.handle, fcntl.LOCK_UN)

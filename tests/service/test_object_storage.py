@@ -318,3 +318,88 @@ def test_remote_folders_lists_and_globs_list_as_on_disk(images, s3):
     assert first == listed.read(0) and isinstance(missing, FileNotFoundError) and third == listed.read(2)
     pickled = pickle.loads(pickle.dumps(remote))  # what Ray actors and DataLoader workers receive
     assert pickled.read(3) == remote.read(3)
+
+
+def _race_input(photos, tmp_path, s3, name: str) -> Path:
+    data = tmp_path / name
+    data.mkdir()
+    _write_images(data, photos, copies=24)  # 147 images in 30 shards of 5: a run of several seconds
+    s3.upload_tree(data, f"bkt/{name}")
+    return data
+
+
+def _writer(args: list[str], log: Path, s3) -> subprocess.Popen:
+    """A `byol-embed run` in its own process, one image at a time (many commits to fence)."""
+    with open(log, "wb") as out:
+        return subprocess.Popen([sys.executable, "-m", "service.embed", *args, "--batch-size", "1", "--workers", "1",
+                                 "--threads", "1"], env={**s3.env(), "PYTHONPATH": str(REPO)}, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_for_marker(proc: subprocess.Popen, s3, path: str, log: Path) -> None:
+    deadline = time.time() + 180
+    while not s3.fs.exists(path):
+        assert proc.poll() is None and time.time() < deadline, log.read_text()[-2000:]
+        time.sleep(0.05)
+
+
+def _assert_complete_as_on_disk(trained_model, data: Path, prefix: str, tmp_path, s3) -> None:
+    assert main(settings(trained_model, str(data), str(tmp_path / "reference"))) == 0
+    got, names = table_of(s3, prefix)
+    reference, ref_names = local_table(tmp_path / "reference")
+    assert names == ref_names and len([p for p in s3.fs.ls(prefix) if p.endswith(".done")]) == len(names) == 30
+    assert_same_rows(got, reference, paths=False)
+
+
+def test_two_writers_on_s3_one_refused_then_one_taken_over_and_the_loser_stops(trained_model, photos, tmp_path,
+                                                                              s3, capsys):
+    """Writer A runs (paused between two shards, so that the interleaving is the same on a loaded machine). B is
+    refused while A's lease is live; B with --break-lock --overwrite takes the folder (a conditional overwrite of
+    the lock) and runs to the end; A, going on, stops before its next commit instead of writing on to the end."""
+    data = _race_input(photos, tmp_path, s3, "race-in")
+    args = settings(trained_model, "s3://bkt/race-in", "s3://bkt/race", *s3.option)
+    log = tmp_path / "a.log"
+    first = _writer(args, log, s3)
+    try:
+        _wait_for_marker(first, s3, "bkt/race/part-00001.done", log)
+        os.kill(first.pid, signal.SIGSTOP)  # A holds the interleaving still (its lease is 10 minutes: still live)
+        capsys.readouterr()
+        assert main(args) == 2
+        assert "another byol-embed run holds s3://bkt/race/.lock" in capsys.readouterr().err
+        assert main([*args, "--break-lock", "--overwrite"]) == 0
+        os.kill(first.pid, signal.SIGCONT)
+        code = first.wait(timeout=180)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    printed = log.read_text()
+    assert code == 2 and "no longer holds s3://bkt/race/.lock (another run took the lock over)" in printed, printed[-2000:]
+    assert "done: " not in printed  # it did not write on to the end
+    _assert_complete_as_on_disk(trained_model, data, "bkt/race", tmp_path, s3)
+    assert not s3.fs.exists("bkt/race/.lock")
+
+
+def test_a_writer_paused_past_its_lease_loses_the_folder_and_stops(trained_model, photos, tmp_path, s3, capsys):
+    """Writer A (a 3 s lease) is paused (SIGSTOP) past its lease; B takes the folder over by itself, without
+    --break-lock, and finishes the run; A, resumed, finds it lost the lease and stops before its next commit."""
+    data = _race_input(photos, tmp_path, s3, "paused-in")
+    args = settings(trained_model, "s3://bkt/paused-in", "s3://bkt/paused", *s3.option, "--lock-ttl", "3")
+    log = tmp_path / "a.log"
+    first = _writer(args, log, s3)
+    try:
+        _wait_for_marker(first, s3, "bkt/paused/part-00001.done", log)
+        os.kill(first.pid, signal.SIGSTOP)
+        time.sleep(3.5)
+        capsys.readouterr()
+        assert main(args) == 0  # A's lease ran out: taken over, and A's run resumed to the end
+        assert "taking over" not in capsys.readouterr().out
+        os.kill(first.pid, signal.SIGCONT)
+        code = first.wait(timeout=120)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    printed = log.read_text()
+    assert code == 2 and "no longer holds s3://bkt/paused/.lock" in printed, printed[-2000:]
+    _assert_complete_as_on_disk(trained_model, data, "bkt/paused", tmp_path, s3)
