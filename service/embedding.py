@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import logging
 
 import numpy as np
 
@@ -17,6 +18,8 @@ from hub.preprocess import load_image, open_image, preprocess_one
 from service.admission import DecodeTicket
 from service.engine import BatchEngine
 from service.errors import ServiceError, image_error
+
+logger = logging.getLogger(__name__)
 
 
 def decode_base64_image(text: str, index: int) -> bytes:
@@ -110,8 +113,9 @@ async def run_images(engine: BatchEngine, pixels: np.ndarray, timeout: float,
 
     try:
         return await wait_for_client(gathered, timeout, disconnected, on_stop=drop)
-    except RuntimeError as err:
-        raise ServiceError(500, "inference_failed", str(err)) from None
+    except RuntimeError as err:  # the runtime's message (shapes, paths, node names) to the log, not the client
+        logger.error("inference failed: %s", err)
+        raise ServiceError(500, "inference_failed", "inference failed; see the server log") from None
     finally:
         drop()
         if not gathered.done():

@@ -8,6 +8,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+SECRETS = ("api_keys", "storage_options")  # never logged, never sent where they are not needed
+
 
 class ServiceSettings(BaseSettings):
     """Settings of the embedding server. Each field reads ``BYOL_<NAME>`` (e.g. ``BYOL_MODEL``)."""
@@ -96,11 +98,15 @@ class ServiceSettings(BaseSettings):
                 "reach it could use it. Set --api-keys / BYOL_API_KEYS (a JSON list), bind to 127.0.0.1, or say "
                 "--allow-no-auth / BYOL_ALLOW_NO_AUTH=true if a gateway in front authenticates")
 
-    def portable(self) -> dict[str, Any]:
+    def portable(self, *, secrets: bool = True) -> dict[str, Any]:
         """The settings for processes started elsewhere (Ray Serve replicas, Ray actors): every value resolved
         here (they may run on nodes without this shell's BYOL_* variables), local paths made absolute (their
-        working directory is not this one's)."""
+        working directory is not this one's). ``secrets=False`` leaves out the API keys and storage options, for
+        processes that only load the model (the embedding job's actors)."""
         values = self.model_dump()
+        if not secrets:
+            for key in SECRETS:
+                values.pop(key)
         for key in ("model", "index", "cache_dir"):
             if values.get(key) and "://" not in values[key] and Path(values[key]).exists():
                 values[key] = str(Path(values[key]).resolve())

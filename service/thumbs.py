@@ -8,6 +8,7 @@ be reached (a ``../`` id is simply not in the index).
 from __future__ import annotations
 
 import io
+import logging
 import threading
 from collections import OrderedDict
 from functools import cached_property
@@ -17,6 +18,8 @@ from hub.preprocess import decode_image
 
 THUMB_SIDE = 256
 CACHE_ENTRIES = 2048  # ~10-20 KB each
+
+logger = logging.getLogger(__name__)
 
 
 class ThumbnailError(Exception):
@@ -54,15 +57,17 @@ class Thumbnails:
             raise ThumbnailError(404, "unknown_id", f"no image with id {item_id!r} in the index") from None
         try:
             source, positions = self._source
-        except OSError as err:
-            raise ThumbnailError(404, "image_unavailable", f"the index's input cannot be read: {err}") from None
+        except OSError as err:  # the reason (a path, a bucket, a storage error) goes to the log, not to the client
+            logger.warning("thumbnails: the index's input cannot be read: %s", err)
+            raise ThumbnailError(404, "image_unavailable", "the index's input cannot be read; see the server log") from None
         position = positions.get(item_id)
         if position is None:
             raise ThumbnailError(404, "image_unavailable", f"{item_id!r} is no longer in the index's input")
         try:
             img = decode_image(source.read(position), max_pixels=self.max_pixels, draft_min_side=self.side)
-        except Exception as err:  # unreadable now, or not an image any more
-            raise ThumbnailError(404, "image_unavailable", f"{item_id!r} cannot be read: {err}") from None
+        except Exception as err:  # unreadable now, or not an image any more: the reason to the log only
+            logger.warning("thumbnail of %r: %s", item_id, err)
+            raise ThumbnailError(404, "image_unavailable", f"{item_id!r} cannot be read now; see the server log") from None
         img = img.convert("RGB")
         img.thumbnail((self.side, self.side))
         buf = io.BytesIO()

@@ -95,7 +95,7 @@ def _run_pool(settings: Any, serve: Any, manifest: Manifest, source: Any, store:
     cpus_per_actor = max(0.1, min(1.0, (cpus - 0.5) / actors_wanted))
     threads = settings.threads or max(1, math.floor(cpus / actors_wanted))
     options = {"num_cpus": cpus_per_actor, "num_gpus": 1 if gpus else 0, "max_restarts": 2, "max_task_retries": 2}
-    serve_dict = serve.portable()
+    serve_dict = serve.portable(secrets=False)  # the actors load the model; their store and source carry their I/O
     serve_dict.update(threads=threads, device="cuda" if gpus and settings.backend == "torch" else serve.device)
     remote = ray.remote(ShardWorker).options(**options)
     source_ref = ray.put(source)  # one copy in the object store, fetched once per node

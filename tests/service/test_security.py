@@ -161,3 +161,15 @@ def test_the_ray_proxy_middleware_bounds_what_it_buffers():
     http, proxy = client(max_body_bytes=1000, max_buffered_bytes=100)
     assert http.post("/embed", content=b"x" * 500).status_code == 200  # unbuffered, still answered
     assert seen[-1] == 500 and proxy.buffered == 0
+
+
+def test_processes_that_only_load_the_model_get_no_secrets(monkeypatch):
+    """The embedding job's Ray actors load the model: they get neither the API keys nor the storage options (their
+    output store and input listing carry the I/O they need); Serve replicas, which check keys, get them."""
+    monkeypatch.setenv("BYOL_API_KEYS", '["k-secret"]')
+    monkeypatch.setenv("BYOL_STORAGE_OPTIONS", '{"key": "AKIA-secret"}')
+    settings = ServiceSettings(model="m")
+    actor = settings.portable(secrets=False)
+    assert "api_keys" not in actor and "storage_options" not in actor and actor["model"] == "m"
+    assert settings.portable()["api_keys"] == ["k-secret"]
+    assert "AKIA-secret" not in repr(settings) and "k-secret" not in repr(settings)
