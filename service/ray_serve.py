@@ -86,6 +86,10 @@ class BYOLEmbedder:
             cpus = context.get_assigned_resources().get("CPU", 0)
             resolved = resolved.model_copy(update={"threads": max(1, int(cpus))})
         self.settings = resolved
+        if not resolved.api_keys:  # the proxies listen on every node's address: say it where operators look
+            logger.warning("AUTHENTICATION IS OFF on this replica: no BYOL_API_KEYS in its environment; every client "
+                           "that reaches a Serve proxy may call every route (docker/k8s/rayservice.yaml gives the "
+                           "keys from a Secret)")
         replica = serve.get_replica_context().replica_id.unique_id
         self.identity = f"replica={replica}; node={context.get_node_id()}; ip={ray.util.get_node_ip_address()}"
         self.state = None

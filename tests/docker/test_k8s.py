@@ -223,3 +223,13 @@ def test_every_cache_is_on_a_writable_volume():
     for variable in ("HF_HOME", "BYOL_CACHE"):
         assert any(env[variable] == path or env[variable].startswith(path + "/") for path in writable), variable
     assert "BYOL_CACHE=/cache/byol" in RAY_DOCKERFILE
+
+
+def test_hub_models_in_the_manifests_are_pinned_to_a_revision():
+    """A Hub repo id without a revision follows a moving branch: a rolling restart could serve other weights."""
+    app = yaml.safe_load(load("rayservice.yaml")["spec"]["serveConfigV2"])["applications"][0]
+    env = app["runtime_env"]["env_vars"]
+    assert "/" in env["BYOL_MODEL"] and not env["BYOL_MODEL"].startswith("/")  # a Hub id here
+    assert env.get("BYOL_REVISION") not in (None, "", "main")
+    data = load("configmap.yaml")["data"]
+    assert data["BYOL_MODEL"].startswith("/") or data.get("BYOL_REVISION") not in (None, "", "main")
