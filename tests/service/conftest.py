@@ -99,3 +99,43 @@ def emb(tmp_path_factory, trained_model) -> Path:
                  ["index", str(out)], ["dedup", str(out), "--no-progress"], ["outliers", str(out), "--no-progress"]):
         assert embed_main(argv) == 0, argv
     return out
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(model, *extra: str) -> tuple[subprocess.Popen, str]:
+    """``byol-serve`` as a real uvicorn process on a free loopback port, ready (``/ready`` 200). Its output goes
+    to a file, ``proc.log``: a pipe that nobody reads fills up under a flood of access-log lines and stalls the
+    server."""
+    import tempfile
+    import time
+
+    import httpx
+
+    from benchmarks import processes
+
+    port = free_port()
+    log = Path(tempfile.mkstemp(prefix="byol-serve-", suffix=".log")[1])
+    with open(log, "wb") as out:
+        proc = processes.start([sys.executable, "-m", "service.cli", "--model", str(model), "--port", str(port),
+                                "--max-wait-ms", "2", *extra], stdout=out, stderr=subprocess.STDOUT)
+    proc.log = log
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url + "/ready", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    processes.stop(proc)
+    raise AssertionError("server did not become ready")

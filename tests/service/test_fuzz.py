@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from benchmarks import processes
-from tests.service.test_hostile import _start
+from tests.service.conftest import start_server
 
 pytest.importorskip("schemathesis")
 
@@ -32,7 +32,7 @@ PUBLIC = {"/", "/ui", "/ui/{name}", "/health", "/ready", "/metrics", "/docs", "/
 
 @pytest.fixture(scope="module")
 def fuzzed_server(trained_model, emb):
-    proc, url = _start(trained_model, "--index", str(emb), "--api-keys", KEY)  # its log in a file: no pipe to fill
+    proc, url = start_server(trained_model, "--index", str(emb), "--api-keys", KEY)
     yield proc, url
     processes.stop(proc, timeout=30)
 

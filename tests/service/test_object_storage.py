@@ -6,6 +6,7 @@ bucket, no image column, bytes that are not an image)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -336,11 +337,22 @@ def _writer(args: list[str], log: Path, s3) -> subprocess.Popen:
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _wait_for_marker(proc: subprocess.Popen, s3, path: str, log: Path) -> None:
-    deadline = time.time() + 180
-    while not s3.fs.exists(path):
-        assert proc.poll() is None and time.time() < deadline, log.read_text()[-2000:]
-        time.sleep(0.05)
+@contextlib.contextmanager
+def _first_writer(args: list[str], log: Path, s3, marker: str):
+    """Writer A, stopped (SIGSTOP) once ``marker`` exists, so that what the test does next happens between two
+    of A's commits on any machine; killed at the end if it is still there."""
+    proc = _writer(args, log, s3)
+    try:
+        deadline = time.time() + 180
+        while not s3.fs.exists(marker):
+            assert proc.poll() is None and time.time() < deadline, log.read_text()[-2000:]
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGSTOP)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def _assert_complete_as_on_disk(trained_model, data: Path, prefix: str, tmp_path, s3) -> None:
@@ -359,20 +371,13 @@ def test_two_writers_on_s3_one_refused_then_one_taken_over_and_the_loser_stops(t
     data = _race_input(photos, tmp_path, s3, "race-in")
     args = settings(trained_model, "s3://bkt/race-in", "s3://bkt/race", *s3.option)
     log = tmp_path / "a.log"
-    first = _writer(args, log, s3)
-    try:
-        _wait_for_marker(first, s3, "bkt/race/part-00001.done", log)
-        os.kill(first.pid, signal.SIGSTOP)  # A holds the interleaving still (its lease is 10 minutes: still live)
+    with _first_writer(args, log, s3, "bkt/race/part-00001.done") as first:  # its lease (10 minutes) is live
         capsys.readouterr()
         assert main(args) == 2
         assert "another byol-embed run holds s3://bkt/race/.lock" in capsys.readouterr().err
         assert main([*args, "--break-lock", "--overwrite"]) == 0
         os.kill(first.pid, signal.SIGCONT)
         code = first.wait(timeout=180)
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait()
     printed = log.read_text()
     assert code == 2 and "no longer holds s3://bkt/race/.lock (another run took the lock over)" in printed, printed[-2000:]
     assert "done: " not in printed  # it did not write on to the end
@@ -380,26 +385,17 @@ def test_two_writers_on_s3_one_refused_then_one_taken_over_and_the_loser_stops(t
     assert not s3.fs.exists("bkt/race/.lock")
 
 
-def test_a_writer_paused_past_its_lease_loses_the_folder_and_stops(trained_model, photos, tmp_path, s3, capsys):
+def test_a_writer_paused_past_its_lease_loses_the_folder_and_stops(trained_model, photos, tmp_path, s3):
     """Writer A (a 3 s lease) is paused (SIGSTOP) past its lease; B takes the folder over by itself, without
     --break-lock, and finishes the run; A, resumed, finds it lost the lease and stops before its next commit."""
     data = _race_input(photos, tmp_path, s3, "paused-in")
     args = settings(trained_model, "s3://bkt/paused-in", "s3://bkt/paused", *s3.option, "--lock-ttl", "3")
     log = tmp_path / "a.log"
-    first = _writer(args, log, s3)
-    try:
-        _wait_for_marker(first, s3, "bkt/paused/part-00001.done", log)
-        os.kill(first.pid, signal.SIGSTOP)
-        time.sleep(3.5)
-        capsys.readouterr()
+    with _first_writer(args, log, s3, "bkt/paused/part-00001.done") as first:
+        time.sleep(3.5)  # past A's lease
         assert main(args) == 0  # A's lease ran out: taken over, and A's run resumed to the end
-        assert "taking over" not in capsys.readouterr().out
         os.kill(first.pid, signal.SIGCONT)
         code = first.wait(timeout=120)
-    finally:
-        if first.poll() is None:
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait()
     printed = log.read_text()
     assert code == 2 and "no longer holds s3://bkt/paused/.lock" in printed, printed[-2000:]
     _assert_complete_as_on_disk(trained_model, data, "bkt/paused", tmp_path, s3)

@@ -6,9 +6,6 @@ import asyncio
 import base64
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -18,31 +15,7 @@ import pytest
 
 from benchmarks import processes
 from service.client import AsyncEmbeddingClient, EmbeddingClient, EmbeddingError
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(model, *extra: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    proc = processes.start([sys.executable, "-m", "service.cli", "--model", str(model), "--port", str(port),
-                            "--max-wait-ms", "2", *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {proc.stdout.read()[-3000:]}")
-        try:
-            if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    processes.stop(proc)
-    raise AssertionError("server did not become ready")
+from tests.service.conftest import start_server
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +120,7 @@ def test_sigterm_drains_in_flight_requests(trained_model, photo_bytes):
         for t in threads:
             t.join(120)
         code = proc.wait(timeout=60)
-        log = proc.stdout.read()
+        log = proc.log.read_text()
     finally:
         processes.stop(proc)
     assert alive_during_drain, "the requests finished before the drain was checked; make them heavier"

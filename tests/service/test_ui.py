@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from benchmarks import processes
-from tests.service.test_server_process import start_server
+from tests.service.conftest import start_server
 
 KEY = "ui-test-key"
 STATIC = Path(__file__).resolve().parents[2] / "service" / "static"
