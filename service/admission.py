@@ -15,6 +15,17 @@ from collections.abc import Callable
 from service.errors import ServiceError
 
 
+def announced_length(headers: dict[bytes, bytes], limit: int) -> int:
+    """A request body's size as its headers announce it; a chunked body (no ``Content-Length``) may be as large
+    as ``limit``, and so is one whose length does not parse."""
+    if b"content-length" not in headers:
+        return limit if b"transfer-encoding" in headers else 0
+    try:
+        return int(headers[b"content-length"])
+    except ValueError:
+        return limit
+
+
 class Overloaded(ServiceError):
     def __init__(self, what: str) -> None:
         super().__init__(503, "overloaded", f"the server is busy ({what}); retry after a second",

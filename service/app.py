@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from service.admission import announced_length
 from service.backends import Backend, build_planned_backend, inference_plan, resolve_for_backend
 from service.engine import BatchEngine
 from service.errors import DrainingError, ServiceError, error_response, install_error_handlers
@@ -61,7 +62,7 @@ class RequestMiddleware:
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode("latin-1"))]
             await send(message)
 
-        length = _body_length(headers, limit)
+        length = announced_length(headers, limit)
         counted = path not in PROBES
         refusal: ServiceError | None = None
         if path in WORK_ROUTES and self.state.draining:
@@ -104,16 +105,6 @@ class RequestMiddleware:
         if route not in PROBES:
             access_log.info(json.dumps({"request_id": request_id, "method": scope.get("method"), "path": path,
                                         "status": status, "ms": round(elapsed * 1000, 1)}))
-
-
-def _body_length(headers: dict[bytes, bytes], limit: int) -> int:
-    """The body's size as announced; a chunked body (no Content-Length) may be as large as the limit."""
-    if b"content-length" not in headers:
-        return limit if b"transfer-encoding" in headers else 0
-    try:
-        return int(headers[b"content-length"])
-    except ValueError:
-        return limit
 
 
 def create_app(settings: ServiceSettings | None = None, backend: Backend | None = None) -> FastAPI:

@@ -195,14 +195,12 @@ class ReplayOnReplicaLoss:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope.get("path") not in REPLAYABLE:
             return await self.app(scope, receive, send)
+        from service.admission import announced_length
         from service.errors import error_response
         from service.settings import bearer_accepted
 
         headers = dict(scope.get("headers") or [])
-        try:
-            announced = int(headers.get(b"content-length", b"0") or 0)
-        except ValueError:
-            announced = 0
+        announced = announced_length(headers, self.max_body_bytes)
         if announced > self.max_body_bytes:
             return await error_response(413, "body_too_large", f"request body is {announced} bytes; the limit is "
                                         f"{self.max_body_bytes}")(scope, receive, send)
@@ -210,14 +208,13 @@ class ReplayOnReplicaLoss:
                                                  self.api_keys):
             return await error_response(401, "unauthorized", "missing or invalid API key; send 'Authorization: "
                                         "Bearer <key>'", headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
-        reserved = announced or self.max_body_bytes  # a chunked body may be as large as the limit
-        if self.buffered + reserved > self.max_buffered_bytes:
+        if self.buffered + announced > self.max_buffered_bytes:
             return await self.app(scope, receive, send)  # no room to hold it: no replay for this one
-        self.buffered += reserved
+        self.buffered += announced
         try:
             await self._buffered(scope, receive, send)
         finally:
-            self.buffered -= reserved
+            self.buffered -= announced
 
     async def _buffered(self, scope, receive, send) -> None:
         chunks, size, more = [], 0, True
