@@ -211,7 +211,7 @@ class LoadedIndex:
             except RuntimeError:
                 logger.info("--nprobe ignored: %s is not an IVF index", meta["factory"])
         table = feather.read_table(root / IDS_FILE)
-        located = "shard" in table.column_names and "shards" in meta  # indexes made before 0.1 lack them
+        located = "shard" in table.column_names and "shards" in meta  # indexes built before rows were located lack them
         return cls(folder, manifest, meta, index, table.column("id").to_pylist(), table.column("path").to_pylist(),
                    store, table.column("shard").to_numpy() if located else None,
                    table.column("row").to_numpy() if located else None)
