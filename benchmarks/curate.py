@@ -18,7 +18,6 @@ the distinct photos, embedded with MODEL_DIR; pair precision and recall of ``ded
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import resource
@@ -32,6 +31,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from tests.support.images import make_near_duplicate_fixture, pair_scores, photos_for_quality  # noqa: E402
 
 
 def peak_rss_mb() -> float:
@@ -72,7 +73,7 @@ def planted_vectors(n: int, dim: int, *, groups_fraction: float = 0.05, seed: in
 
 def write_folder(folder: Path, vectors: np.ndarray, shard_size: int = 100_000) -> None:
     """An embedding folder as `byol-embed run` writes it (manifest, shards, done markers), around ``vectors``."""
-    from service.embed.shards import Manifest, ShardRows, plan_shards, write_shard
+    from storage.folder import Manifest, ShardRows, plan_shards, write_shard
 
     n, dim = vectors.shape
     manifest = Manifest(model_id="synthetic", revision="sha256:0", weights_sha256="0" * 64, architecture="resnet18",
@@ -135,65 +136,6 @@ def scale(sizes: list[int], dim: int, subset: int) -> None:
             print(f"  subset of {len(sub_vectors)}: recall exact {exact_recall:.4f} ({exact['search']['index']}) vs "
                   f"IVF {approx_recall:.4f} ({approx['search']}): {approx_recall / max(exact_recall, 1e-9):.3f}x "
                   "of exact", flush=True)
-
-
-def make_near_duplicate_fixture(photos, folder: Path, seed: int = 0) -> dict[str, str]:
-    """Each photo as ``orig_<i>.jpg`` plus four copies (JPEG quality 20, halved, cropped to 90 %, brightness +10 %
-    or -10 %); returns copy file -> original file."""
-    from PIL import Image, ImageEnhance
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    sources: dict[str, str] = {}
-    for i, photo in enumerate(photos):
-        img = photo.convert("RGB")
-        orig = f"orig_{i:02d}.jpg"
-        img.save(folder / orig, quality=92)
-        w, h = img.size
-        copies = {
-            "q20": img,
-            "half": img.resize((max(1, w // 2), max(1, h // 2)), Image.Resampling.BILINEAR),
-            "crop": img.crop((w // 20, h // 20, w - w // 20, h - h // 20)),
-            "bright": ImageEnhance.Brightness(img).enhance(1.1 if rng.random() < 0.5 else 0.9),
-        }
-        for name, copy in copies.items():
-            buf = io.BytesIO()
-            copy.save(buf, "JPEG", quality=20 if name == "q20" else 90)
-            (folder / f"copy_{i:02d}_{name}.jpg").write_bytes(buf.getvalue())
-            sources[f"copy_{i:02d}_{name}.jpg"] = orig
-    return sources
-
-
-def pair_scores(duplicates: Path, sources: dict[str, str]) -> tuple[float, float]:
-    """Pair precision and recall of the groups against the truth (an original and its copies are one group)."""
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(duplicates, columns=["group", "id"]).to_pydict()
-    truth_of = {**{c: o for c, o in sources.items()}, **{o: o for o in set(sources.values())}}
-    members: dict[int, list[str]] = {}
-    for g, i in zip(table["group"], table["id"]):
-        members.setdefault(g, []).append(i)
-    found = {tuple(sorted((a, b))) for m in members.values() for x, a in enumerate(m) for b in m[x + 1:]}
-    truth = set()
-    by_orig: dict[str, list[str]] = {}
-    for item, orig in truth_of.items():
-        by_orig.setdefault(orig, []).append(item)
-    for m in by_orig.values():
-        truth |= {tuple(sorted((a, b))) for x, a in enumerate(m) for b in m[x + 1:]}
-    hits = len(found & truth)
-    return hits / max(1, len(found)), hits / max(1, len(truth))
-
-
-# the real photographs among scikit-image's images (not the drawings, the synthetic ones, nor the right view of the
-# motorcycle stereo pair, a near copy of the left one)
-QUALITY_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "ihc.png", "motorcycle_left.png",
-                  "hubble_deep_field.jpg", "retina.jpg", "rocket.jpg")
-
-
-def photos_for_quality(folder: Path) -> list:
-    from PIL import Image
-
-    return [Image.open(folder / name).convert("RGB") for name in QUALITY_PHOTOS]
 
 
 def quality(model: str) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import processes  # noqa: E402
+from tests.support import processes  # noqa: E402
 
 
 def make_images(folder: Path, count: int) -> list[Path]:
@@ -62,8 +62,8 @@ def raw_backend(model: Path, paths: list[Path], batch: int, streamed: bool) -> t
     the inference plan's streams, one session thread per stream)."""
     from hub.hub_io import resolve_model
     from hub.preprocess import preprocess
-    from service.backends import build_backend, build_streamed_backend
-    from service.settings import ServiceSettings
+    from service.runtime.factory import build_backend, build_streamed_backend
+    from service.server.settings import ServiceSettings
 
     resolved = resolve_model(model, files=(), optional_files=("model.onnx",))
     backend = (build_streamed_backend if streamed else build_backend)(resolved, ServiceSettings(model=str(model)))
@@ -80,8 +80,8 @@ def raw_backend(model: Path, paths: list[Path], batch: int, streamed: bool) -> t
 def decode_core_time(model: Path, folder: Path) -> float:
     """CPU seconds per image of what the job does per item before inference (read, decode, preprocess), one thread."""
     from hub.config import ModelConfig
-    from hub.sources import open_source
     from service.embed.pipeline import decode_item
+    from storage.sources import open_source
 
     config = ModelConfig.load(model)
     source = open_source(str(folder))

@@ -89,7 +89,7 @@ def main() -> None:
 
         from benchmarks.embed_job import make_images
         from hub.config import IMAGENET_MEAN, IMAGENET_STD
-        from hub.sources import open_source
+        from storage.sources import open_source
         from training.augment import AugmentConfig
         from training.data import (
             ResumableSampler,

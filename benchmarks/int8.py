@@ -50,8 +50,8 @@ def main() -> None:
     import onnxruntime as ort
 
     from hub.config import ONNX_INT8_NAME, ONNX_NAME, ModelConfig
+    from hub.export.quantize import quantize_int8
     from hub.preprocess import preprocess
-    from hub.quantize import quantize_int8
 
     folder = Path(args.model)
     calib, evaluation = photos()

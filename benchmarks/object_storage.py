@@ -34,8 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import processes  # noqa: E402
 from benchmarks.embed_job import add_job_arguments, make_images  # noqa: E402
+from tests.support import processes  # noqa: E402
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -61,8 +61,8 @@ def wait_for(endpoint: str, timeout: float = 30.0) -> None:
 
 
 def job(model: Path, data: str, out: str, batch: int, options: dict, engine: str = "local", workers: int = 0):
-    from hub.storage import Store
     from service.embed.job import EmbedSettings, run_job
+    from storage.store import Store
 
     Store(out, options).remove_tree("")  # every round starts from an empty folder
     summary = run_job(EmbedSettings(model=str(model), input=data, output=out, batch_size=batch, shard_size=128,

@@ -29,7 +29,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks import processes  # noqa: E402
+from tests.support import processes  # noqa: E402
 
 MAX_BATCH, WAIT_MS = 8, 10
 
@@ -136,12 +136,12 @@ def start(kind: str, model: str, logs: Path) -> tuple[subprocess.Popen, str]:
     """Start a server in its own session (``processes.stop`` ends it with every worker it forks)."""
     port = free_port()
     if kind.startswith("ours"):
-        cmd = [sys.executable, "-m", "service.cli", "--model", model, "--port", str(port), "--max-batch-size",
+        cmd = [sys.executable, "-m", "service.server.cli", "--model", model, "--port", str(port), "--max-batch-size",
                str(MAX_BATCH), "--max-wait-ms", str(WAIT_MS), "--log-level", "warning",
                "--max-body-bytes", str(64 * 2**20)] + (["--fast-jpeg-decode"] if kind == "ours-fast" else []) + \
             (["--inference-streams", "1"] if kind == "ours-1stream" else [])
     elif kind == "ray-serve":  # the same app as one Ray Serve replica on every core, behind Serve's HTTP proxy
-        cmd = [sys.executable, "-m", "service.cli", "--engine", "ray", "--replicas", "1", "--replica-cpus",
+        cmd = [sys.executable, "-m", "service.server.cli", "--engine", "ray", "--replicas", "1", "--replica-cpus",
                str(os.cpu_count() or 1), "--model", model, "--port", str(port), "--max-batch-size", str(MAX_BATCH),
                "--max-wait-ms", str(WAIT_MS), "--log-level", "warning", "--max-body-bytes", str(64 * 2**20)]
     else:

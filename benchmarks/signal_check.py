@@ -28,7 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks import processes  # noqa: E402
+from tests.support import processes  # noqa: E402
 
 
 def make_data(root: Path, size: int, per_photo: int) -> tuple[Path, Path, Path]:
@@ -79,7 +79,7 @@ def train_lightly(data: Path, out: Path, minutes: float, batch: int, size: int, 
     from lightly.transforms import BYOLTransform, BYOLView1Transform, BYOLView2Transform
     from lightly.utils.scheduler import cosine_schedule
 
-    from hub.convert import convert_checkpoint
+    from hub.convert.checkpoint import convert_checkpoint
 
     resnet = torchvision.models.resnet18()
     backbone = torch.nn.Sequential(*list(resnet.children())[:-1])

@@ -274,7 +274,7 @@ def render_card(config: ModelConfig, folder: str | Path | None = None,
 
 def write_card(folder: str | Path, config: ModelConfig | None = None) -> Path:
     """(Re)write ``folder/README.md`` from its config and results."""
-    from hub.files import atomic_write_text
+    from storage.files import atomic_write_text
 
     folder = Path(folder)
     config = config or ModelConfig.load(folder)

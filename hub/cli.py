@@ -17,13 +17,18 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from hub.config import EXPORT_FORMATS as FORMATS
+from hub.config import INSTANCE_KINDS
+from hub.convert.layouts import LAYOUTS, SOURCES
 from hub.errors import ExportError, HubError
+from hub.zoo import ZOO
+from storage.errors import DataLayerError
 
 logger = logging.getLogger("byol-hub")
 
 
 def _convert(args: argparse.Namespace) -> int:
-    from hub.convert import convert_checkpoint
+    from hub.convert.checkpoint import convert_checkpoint
 
     model = convert_checkpoint(args.checkpoint, source=args.source, prefix=args.prefix, zoo=args.zoo,
                                name=args.name or Path(args.out_dir).name, padding=args.padding)
@@ -93,7 +98,7 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from hub.export import default_export_path, export
+    from hub.export.formats import default_export_path, export
     from hub.model import BYOLModel
 
     model = BYOLModel.from_pretrained(args.model_dir)
@@ -115,18 +120,13 @@ def _export(args: argparse.Namespace) -> int:
     if args.format == "triton":
         print(f"  config.pbtxt and 1/model.onnx; run: tritonserver --model-repository {out.parent}")
     if args.int8:
-        from hub.quantize import load_calibration_images, quantize_int8
+        from hub.export.quantize import load_calibration_images, quantize_int8
 
         print(f"wrote {quantize_int8(args.model_dir, load_calibration_images(args.calibration))}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hub.checkpoint_layouts import LAYOUTS, SOURCES
-    from hub.config import EXPORT_FORMATS as FORMATS
-    from hub.triton import INSTANCE_KINDS
-    from hub.zoo import ZOO
-
     parser = argparse.ArgumentParser(prog="byol-hub", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
@@ -201,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except HubError as err:
+    except (HubError, DataLayerError) as err:
         print(f"byol-hub {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -22,8 +22,9 @@ ONNX_NAME = "model.onnx"
 ONNX_INT8_NAME = "model.int8.onnx"
 CARD_NAME = "README.md"
 PADDINGS = ("torch", "tf_same")
-# Formats hub.export writes (named here so torch-free code can list them; checkpoint layouts: hub.checkpoint_layouts).
+# Formats hub.export writes (named here so torch-free code can list them; checkpoint layouts: hub.convert.layouts).
 EXPORT_FORMATS = ("onnx", "triton", "torchvision", "timm", "detectron2", "mmdet")
+INSTANCE_KINDS = ("cpu", "gpu")  # where a Triton model instance runs (byol-hub export --format triton)
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -140,8 +141,8 @@ class ModelConfig:
         return config
 
     def save(self, folder: str | Path) -> Path:
-        from hub.files import atomic_write_text
         from hub.interop import timm_keys
+        from storage.files import atomic_write_text
 
         path = Path(folder) / CONFIG_NAME
         data = self.to_dict()

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 from hub.config import CARD_NAME, CONFIG_NAME, ONNX_INT8_NAME, ONNX_NAME, WEIGHTS_NAME, ModelConfig
 from hub.errors import ModelNotFoundError, WeightsIntegrityError, WeightsMismatchError
-from hub.files import sha256_file
 from hub.interop import (
     PREPROCESSOR_NAME,
     PROCESSOR_NAME,
@@ -28,6 +27,7 @@ from hub.interop import (
     transformers_key,
     unsupported_reason,
 )
+from storage.files import sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -145,7 +145,7 @@ class HubIOMixin:
             self.config.weights_sha256 = sha256_file(staging / WEIGHTS_NAME)
             onnx_matches = self.config.onnx.get("weights_sha256") == self.config.weights_sha256
             if onnx:
-                from hub.export import export_onnx
+                from hub.export.onnx import export_onnx
 
                 export_onnx(self, staging / ONNX_NAME)  # records opset/outputs in self.config.onnx
             elif not (onnx_matches and (target / ONNX_NAME).exists()):

@@ -25,7 +25,7 @@ DEMO_EPOCHS = 40
 
 
 def demo_folder() -> Path:
-    from hub.files import cache_root
+    from storage.files import cache_root
 
     return cache_root() / "demo-resnet18"
 
@@ -88,7 +88,7 @@ def main() -> int:
         if not (folder / "config.json").exists():
             make_demo_model(folder)
         model = str(folder)
-    from service.cli import main as serve
+    from service.server.cli import main as serve
 
     return serve(["--model", model, *rest])
 

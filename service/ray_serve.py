@@ -5,11 +5,11 @@
     serve deploy docker/ray/serve.yaml                     # the Serve config (KubeRay: docker/k8s/rayservice.yaml)
     byol-serve --engine ray --replicas 2                   # starts Ray (or joins --ray-address) and Serve
 
-Each replica builds the app of :func:`service.app.create_app` (every route, API keys, limits, the batching engine,
+Each replica builds the app of :func:`service.server.app.create_app` (every route, API keys, limits, the batcher,
 ``/search``) inside its actor, so its lifespan loads and warms the model there, once. What Ray adds:
 
 - ``X-Byol-Replica: replica=<id>; node=<node id>; ip=<address>`` on every response: who served it.
-- Serve's health check calls the backend: one image through the replica's batching engine (an overloaded queue
+- Serve's health check calls the backend: one image through the replica's batcher (an overloaded queue
   is busy, not unhealthy); a replica whose engine stopped or whose inference fails is replaced by Serve.
 - ``/metrics`` through the proxy is the view of the one replica that answered: it says so in a header
   (``X-Byol-Metrics-Scope: replica``) and on its first line. The deployment's figures are Ray's own metrics
@@ -29,7 +29,17 @@ import asyncio
 import logging
 from typing import Any
 
+import numpy as np
+import ray
 from ray import serve
+from starlette.middleware import Middleware
+
+from service.runtime.batcher import BatcherFull
+from service.server.admission import announced_length
+from service.server.app import create_app
+from service.server.errors import error_response
+from service.server.routes import REPLAYABLE
+from service.server.settings import ServiceSettings, bearer_accepted
 
 logger = logging.getLogger("service.ray")
 
@@ -39,8 +49,6 @@ REPLICA_HEADER = "X-Byol-Replica"
 REPLICA_MARK = REPLICA_HEADER.lower().encode()
 PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 PROXY_CALLBACK = "service.ray_serve:proxy_middlewares"
-# routes whose requests may be replayed on another replica (pure functions of the request)
-REPLAYABLE = {"/embed", "/v1/embeddings", "/search", "/info", "/v1/models"}
 DEFAULT_OPTIONS: dict[str, Any] = {
     "max_ongoing_requests": 32,  # requests batch inside the replica: let them in (Serve's default is 5)
     "health_check_period_s": 10,
@@ -72,14 +80,10 @@ class _ReplicaHeader:
 @serve.deployment(name=DEPLOYMENT_NAME, **DEFAULT_OPTIONS)
 @serve.ingress()
 class BYOLEmbedder:
-    """One replica: its own model, batching engine and metrics. ``settings``: ``ServiceSettings`` fields that
+    """One replica: its own model, batcher and metrics. ``settings``: ``ServiceSettings`` fields that
     override the replica's ``BYOL_*`` environment."""
 
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
-        import ray
-
-        from service.settings import ServiceSettings
-
         resolved = ServiceSettings(**(settings or {}))
         context = ray.get_runtime_context()
         if resolved.threads == 0:  # the CPUs Ray gave this replica, not the node's cores
@@ -95,7 +99,6 @@ class BYOLEmbedder:
         self.state = None
 
     def __serve_build_asgi_app__(self):
-        from service.app import create_app
 
         app = create_app(self.settings)
         self.state = app.state.service
@@ -104,21 +107,17 @@ class BYOLEmbedder:
         return app
 
     async def check_health(self) -> None:
-        """Serve's health check: one image through this replica's engine and backend."""
-        import numpy as np
-
-        from service.errors import QueueFullError
-
+        """Serve's health check: one image through this replica's batcher and backend."""
         state = self.state
-        if state is None or state.engine is None or not state.ready:
-            raise RuntimeError("the model is not loaded or the batching engine is not running")
-        if not state.engine.alive:
-            raise RuntimeError("the batching engine stopped")
+        if state is None or state.batcher is None or not state.ready:
+            raise RuntimeError("the model is not loaded or the batcher is not running")
+        if not state.batcher.alive:
+            raise RuntimeError("the batcher stopped")
         size = state.config.input_size
         try:
-            (future,) = state.engine.submit(np.zeros((1, 3, size, size), np.float32))
-        except QueueFullError:
-            return  # busy, not broken: the engine loop is alive and its queue full
+            (future,) = state.batcher.submit(np.zeros((1, 3, size, size), np.float32))
+        except BatcherFull:
+            return  # busy, not broken: the batcher's loop is alive and its queue full
         outputs = await asyncio.wait_for(future, timeout=25)
         if not all(np.isfinite(v).all() for v in outputs.values()):
             raise RuntimeError("inference returned non-finite values")
@@ -158,7 +157,6 @@ def build(args: dict[str, Any] | None = None, **options: Any):
     """The application: ``args`` are ``ServiceSettings`` fields (over the replicas' ``BYOL_*``), ``options``
     Serve deployment options. Serve calls it as an application builder (``import_path: service.ray_serve:build``
     with ``args:`` in the Serve config)."""
-    from service.settings import ServiceSettings
 
     args = dict(args or {})
     unknown = sorted(set(args) - set(ServiceSettings.model_fields))
@@ -195,9 +193,6 @@ class ReplayOnReplicaLoss:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http" or scope.get("path") not in REPLAYABLE:
             return await self.app(scope, receive, send)
-        from service.admission import announced_length
-        from service.errors import error_response
-        from service.settings import bearer_accepted
 
         headers = dict(scope.get("headers") or [])
         announced = announced_length(headers, self.max_body_bytes)
@@ -251,7 +246,6 @@ class ReplayOnReplicaLoss:
             logger.warning("%s: the replica was lost under the request (attempt %d of %d)", scope.get("path"),
                            attempt + 1, self.attempts)
             await asyncio.sleep(0.2 * (attempt + 1))
-        from service.errors import error_response
 
         response = error_response(503, "replica_unavailable", "the replica serving this request stopped and no "
                                   "other could take it; retry", headers={"Retry-After": "2"})
@@ -274,10 +268,6 @@ def _replay(body: bytes, receive, more_body: bool = False):
 def proxy_middlewares() -> list:
     """``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH=service.ray_serve:proxy_middlewares``: the middlewares of
     Serve's HTTP proxy (Starlette ``Middleware`` objects, as Serve asks)."""
-    from starlette.middleware import Middleware
-
-    from service.settings import ServiceSettings
-
     # the proxy's own environment: the body limit and the keys the replicas use, where the nodes were given them
     settings = ServiceSettings()
     return [Middleware(ReplayOnReplicaLoss, max_body_bytes=settings.max_body_bytes,

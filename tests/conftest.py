@@ -1,23 +1,23 @@
-"""Shared fixtures: real photos that ship with scikit-image, small random models with realistic BN state, and a
-real S3 endpoint on loopback (moto's server mode)."""
+"""Fixtures built once per session and shared by every package's tests: real photos (scikit-image's), small random
+models with realistic BN state, one model trained here by the real trainer, a real S3 endpoint on loopback (moto's
+server mode) and one Ray cluster of two nodes. The builders themselves are in :mod:`tests.support`."""
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "motorcycle_left.png", "retina.jpg")
-
-
-def skimage_data_dir() -> Path:
-    import skimage
-
-    return Path(skimage.__file__).parent / "data"
+from hub import BYOLModel, ModelConfig
+from hub.config import PreprocessConfig
+from hub.preprocess import preprocess
+from tests.support.images import PHOTOS, image_bytes, skimage_data_dir
+from tests.support.models import randomize_bn, train_test_model
+from tests.support.s3 import S3, S3_ENV
 
 
 @pytest.fixture(scope="session")
@@ -30,28 +30,14 @@ def photos(photo_paths: list[Path]) -> list[Image.Image]:
     return [Image.open(p).convert("RGB") for p in photo_paths]
 
 
-def randomize_bn(model, seed: int = 0) -> None:
-    """Give every BatchNorm non-trivial affine parameters and running statistics, so a converter that
-    drops or swaps them cannot pass a parity test by accident."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            n = module.num_features
-            module.weight.data = 0.5 + torch.rand(n, generator=gen)
-            module.bias.data = 0.1 * torch.randn(n, generator=gen)
-            module.running_mean = 0.1 * torch.randn(n, generator=gen)
-            module.running_var = 0.5 + torch.rand(n, generator=gen)
+@pytest.fixture(scope="session")
+def photo_bytes(photos) -> list[bytes]:
+    return [image_bytes(img, "JPEG", quality=92) for img in photos[:4]]
 
 
 @pytest.fixture()
 def make_model():
     """Factory: a random ``BYOLModel`` (resnet18 unless told) with randomized BN, in eval mode."""
-    import torch
-
-    from hub import BYOLModel, ModelConfig
-
     def make(architecture: str = "resnet18", seed: int = 0, **kwargs) -> BYOLModel:
         torch.manual_seed(seed)
         model = BYOLModel(ModelConfig(architecture=architecture, **kwargs))
@@ -64,55 +50,13 @@ def make_model():
 @pytest.fixture(scope="session")
 def pixel_batch(photos):
     """Preprocessed real photos, ``(4, 3, 224, 224)``."""
-    import torch
-
-    from hub.config import PreprocessConfig
-    from hub.preprocess import preprocess
-
     return torch.from_numpy(preprocess(photos[:4], PreprocessConfig()))
 
 
-def max_abs_diff(a, b) -> float:
-    return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
-
-
-def fake_hub_cache(cache: Path, repo_id: str, folder: Path, commit: str = "c" * 40, ref: str = "main") -> None:
-    """The Hub is the one thing that cannot exist here: a cache laid out as huggingface_hub itself writes it,
-    ``models--org--name/{refs/<ref>, snapshots/<commit>/...}``, which the real loaders then resolve offline."""
-    import shutil
-
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    shutil.copytree(folder, repo / "snapshots" / commit)
-    (repo / "refs").mkdir(parents=True, exist_ok=True)
-    (repo / "refs" / ref).write_text(commit)
-
-
-S3_ENV = {"AWS_ACCESS_KEY_ID": "byol-test-access-key", "AWS_SECRET_ACCESS_KEY": "byol-test-secret-0123456789",
-          "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-@dataclass
-class S3:
-    """A running S3 endpoint: its URL, an s3fs client without caches, and the CLI option that reaches it."""
-
-    endpoint: str
-    fs: object
-
-    @property
-    def option(self) -> list[str]:
-        return ["--storage-option", f"endpoint_url={self.endpoint}"]
-
-    @property
-    def options(self) -> dict:
-        return {"endpoint_url": self.endpoint}
-
-    def env(self) -> dict:
-        """Environment for a child process: the credentials, nothing else of this shell's AWS settings."""
-        return {**{k: v for k, v in os.environ.items() if not k.startswith("AWS_")}, **S3_ENV}
-
-    def upload_tree(self, local: Path, prefix: str) -> None:
-        for path in sorted(p for p in local.rglob("*") if p.is_file()):
-            self.fs.pipe_file(f"{prefix}/{path.relative_to(local).as_posix()}", path.read_bytes())
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory, photo_paths) -> Path:
+    """ResNet-18 at 64x64 after a short BYOL run on scikit-image's photos, published with model.onnx (made once)."""
+    return train_test_model(tmp_path_factory.mktemp("trained"), photo_paths)
 
 
 @pytest.fixture(scope="session")
@@ -120,8 +64,6 @@ def s3():
     """moto's ``ThreadedMotoServer`` on a free loopback port, with credentials in the environment; stopped after."""
     pytest.importorskip("s3fs")
     server_module = pytest.importorskip("moto.server")
-    import logging
-
     import s3fs
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
@@ -142,6 +84,26 @@ def s3():
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One Ray cluster for every test that needs one: a head and a worker node of one CPU each on this machine
+    (``ray.cluster_utils.Cluster``), its worker node's Serve proxy on a port of its own. Tests reach it by its
+    address (``--ray-address``); shut down at the end of the session."""
+    pytest.importorskip("ray.serve")
+    from ray.cluster_utils import Cluster
+
+    from tests.support.server import free_port
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        # Ray's per-node override of the Serve proxy's port: the worker node's proxy cannot share the head's
+        cluster.add_node(num_cpus=1, env_vars={"RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(free_port())})
+        cluster.wait_for_nodes()
+        yield cluster
+    finally:
+        cluster.shutdown()
 
 
 def pytest_report_header(config) -> str:

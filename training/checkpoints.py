@@ -94,7 +94,7 @@ def check_same_method(checkpoint: Path, config: dict[str, Any], record: dict[str
 def update_state(accelerator: Any, output: Path, step: int, trainer_state: dict[str, Any]) -> None:
     """Rewrite the trainer state of the complete checkpoint ``step_N`` (atomically; main process)."""
     if accelerator.is_main_process:
-        from hub.files import atomic_write_text
+        from storage.files import atomic_write_text
 
         atomic_write_text(output / "checkpoints" / f"step_{step}" / STATE_FILE,
                           json.dumps({"step": step, **trainer_state}))

@@ -1,6 +1,6 @@
 """BYOL's two-view dataset, a resumable per-rank sampler, and batching of the views.
 
-Sources (``hub.sources``, shared with ``byol-embed``): a folder of images (searched recursively, ImageFolder
+Sources (``storage.sources``, shared with ``byol-embed``): a folder of images (searched recursively, ImageFolder
 trees included, labels ignored), a text file listing image paths, WebDataset-style ``.tar`` shards (indexed
 once, read by offset, so they are map-style and resumable), or a Parquet path column. Unreadable images are
 skipped and counted, never a crash.
@@ -20,7 +20,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from hub.preprocess import to_rgb
-from hub.sources import IMAGE_EXTENSIONS, DataError, ImageSource, open_source  # one home for listing inputs
+from storage.sources import IMAGE_EXTENSIONS, DataError, ImageSource, open_source  # one home for listing inputs
 from training.augment import BACKENDS, AugmentConfig, ViewDraw, decode_rgb, draw_view, sample_rng, two_views
 
 logger = logging.getLogger(__name__)

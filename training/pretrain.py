@@ -35,9 +35,9 @@ import torch
 import yaml
 
 from hub import BYOLModel, ModelConfig, PreprocessConfig
-from hub.files import atomic_write_text
 from hub.provenance import git_commit, package_versions
-from hub.storage import add_storage_option, public_url
+from storage.files import atomic_write_text
+from storage.location import add_storage_option, public_url
 from training.augment import AugmentConfig, ViewParams
 from training.byol import BYOL, projection_std
 from training.checkpoints import (

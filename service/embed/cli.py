@@ -26,8 +26,21 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from hub.errors import HubError
-from hub.storage import add_storage_option
+from hub.layers import output_name
+from hub.preprocess import decode_image, preprocess_one
+from service.embed.curate import DEFAULT_THRESHOLD, EXACT_LIMIT, dedup, format_histogram, outliers
+from service.embed.errors import EmbedJobError
+from service.embed.index import LoadedIndex, build_index
+from service.embed.job import EmbedSettings, run_job
+from service.runtime.factory import build_backend, resolve_for_backend
+from service.runtime.settings import RuntimeSettings
+from storage.errors import DataLayerError
+from storage.location import add_storage_option, join
+from storage.lock import LOCK_TTL_S, folder_lock
+from storage.store import as_store
 
 
 def _add_run(sub) -> None:
@@ -82,8 +95,6 @@ def _add_run(sub) -> None:
 
 def add_lock_options(p: argparse.ArgumentParser) -> None:
     """The folder's lock: one writer at a time (run, index, dedup, outliers)."""
-    from service.embed.shards import LOCK_TTL_S
-
     p.add_argument("--break-lock", action="store_true",
                    help="object storage: take over the folder's lock from a run that is dead (a lock whose run is "
                         "gone from this host and container, or not renewed for its lease, is taken over without "
@@ -120,8 +131,6 @@ def _add_search(sub) -> None:
 
 
 def _add_curation(sub) -> None:
-    from service.embed.curate import DEFAULT_THRESHOLD, EXACT_LIMIT
-
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("folder", help="output folder of `byol-embed run` (results go to FOLDER/curation/)")
     common.add_argument("--layer", default="avgpool", help="the embedded layer to compare on (default avgpool)")
@@ -167,16 +176,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from service.embed.job import EmbedSettings, run_job
-
+    runtime = RuntimeSettings(model=args.model, revision=args.revision, local_files_only=args.local_files_only,
+                              backend=args.backend, device=args.device, threads=args.threads,
+                              max_pixels=args.max_pixels)
     settings = EmbedSettings(
-        model=args.model, input=args.input, output=args.output, layers=args.layers, pooling=args.pooling,
-        normalize=args.normalize, dtype=args.dtype, backend=args.backend, device=args.device,
-        batch_size=args.batch_size, shard_size=args.shard_size, engine=args.engine, ray_address=args.ray_address,
-        workers=args.workers, threads=args.threads, max_pixels=args.max_pixels, path_column=args.path_column,
-        image_column=args.image_column, id_column=args.id_column,
-        storage_options=args.storage_options, break_lock=args.break_lock, lock_ttl_s=args.lock_ttl,
-        overwrite=args.overwrite, revision=args.revision, local_files_only=args.local_files_only,
+        runtime=runtime, input=args.input, output=args.output, layers=args.layers, pooling=args.pooling,
+        normalize=args.normalize, dtype=args.dtype, batch_size=args.batch_size, shard_size=args.shard_size,
+        engine=args.engine, ray_address=args.ray_address, workers=args.workers, path_column=args.path_column,
+        image_column=args.image_column, id_column=args.id_column, storage_options=args.storage_options,
+        break_lock=args.break_lock, lock_ttl_s=args.lock_ttl, overwrite=args.overwrite,
         progress=not args.no_progress)
     summary = run_job(settings)
     print(summary.line())
@@ -189,18 +197,12 @@ def _run(args: argparse.Namespace) -> int:
 def _locked(args: argparse.Namespace):
     """The folder of ``index``, ``dedup`` and ``outliers``, held under its lock (a run, or another of these, on
     the same folder is refused; on object storage every write is fenced)."""
-    from hub.storage import as_store
-    from service.embed.shards import FolderLock
-
     folder = as_store(args.folder, args.storage_options)
-    with FolderLock(folder, break_lock=args.break_lock, ttl_s=args.lock_ttl):
+    with folder_lock(folder, break_lock=args.break_lock, ttl_s=args.lock_ttl):
         yield folder
 
 
 def _index(args: argparse.Namespace) -> int:
-    from hub.storage import join
-    from service.embed.index import build_index
-
     with _locked(args) as folder:
         meta = build_index(folder, layer=args.layer, factory=args.factory, train_size=args.train_size)
     print(f"indexed {meta['count']} vectors of {meta['layer']} ({meta['dim']}-d, {meta['factory']}, cosine) in "
@@ -210,15 +212,7 @@ def _index(args: argparse.Namespace) -> int:
 
 def embed_query(manifest, image: bytes, layer: str):
     """Embed one image exactly as the manifest's run did (model, revision, preprocessing, pooling)."""
-    import numpy as np
-
-    from hub.layers import output_name
-    from hub.preprocess import decode_image, preprocess_one
-    from service.backends import build_backend, resolve_for_backend
-    from service.embed.shards import EmbedJobError
-    from service.settings import ServiceSettings
-
-    settings = ServiceSettings(model=manifest.model_id, revision=None if manifest.revision.startswith("sha256:")
+    settings = RuntimeSettings(model=manifest.model_id, revision=None if manifest.revision.startswith("sha256:")
                                else manifest.revision)
     resolved = resolve_for_backend(settings)
     if manifest.made_with_other_weights(resolved.config):
@@ -232,10 +226,8 @@ def embed_query(manifest, image: bytes, layer: str):
 
 
 def _search(args: argparse.Namespace) -> int:
-    from service.embed.index import LoadedIndex
-
     if args.k <= 0:
-        raise HubError(f"-k must be positive, got {args.k}")
+        raise EmbedJobError(f"-k must be positive, got {args.k}")
     index = LoadedIndex.open(args.folder, nprobe=args.nprobe, storage_options=args.storage_options)
     if args.item_id is not None:
         results = index.search(index.vector_of(args.item_id), args.k, exclude=args.item_id)
@@ -250,9 +242,6 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _dedup(args: argparse.Namespace) -> int:
-    from hub.storage import join
-    from service.embed.curate import dedup, format_histogram
-
     with _locked(args) as folder:
         summary = dedup(folder, layer=args.layer, threshold=args.threshold, k=args.k, write_lists=args.write_lists,
                         exact_limit=args.exact_limit, nprobe=args.nprobe, progress=not args.no_progress)
@@ -272,9 +261,6 @@ def _dedup(args: argparse.Namespace) -> int:
 
 
 def _outliers(args: argparse.Namespace) -> int:
-    from hub.storage import join
-    from service.embed.curate import outliers
-
     with _locked(args) as folder:
         summary = outliers(folder, layer=args.layer, k=args.k, threshold=args.threshold,
                            exact_limit=args.exact_limit, nprobe=args.nprobe, progress=not args.no_progress)
@@ -297,11 +283,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.verbose:  # this project's debug lines only: a storage client's would show request headers
-        for name in ("hub", "service"):
+        for name in ("hub", "service", "storage"):
             logging.getLogger(name).setLevel(logging.DEBUG)
     try:
         return COMMANDS[args.command](args)
-    except (HubError, OSError) as err:
+    except (HubError, DataLayerError, EmbedJobError, OSError) as err:
         print(f"byol-embed: error: {err}", file=sys.stderr)
         return 2
 

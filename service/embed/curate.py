@@ -19,6 +19,7 @@ folder and settings.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -28,10 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+from tqdm import tqdm
 
-from hub.storage import as_store
-from service.embed.index import TRAIN_PER_LIST
-from service.embed.shards import EmbedJobError, Manifest, Rows, load_rows, write_table
+from service.embed.errors import EmbedJobError
+from service.embed.index import TRAIN_PER_LIST, faiss_module
+from storage.folder import Manifest, Rows, load_rows, write_table
+from storage.sources import open_source
+from storage.store import as_store
 
 logger = logging.getLogger(__name__)
 
@@ -46,20 +51,8 @@ DEFAULT_THRESHOLD = 0.86
 BLOCK = 4096  # queries per FAISS call
 
 
-def _faiss():
-    try:
-        import faiss
-    except ImportError:
-        raise EmbedJobError("curation needs faiss-cpu (pip install 'byol[search]')") from None
-    return faiss
-
-
 def fill_missing_hashes(rows: Rows, manifest: Manifest, storage_options: dict[str, Any] | None = None) -> int:
     """Folders written before ``run`` recorded hashes: read those images again from the manifest's input."""
-    import hashlib
-
-    from hub.sources import open_source
-
     missing = [i for i, d in enumerate(rows.sha256) if d is None and rows.errors[i] is None]
     if not missing:
         return 0
@@ -91,7 +84,7 @@ def knn(vectors: np.ndarray, k: int, *, exact_limit: int = EXACT_LIMIT, nprobe: 
     an ``IVF<4·sqrt(n)>,SQ8`` index (one byte a dimension, a quarter of the matrix), then every candidate's cosine
     computed again exactly from the float32 vectors and the lists re-sorted, so the similarities written are
     exact and the peak memory stays near the matrix itself."""
-    faiss = _faiss()
+    faiss = faiss_module()
     n, dim = vectors.shape
     k = max(1, min(k, n - 1)) if n > 1 else 1
     approximate = n > exact_limit
@@ -230,8 +223,6 @@ def dedup(folder: str | Path, *, layer: str = "avgpool", threshold: float = DEFA
           progress: bool = False, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Find exact and near-duplicate groups in ``folder``; write ``curation/duplicates.parquet``; returns the
     summary (also written into ``curation/duplicates.json``)."""
-    import pyarrow as pa
-
     if not -1.0 <= threshold <= 1.0:
         raise EmbedJobError(f"--threshold is a cosine similarity in [-1, 1], got {threshold}")
     if k < 1:
@@ -314,8 +305,6 @@ def outliers(folder: str | Path, *, layer: str = "avgpool", k: int = 10, thresho
     """Score every embedded image: 1 - mean cosine to its ``k`` nearest neighbours that are not its own
     duplicates (cosine >= ``threshold``); error rows are listed as broken. Writes ``curation/outliers.parquet``
     ordered from the most outlying."""
-    import pyarrow as pa
-
     if k < 1:
         raise EmbedJobError(f"--k must be >= 1, got {k}")
     folder = as_store(folder, storage_options)
@@ -354,9 +343,5 @@ def outliers(folder: str | Path, *, layer: str = "avgpool", k: int = 10, thresho
 
 def _bar(total: int, desc: str, enabled: bool):
     if not enabled or total == 0:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
         return None
     return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True)

@@ -4,18 +4,18 @@
     emb/index/ids.arrow       row -> id, path (Arrow IPC: never a second ``*.parquet`` under the output folder)
     emb/index/index.json      what it was built from: the manifest's model, layer, pooling, factory, count
 
-Written into ``index.tmp-<pid>/`` and renamed over ``index/``, so a reader sees the old index or the new one.
-On object storage (``byol-embed index s3://bucket/emb``) the files are uploaded whole, ``index.json`` last (the
-commit); a reader (``byol-serve --index s3://...``, ``byol-embed search``) copies ``index/`` and ``curation/`` once
-into a local cache keyed by their content (``$BYOL_CACHE/indexes/<key>/``) and memory-maps the index there.
+Published whole through :meth:`storage.store.Store.publish_folder`, so a reader sees the old index or the new
+one: on disk built beside ``index/`` and exchanged with it in one rename; on object storage uploaded file by file,
+``index.json`` last (the commit). A reader (``byol-serve --index``, ``byol-embed search``) memory-maps the index
+from a folder on this machine's disk: the output folder itself, or a copy of ``index/`` and ``curation/`` made
+once per content (``$BYOL_CACHE/copies/<key>/``) for a folder on object storage.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
+import re
 import time
 from dataclasses import dataclass
 from functools import cached_property
@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from hub.files import cache_root, replace_dir
-from hub.storage import Store, as_store
-from service.embed.shards import EmbedJobError, Manifest, finished_shards, load_rows, open_parquet
+from service.embed.errors import EmbedJobError
+from storage.errors import FolderError
+from storage.folder import Manifest, finished_shards, load_rows, open_parquet
+from storage.store import Store, as_store
 
 logger = logging.getLogger(__name__)
 INDEX_DIR = "index"
@@ -36,11 +37,12 @@ META_FILE = "index.json"
 TRAIN_PER_LIST = 39  # FAISS warns below ~39 training points per IVF list
 
 
-def _faiss():
+def faiss_module():
+    """FAISS, imported where it is needed (search and curation), with the extra to install where it is missing."""
     try:
         import faiss
     except ImportError:
-        raise EmbedJobError("search needs faiss-cpu (pip install 'byol[embed]')") from None
+        raise EmbedJobError("search and curation need faiss-cpu (pip install 'byol[search]')") from None
     return faiss
 
 
@@ -51,8 +53,6 @@ def _l2_normalize(x: np.ndarray) -> np.ndarray:
 
 
 def nlist_of(factory: str) -> int | None:
-    import re
-
     match = re.search(r"IVF(\d+)", factory)
     return int(match.group(1)) if match else None
 
@@ -60,12 +60,10 @@ def nlist_of(factory: str) -> int | None:
 def build_index(folder: str | Path | Store, *, layer: str = "avgpool", factory: str = "Flat", train_size: int = 0,
                 seed: int = 0, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the index of ``layer`` into ``folder/index/`` atomically; returns its description."""
-    import tempfile
-
-    import pyarrow as pa
+    import pyarrow as pa  # the search extra: a server without it serves no index, and imports this module
     import pyarrow.feather as feather
 
-    faiss = _faiss()
+    faiss = faiss_module()
     folder = as_store(folder, storage_options)
     manifest = Manifest.load(folder)
     started = time.perf_counter()
@@ -102,66 +100,36 @@ def build_index(folder: str | Path | Store, *, layer: str = "avgpool", factory: 
             "weights_sha256": manifest.weights_sha256, "pooling": manifest.pooling,
             "manifest_normalize": manifest.normalize, "input_fingerprint": manifest.input_fingerprint,
             "built_s": round(time.perf_counter() - started, 2), "shards": rows.shards}
-    if folder.remote:
-        tmp = Path(tempfile.mkdtemp(prefix="byol-index-"))
-    else:
-        tmp = folder.local_path(f"{INDEX_DIR}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    try:
-        faiss.write_index(index, str(tmp / INDEX_FILE))
+
+    def write(built: Path) -> None:
+        faiss.write_index(index, str(built / INDEX_FILE))
         feather.write_feather(pa.table({"id": pa.array(ids, pa.string()), "path": pa.array(paths, pa.string()),
                                         "shard": pa.array(shard_of), "row": pa.array(row_in_shard)}),
-                              tmp / IDS_FILE, compression="uncompressed")
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        if folder.remote:  # whole objects, the description last: a reader never takes a half-uploaded index
-            folder.remove(f"{INDEX_DIR}/{META_FILE}")
-            for name in (INDEX_FILE, IDS_FILE, META_FILE):
-                folder.upload(tmp / name, f"{INDEX_DIR}/{name}")
-        else:
-            replace_dir(tmp, folder.local_path(INDEX_DIR))
-    finally:
-        if folder.remote:
-            shutil.rmtree(tmp, ignore_errors=True)
+                              built / IDS_FILE, compression="uncompressed")
+        (built / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+    folder.publish_folder(INDEX_DIR, write, last=META_FILE)
     return meta
 
 
-def cached_copy(store: Store) -> Path:
-    """A local copy of a remote folder's ``index/`` and ``curation/``, made once per content (the key: the index
-    description's bytes and each file's size and ETag), so the server memory-maps a local file."""
-    import hashlib
-    import tempfile
-
+def local_folder(store: Store) -> Path:
+    """A folder on this machine's disk holding the store's ``index/`` and ``curation/``: the folder itself on local
+    disk, else a copy made once per content (the key: the index description's bytes and each file's size and
+    version), so the index is memory-mapped from a local file."""
     try:
         described = store.read_bytes(f"{INDEX_DIR}/{META_FILE}")
     except FileNotFoundError:
-        raise EmbedJobError(f"{store} has no index; build one with `byol-embed index {store}`") from None
+        raise FolderError(f"{store} has no index; build one with `byol-embed index {store}`") from None
     curation = [f"curation/{n}" for n in store.child("curation").names("*")]  # none: an empty listing
-    names = [f"{INDEX_DIR}/{INDEX_FILE}", f"{INDEX_DIR}/{IDS_FILE}"] + curation
-    key = hashlib.sha256(store.url().encode() + described)
+    names = [f"{INDEX_DIR}/{INDEX_FILE}", f"{INDEX_DIR}/{IDS_FILE}", f"{INDEX_DIR}/{META_FILE}"] + curation
+    key = [described]
     for name in names:
         info = store.info(name)
-        key.update(f"{name}\0{info['size']}\0{info['version']}\n".encode())
-    final = cache_root() / "indexes" / key.hexdigest()[:24]
-    if (final / INDEX_DIR / META_FILE).is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=final.parent))
-    try:
-        for name in names:
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            store.download(name, tmp / name)
-        (tmp / INDEX_DIR / META_FILE).write_bytes(described)
-        if json.loads(described)["count"] != _count_rows(tmp / INDEX_DIR / IDS_FILE):
-            raise EmbedJobError(f"the index at {store} is being rewritten (its files disagree); retry in a moment")
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another process made the same copy first
-            pass
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("copied the index of %s into %s", store, final)
-    return final
+        key.append(f"{name}\0{info['size']}\0{info['version']}\n".encode())
+    folder = store.local_copy(names, b"".join(key))
+    if json.loads((folder / INDEX_DIR / META_FILE).read_text())["count"] != _count_rows(folder / INDEX_DIR / IDS_FILE):
+        raise FolderError(f"the index at {store} is being rewritten (its files disagree); retry in a moment")
+    return folder
 
 
 def _count_rows(path: Path) -> int:
@@ -193,13 +161,11 @@ class LoadedIndex:
              storage_options: dict[str, Any] | None = None) -> LoadedIndex:
         import pyarrow.feather as feather
 
-        faiss = _faiss()
+        faiss = faiss_module()
         store = as_store(folder, storage_options)
         manifest = Manifest.load(store)
-        folder = cached_copy(store) if store.remote else store.local_path()
+        folder = local_folder(store)
         root = folder / INDEX_DIR
-        if not (root / META_FILE).is_file():
-            raise EmbedJobError(f"{store} has no index; build one with `byol-embed index {store}`")
         meta = json.loads((root / META_FILE).read_text())
         try:
             index = faiss.read_index(str(root / INDEX_FILE), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
@@ -241,7 +207,7 @@ class LoadedIndex:
         store = self.store or as_store(self.folder)
         if self.shard_of is None:
             table = pq.read_table(finished_shards(store, self.manifest), columns=[layer], filters=[("id", "=", item_id)],
-                                  filesystem=store.fs if store.remote else None)
+                                  filesystem=store.fs)
             return table.column(layer).combine_chunks().values.to_numpy(zero_copy_only=False).reshape(1, -1)
         parquet = open_parquet(store, store.path(self.meta["shards"][self.shard_of[row]]))
         offset = int(self.row_in_shard[row])

@@ -1,10 +1,11 @@
 """``byol-embed run``: embed a whole dataset into resumable Parquet shards, locally or on a Ray cluster.
 
-The shard is the unit of work and of resume. The local engine decodes in a thread pool overlapped with
-inference and hands finished shards to a writer thread (writes stay off the critical path); the Ray engine
-runs the same ``embed_shard`` in an actor pool whose actors write their shards themselves, and the driver commits
-each from a small acknowledgement (no vector passes through it). Input and output may be local paths or fsspec
-URLs (``s3://...``): see :mod:`hub.storage`.
+The shard is the unit of work and of resume. This module plans the run, checks the folder (``storage.folder``)
+under its lock, and hands the shards still to do to an engine: the local one (:mod:`service.embed.local_engine`)
+decodes in a thread pool overlapped with inference and hands finished shards to a writer thread (writes stay off
+the critical path); the Ray one (:mod:`service.embed.ray_engine`) runs the same ``embed_shard`` in an actor pool
+whose actors write their shards themselves, and the driver commits each from a small acknowledgement (no vector
+passes through it). Input and output may be local paths or fsspec URLs (``s3://...``): see :mod:`storage`.
 """
 
 from __future__ import annotations
@@ -19,22 +20,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hub.hardware import usable_cpus
+from tqdm.auto import tqdm
+
 from hub.hub_io import ResolvedModel
 from hub.layers import check_layers, output_name, serving_outputs
-from hub.sources import ImageSource, open_source
-from hub.storage import Store, is_url, public_url
-from service.embed.shards import (
-    LOCK_TTL_S,
-    EmbedJobError,
-    FolderLock,
-    Manifest,
-    ShardRows,
-    mark_done,
-    plan_shards,
-    prepare_folder,
-    write_shard,
-)
+from service.embed.errors import EmbedJobError
+from service.embed.local_engine import run_local
+from service.embed.ray_engine import run_ray
+from service.runtime.factory import build_streamed_backend, resolve_for_backend
+from service.runtime.onnx import onnx_path
+from service.runtime.settings import RuntimeSettings
+from storage.folder import Manifest, ShardRows, mark_done, plan_shards, prepare_folder, write_shard
+from storage.location import is_url, public_url
+from storage.lock import LOCK_TTL_S, folder_lock
+from storage.sources import ImageSource, open_source
+from storage.store import Store
 
 logger = logging.getLogger(__name__)
 POOLINGS = ("gap", "mhead")
@@ -43,38 +43,35 @@ DTYPES = ("float32", "float16")
 
 @dataclass
 class EmbedSettings:
-    model: str
+    """A run: the model and how it runs (``runtime``, the settings the server has too), the input and output,
+    and the job's own choices."""
+
+    runtime: RuntimeSettings
     input: str
     output: str
     layers: tuple[str, ...] = ("avgpool",)
     pooling: str = "gap"
     normalize: bool = False
     dtype: str = "float32"
-    backend: str = "onnx"
-    device: str = "auto"
     batch_size: int = 64
     shard_size: int = 10_000
     engine: str = "local"
     ray_address: str | None = None
     workers: int = 0  # local: decode threads; ray: actors (0: automatic)
-    threads: int = 0  # inference threads per backend (0: automatic)
-    max_pixels: int = 40_000_000
     path_column: str | None = None
     image_column: str | None = None  # Parquet with the image bytes inside
     id_column: str | None = None
     overwrite: bool = False
-    revision: str | None = None
-    local_files_only: bool = False
     # fsspec options for URLs of --input and --output (endpoint_url, anon, ...): never logged nor recorded
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
     break_lock: bool = False
     lock_ttl_s: float = LOCK_TTL_S
+    progress: bool = True
 
     def source_options(self) -> dict[str, str]:
         """How the input is read, beyond its path (kept in the manifest: curation and thumbnails read it again)."""
         options = {"path_column": self.path_column, "image_column": self.image_column, "id_column": self.id_column}
         return {k: v for k, v in options.items() if v is not None}
-    progress: bool = True
 
     def __post_init__(self) -> None:
         self.layers = check_layers(self.layers)
@@ -86,25 +83,6 @@ class EmbedSettings:
             raise EmbedJobError(f"unknown engine {self.engine!r}; accepted: local, ray")
         if self.batch_size <= 0:
             raise EmbedJobError(f"--batch-size must be positive, got {self.batch_size}")
-
-
-def serving_settings(settings: EmbedSettings):
-    """The server's settings for the same model and backend (so the job resolves and runs it as the server does)."""
-    from service.settings import ServiceSettings
-
-    device = settings.device
-    if device == "auto":
-        device = "cpu"
-        if settings.backend == "torch":
-            try:
-                import torch
-
-                device = "cuda" if torch.cuda.is_available() else "cpu"
-            except ImportError:
-                pass
-    return ServiceSettings(model=settings.model, revision=settings.revision, local_files_only=settings.local_files_only,
-                           backend=settings.backend, device=device, threads=settings.threads,
-                           max_pixels=settings.max_pixels)
 
 
 def build_manifest(settings: EmbedSettings, resolved: ResolvedModel, source: ImageSource, outputs: list[str]) -> Manifest:
@@ -159,8 +137,6 @@ class Progress:
     """The progress bar, and when the first images were embedded (start-up apart from the steady rate)."""
 
     def __init__(self, total: int, initial: int, enabled: bool) -> None:
-        from tqdm.auto import tqdm
-
         self.bar = tqdm(total=total, initial=initial, unit="img", desc="embed", disable=not enabled,
                         dynamic_ncols=True, smoothing=0.1)
         self.first_at: float | None = None
@@ -250,10 +226,8 @@ class ShardWriter:
 
 def run_job(settings: EmbedSettings) -> JobSummary:
     """Plan, check the folder, embed the shards still to do, write each atomically. Resumable."""
-    from service.backends import build_streamed_backend, resolve_for_backend
-
     started = time.perf_counter()
-    serve = serving_settings(settings)
+    runtime = settings.runtime.model_copy(update={"device": settings.runtime.resolved_device()})
 
     def reach_storage() -> tuple[Store, ImageSource]:
         out = Store(settings.output, settings.storage_options)
@@ -265,18 +239,18 @@ def run_job(settings: EmbedSettings) -> JobSummary:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="byol-list") as lister:
         storage = lister.submit(reach_storage)
         try:
-            resolved = resolve_for_backend(serve)
-            backend = build_streamed_backend(resolved, serve) if settings.engine == "local" else None
+            resolved = resolve_for_backend(runtime)
+            backend = build_streamed_backend(resolved, runtime) if settings.engine == "local" else None
         except BaseException:
             storage.result()  # a bad input or output is said first, before a model's error
             raise
         out, source = storage.result()
-    return _run_job(settings, serve, resolved, out, source, backend, started)
+    return _run_job(settings, runtime, resolved, out, source, backend, started)
 
 
-def _run_job(settings: EmbedSettings, serve, resolved: ResolvedModel, out: Store, source: ImageSource, backend,
+def _run_job(settings: EmbedSettings, runtime: RuntimeSettings, resolved: ResolvedModel, out: Store, source: ImageSource, backend,
              started: float) -> JobSummary:
-    with FolderLock(out, break_lock=settings.break_lock, ttl_s=settings.lock_ttl_s), StopFlag() as stop:
+    with folder_lock(out, break_lock=settings.break_lock, ttl_s=settings.lock_ttl_s), StopFlag() as stop:
         # what every backend outputs for this model (the serving graph's outputs): no backend is loaded just to plan
         outputs = serving_outputs(resolved.config.stem, resolved.config.input_size)
         manifest = build_manifest(settings, resolved, source, outputs)
@@ -293,15 +267,11 @@ def _run_job(settings: EmbedSettings, serve, resolved: ResolvedModel, out: Store
         writer = ShardWriter(out, manifest)
         try:
             if settings.engine == "local" and shards:
-                _run_local(settings, source, manifest, resolved, backend, shards, writer, bar, stop)
+                run_local(settings, source, manifest, resolved, backend, shards, writer, bar, stop)
             elif shards:
-                if settings.backend == "onnx":  # export a missing graph once here, not in every actor at once
-                    from service.backends.onnx import onnx_path
-
+                if runtime.backend == "onnx":  # export a missing graph once here, not in every actor at once
                     onnx_path(resolved, "fp32")
-                from service.embed.ray_engine import run_ray
-
-                run_ray(settings, serve, manifest, source, out, shards, writer, bar, stop)
+                run_ray(settings, runtime, manifest, source, out, shards, writer, bar, stop)
         finally:
             writer.close()
             bar.close()
@@ -315,23 +285,3 @@ def _run_job(settings: EmbedSettings, serve, resolved: ResolvedModel, out: Store
         if ended > bar.first_at:
             summary.steady_images_per_s = (bar.count - bar.first_count) / (ended - bar.first_at)
     return summary
-
-
-def _run_local(settings: EmbedSettings, source: ImageSource, manifest: Manifest, resolved: ResolvedModel, backend,
-               shards: list[dict[str, int]], writer: ShardWriter, bar, stop: StopFlag) -> None:
-    import itertools
-
-    from service.embed.pipeline import embed_shard, read_ahead
-
-    workers = settings.workers or max(2, usable_cpus())
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="byol-decode") as pool:
-        # one read-ahead over every shard to do: decoding runs on into the next shard while this one finishes
-        indices = itertools.chain.from_iterable(range(s["start"], s["stop"]) for s in shards)
-        decoded = read_ahead(source, resolved.config, pool, indices, batch_size=settings.batch_size,
-                             max_pixels=settings.max_pixels)
-        for shard in shards:
-            if stop.stopped:
-                break
-            rows = embed_shard(source, manifest, resolved.config, backend, shard, pool, batch_size=settings.batch_size,
-                               max_pixels=settings.max_pixels, on_images=bar.update, decoded=decoded)
-            writer.put(rows)

@@ -20,10 +20,10 @@ from hub.config import ModelConfig
 from hub.errors import ImageDecodeError
 from hub.layers import output_name
 from hub.preprocess import decode_image, preprocess_one
-from hub.sources import ImageSource
-from hub.storage import StorageError
-from service.backends.base import Backend
-from service.embed.shards import Manifest, ShardRows
+from service.runtime.backend import Backend
+from storage.folder import Manifest, ShardRows
+from storage.sources import ImageSource
+from storage.store import StorageError
 
 logger = logging.getLogger(__name__)
 IO_THREADS = 8  # read tasks in flight per reader on object storage

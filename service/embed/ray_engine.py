@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from hub.hardware import usable_cpus
-from service.embed.shards import EmbedJobError, Manifest, write_shard
+from service.embed.errors import EmbedJobError
+from service.embed.pipeline import embed_shard
+from service.runtime.factory import build_streamed_backend, resolve_for_backend
+from service.runtime.settings import RuntimeSettings
+from storage.folder import Manifest, write_shard
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +49,9 @@ def _init(address: str | None) -> bool:
 class ShardWorker:
     """A Ray actor: one backend, a small decode pool, whole shards in and their rows out."""
 
-    def __init__(self, serve_settings: dict[str, Any], manifest: dict[str, Any], source: Any, store: Any,
+    def __init__(self, runtime: dict[str, Any], manifest: dict[str, Any], source: Any, store: Any,
                  decode_threads: int, batch_size: int, max_pixels: int) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        from service.backends import build_streamed_backend, resolve_for_backend
-        from service.settings import ServiceSettings
-
-        settings = ServiceSettings(**serve_settings)
+        settings = RuntimeSettings(**runtime)
         self.resolved = resolve_for_backend(settings)
         self.backend = build_streamed_backend(self.resolved, settings)
         self.manifest = Manifest(**manifest)
@@ -61,26 +61,24 @@ class ShardWorker:
 
     def embed(self, shard: dict[str, int]) -> dict[str, Any]:
         """Embed and write one shard; only its acknowledgement (index, rows, errors) goes back to the driver."""
-        from service.embed.pipeline import embed_shard
-
         rows = embed_shard(self.source, self.manifest, self.resolved.config, self.backend, shard, self.pool,
                            batch_size=self.batch_size, max_pixels=self.max_pixels)
         return write_shard(self.store, self.manifest, rows, mark=False)
 
 
-def run_ray(settings: Any, serve: Any, manifest: Manifest, source: Any, store: Any, shards: list[dict[str, int]],
+def run_ray(settings: Any, runtime: RuntimeSettings, manifest: Manifest, source: Any, store: Any, shards: list[dict[str, int]],
             writer: Any, bar: Any, stop: Any) -> None:
     import ray
 
     connected_here = _init(settings.ray_address)
     try:
-        _run_pool(settings, serve, manifest, source, store, shards, writer, bar, stop)
+        _run_pool(settings, runtime, manifest, source, store, shards, writer, bar, stop)
     finally:
         if connected_here:  # a local cluster the job started ends with it (an existing one is only disconnected)
             ray.shutdown()
 
 
-def _run_pool(settings: Any, serve: Any, manifest: Manifest, source: Any, store: Any, shards: list[dict[str, int]],
+def _run_pool(settings: Any, runtime: RuntimeSettings, manifest: Manifest, source: Any, store: Any, shards: list[dict[str, int]],
               writer: Any, bar: Any, stop: Any) -> None:
     import ray
     from ray.util import ActorPool
@@ -93,14 +91,14 @@ def _run_pool(settings: Any, serve: Any, manifest: Manifest, source: Any, store:
         actors_wanted = min(actors_wanted, gpus)
     # fractional CPUs: pool x CPUs stays below the cluster's total (leaves room for anything else Ray schedules)
     cpus_per_actor = max(0.1, min(1.0, (cpus - 0.5) / actors_wanted))
-    threads = settings.threads or max(1, math.floor(cpus / actors_wanted))
+    threads = runtime.threads or max(1, math.floor(cpus / actors_wanted))
     options = {"num_cpus": cpus_per_actor, "num_gpus": 1 if gpus else 0, "max_restarts": 2, "max_task_retries": 2}
-    serve_dict = serve.portable(secrets=False)  # the actors load the model; their store and source carry their I/O
-    serve_dict.update(threads=threads, device="cuda" if gpus and settings.backend == "torch" else serve.device)
+    runtime_dict = runtime.portable()  # the actors load the model; their store and source carry their I/O
+    runtime_dict.update(threads=threads, device="cuda" if gpus and runtime.backend == "torch" else runtime.device)
     remote = ray.remote(ShardWorker).options(**options)
     source_ref = ray.put(source)  # one copy in the object store, fetched once per node
-    actors = [remote.remote(serve_dict, manifest.to_dict(), source_ref, store, max(2, threads), settings.batch_size,
-                            settings.max_pixels) for _ in range(actors_wanted)]
+    actors = [remote.remote(runtime_dict, manifest.to_dict(), source_ref, store, max(2, threads), settings.batch_size,
+                            runtime.max_pixels) for _ in range(actors_wanted)]
     logger.info("ray: %d actors (%.2f CPU%s each, %d inference threads) on a cluster of %g CPUs, %d GPUs",
                 len(actors), cpus_per_actor, ", 1 GPU" if gpus else "", threads, cpus, gpus)
     pool = ActorPool(actors)

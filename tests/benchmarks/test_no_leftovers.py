@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
+
 REAPER = Path(__file__).with_name("reaper.py")
 pytestmark = pytest.mark.slow
 TINY_SERVE = ["--arch", "resnet18", "--crop", "64", "--seconds", "1", "--rounds", "1"]

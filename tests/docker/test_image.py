@@ -18,7 +18,8 @@ import httpx
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support import REPO
+
 pytestmark = pytest.mark.docker
 
 
@@ -57,7 +58,7 @@ def model_folder(tmp_path_factory):
     import torch
 
     from hub import BYOLModel, ModelConfig
-    from tests.conftest import randomize_bn
+    from tests.support.models import randomize_bn
 
     root = Path(tmp_path_factory.mktemp("docker-model"))
     torch.manual_seed(0)
@@ -110,9 +111,9 @@ def test_image_is_torch_free_non_root_and_small(image):
 def test_container_serves_the_same_numbers_as_the_local_server(image, model_folder, index_folder, photos):
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
-    from service.settings import ServiceSettings
-    from tests.service.conftest import image_bytes
+    from service.server.app import create_app
+    from service.server.settings import ServiceSettings
+    from tests.support.images import image_bytes
 
     blob = image_bytes(photos[0], "JPEG", quality=92)
     port = _free_port()

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.settings import ServiceSettings
+from service.server.settings import ServiceSettings
+from tests.support import REPO
 
-K8S = Path(__file__).resolve().parents[2] / "docker" / "k8s"
+K8S = REPO / "docker" / "k8s"
 DOCKERFILE = (K8S.parent / "Dockerfile").read_text()
 KUBERNETES_VERSION = "1.33.0"
 # plain Kubernetes objects; rayservice.yaml is KubeRay's custom resource, checked against Ray's own schema below
@@ -85,7 +86,7 @@ def test_every_setting_named_exists_in_the_app(monkeypatch):
 
 
 def test_probes_are_the_apps_routes_and_need_no_key(tiny_model):
-    from tests.service.conftest import make_client
+    from tests.support.server import make_client
 
     container = load("deployment.yaml")["spec"]["template"]["spec"]["containers"][0]
     probes = {kind: container[kind]["httpGet"] for kind in ("startupProbe", "readinessProbe", "livenessProbe")}
@@ -112,7 +113,7 @@ def test_service_hpas_and_pdb_point_at_the_deployment():
             deployment["apiVersion"], deployment["kind"], deployment["metadata"]["name"])
     assert load("pdb.yaml")["spec"]["selector"]["matchLabels"].items() <= labels.items()
     metric = load("hpa-queue-depth.yaml")["spec"]["metrics"][0]["pods"]["metric"]["name"]
-    from service.metrics import Metrics
+    from service.server.metrics import Metrics
 
     assert metric in {m.name for m in Metrics().registry.collect()}  # a gauge the app really exports
     assert metric in load("prometheus-adapter-rules.yaml")["data"]["config.yaml"]

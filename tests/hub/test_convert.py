@@ -6,11 +6,11 @@ import torch
 from hub import BYOLModel
 from hub.convert import convert_checkpoint, detect_source, read_checkpoint
 from hub.errors import CheckpointFormatError
-from hub.files import sha256_file
 from hub.layers import LAYERS
 from hub.model import _same_pad
-from tests.conftest import max_abs_diff
+from storage.files import sha256_file
 from tests.hub import layouts
+from tests.support.models import max_abs_diff
 
 
 @pytest.fixture()

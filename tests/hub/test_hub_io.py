@@ -8,7 +8,7 @@ from safetensors.torch import load_file, save_file
 from hub import BYOLModel
 from hub.config import ModelConfig
 from hub.errors import ModelNotFoundError, WeightsIntegrityError, WeightsMismatchError
-from tests.conftest import fake_hub_cache
+from tests.support.models import fake_hub_cache
 
 
 def test_save_and_load_round_trip(tmp_path, make_model, pixel_batch):

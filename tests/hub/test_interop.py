@@ -21,12 +21,12 @@ import torch
 from hub import BYOLModel, ModelConfig
 from hub.errors import ConfigError, WeightsIntegrityError
 from hub.layers import FEATURE_LAYERS, LAYERS
-from tests.conftest import fake_hub_cache, max_abs_diff, randomize_bn
+from tests.support import REPO
+from tests.support.models import fake_hub_cache, max_abs_diff, randomize_bn
 
 timm = pytest.importorskip("timm")
 transformers = pytest.importorskip("transformers")
 
-REPO = Path(__file__).resolve().parents[2]
 TOL = 2e-5  # same weights, same ops: the measured difference is 0.0 or float rounding
 
 

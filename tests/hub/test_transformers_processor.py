@@ -19,7 +19,7 @@ from hub import BYOLModel, ModelConfig
 from hub.config import PreprocessConfig
 from hub.interop import PIL_RESAMPLE, TRANSFORMERS_DIR
 from hub.preprocess import normalize_chw, preprocess, resize_shorter
-from tests.conftest import fake_hub_cache
+from tests.support.models import fake_hub_cache
 
 transformers = pytest.importorskip("transformers")
 

@@ -1,19 +1,9 @@
-"""Shared by the training tests: real photos in a folder, and the trainer run through its launchers."""
+"""The training tests' photos in a folder (the trainer's launchers: :mod:`tests.support.training`)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-from pathlib import Path
-
 import pytest
 from PIL import Image
-
-from benchmarks import processes
-
-REPO = Path(__file__).resolve().parents[2]
-SCRIPT = str(REPO / "training" / "pretrain.py")
-SMALL = ["--batch-size-per-device", "4", "--total-batch-size", "8", "--num-workers", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +21,3 @@ def photo_dir(tmp_path_factory, photo_paths):
     (root / "class0" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     (root / "notes.txt").write_text("not an image")
     return root
-
-
-def run(args: list[str], launcher: list[str] | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
-    launcher = launcher or ["accelerate", "launch", "--cpu", "--num_processes", "1"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return processes.run([*launcher, SCRIPT, *args], capture_output=True, text=True, env=env, timeout=300)

@@ -57,7 +57,7 @@ def test_opencv_decode_keeps_exif_orientation_and_skips_corrupt_files(photos, tm
 
     from PIL import Image
 
-    from hub.sources import FileSource
+    from storage.sources import FileSource
     from training.augment import decode_rgb
     from training.data import TwoViewDataset
 
@@ -87,7 +87,7 @@ def test_device_backend_draws_the_same_parameters_and_matches_the_pil_statistics
     import torch
     from PIL import Image
 
-    from hub.sources import FileSource
+    from storage.sources import FileSource
     from training.augment import apply_pil
     from training.data import TwoViewDataset, collate_raw, device_views
     from training.device_augment import apply_views, decode_batch

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from hub import BYOLModel, ModelConfig
-from tests.conftest import randomize_bn
+from tests.support.models import randomize_bn
 from training.evaluate import main
 
 

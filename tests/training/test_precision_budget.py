@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from hub import hardware
-from tests.training.conftest import SCRIPT, run
+from tests.support.training import SCRIPT, run
 from training.precision import resolve_precision
 from training.schedule_plan import StepPlan, plan_for_budget
 

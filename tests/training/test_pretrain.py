@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from hub import BYOLModel
-from tests.training.conftest import SCRIPT, SMALL, run
+from tests.support.training import SCRIPT, SMALL, run
 
 
 def test_smoke_pretraining_publishes_a_loadable_model(tmp_path, photo_dir):

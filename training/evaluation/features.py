@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hub.files import cache_root
 from hub.layers import output_name
 from hub.model import BYOLModel
 from hub.preprocess import preprocess_one, to_rgb
+from storage.files import cache_root
 from training.evaluation.data import LabeledImages
 
 logger = logging.getLogger(__name__)

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from hub.card import write_card
-from hub.files import atomic_write_text
 from hub.provenance import package_versions
 from hub.zoo import result
+from storage.files import atomic_write_text
 
 
 def measured(protocol: str, dataset: str, metric: str, value: float, *, layer: str | None, mode: str,

@@ -1,0 +1,164 @@
+"""The app factory: a lifespan that loads the model once, warms it up, and only then reports ready.
+
+    from service.server.app import create_app
+    app = create_app(ServiceSettings(model="models/byol-r50-ep200", backend="onnx"))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
+from starlette.formparsers import MultiPartParser
+
+from service.runtime.backend import Backend
+from service.runtime.batcher import Batcher
+from service.runtime.factory import build_planned_backend, inference_plan, resolve_for_backend
+from service.server.admission import announced_length
+from service.server.errors import DrainingError, ServiceError, error_response, install_error_handlers
+from service.server.routes import KNOWN_ROUTES, PROBES, ROUTERS, WORK_ROUTES
+from service.server.routes.search import open_search_index
+from service.server.settings import ServiceSettings
+from service.server.state import ServiceState
+from service.server.thumbs import Thumbnails
+
+logger = logging.getLogger("service")
+access_log = logging.getLogger("service.access")
+DOCS_STATIC = "/docs-static"
+
+
+class RequestMiddleware:
+    """Request ids, admission (requests and body bytes in flight, checked before the body is read), the body
+    size limit, metrics and structured access logs, as plain ASGI. Every answer goes through here, an unhandled
+    error's 500 included, so each one carries its request id and reaches the metrics and the access log."""
+
+    def __init__(self, app, state: ServiceState) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+        path = scope.get("path", "")
+        route = path if path in KNOWN_ROUTES else "other"
+        start, status, answered = time.perf_counter(), 500, False
+        scope.setdefault("state", {})["started"] = time.monotonic()  # the request's deadline counts from here
+        limit = self.state.settings.max_body_bytes
+
+        async def send_wrapper(message) -> None:
+            nonlocal status, answered
+            if message["type"] == "http.response.start":
+                status, answered = message["status"], True
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode("latin-1"))]
+            await send(message)
+
+        length = announced_length(headers, limit)
+        counted = path not in PROBES
+        refusal: ServiceError | None = None
+        if path in WORK_ROUTES and self.state.draining:
+            refusal = DrainingError()
+        elif length > limit:
+            refusal = ServiceError(413, "body_too_large", f"request body is {length} bytes; the limit is {limit}")
+        elif counted:
+            refusal = self.state.admission.try_admit(length)
+        if refusal is not None:
+            await error_response(refusal.status, refusal.code, refusal.message, headers=refusal.headers)(
+                scope, receive, send_wrapper)
+        else:
+            received = 0
+
+            async def receive_limited():
+                nonlocal received
+                message = await receive()
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise ServiceError(413, "body_too_large", f"request body exceeds the limit of {limit} bytes")
+                return message
+
+            try:
+                await self.app(scope, receive_limited, send_wrapper)
+            except Exception:
+                logger.exception("unhandled error on %s (request %s)", path, request_id)
+                if answered:
+                    raise  # the response has begun: nothing left to say but to drop the connection
+                await error_response(500, "internal_error", "internal error; see the server log")(
+                    scope, receive, send_wrapper)
+            finally:
+                if counted:
+                    self.state.admission.release(length)
+                    if self.state.draining:
+                        self.state.finished_while_draining += 1
+        elapsed = time.perf_counter() - start
+        metrics = self.state.metrics
+        metrics.requests.labels(route, str(status)).inc()
+        metrics.latency.labels(route).observe(elapsed)
+        if route not in PROBES:
+            access_log.info(json.dumps({"request_id": request_id, "method": scope.get("method"), "path": path,
+                                        "status": status, "ms": round(elapsed * 1000, 1)}))
+
+
+def create_app(settings: ServiceSettings | None = None, backend: Backend | None = None) -> FastAPI:
+    """Build the app; the model is loaded by the lifespan (``backend`` may be injected, e.g. by tests)."""
+    settings = settings or ServiceSettings()
+    state = ServiceState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        resolved = await asyncio.to_thread(resolve_for_backend, settings)
+        state.config, state.model_id, state.revision = resolved.config, resolved.model_id, resolved.revision
+        state.model_folder = resolved.folder
+        plan = state.plan = inference_plan(settings)
+        if settings.inference_streams > plan.streams:
+            logger.warning("inference_streams %d: the %s backend on %s runs one stream", settings.inference_streams,
+                           settings.backend, settings.device)
+        state.backend = backend or await asyncio.to_thread(build_planned_backend, resolved, settings, plan)
+        await asyncio.to_thread(state.backend.warmup, resolved.config.input_size)
+        if settings.index:
+            state.search_index = await asyncio.to_thread(open_search_index, settings, resolved, state.backend.outputs)
+            state.thumbnails = Thumbnails(state.search_index, max_pixels=settings.max_pixels)
+        state.batcher = Batcher(state.backend, max_batch_size=settings.max_batch_size,
+                                   max_wait_ms=settings.max_wait_ms, queue_size=settings.queue_size,
+                                   on_batch=state.metrics.observe_batch, streams=plan.streams)
+        state.metrics.queue_depth.set_function(lambda: state.batcher.depth if state.batcher else 0)
+        state.metrics.in_flight.set_function(lambda: state.in_flight)
+        state.metrics.draining.set_function(lambda: int(state.draining))
+        await state.batcher.start()
+        state.ready = True
+        demo = " -- DEMO MODEL (smoke-trained, weak features; not for real work)" if resolved.config.demo else ""
+        logger.info("serving %s @ %s with %s (%s, %d stream(s) x %d thread(s)), %s %s%s", state.model_id,
+                    state.revision, state.backend.name, state.backend.precision, plan.streams,
+                    plan.threads_per_stream, resolved.config.architecture, resolved.folder, demo)
+        yield
+        state.ready = False
+        await state.batcher.stop()
+        state.decode_pool.shutdown(wait=False)
+        state.lookup_pool.shutdown(wait=False)
+        logger.info("stopped after draining the queue")
+
+    # /docs and /redoc from assets installed with the package (fastapi-offline ships swagger-ui-dist and redoc):
+    # the deployments this image is made for have no internet, so no CDN, no web fonts, no validator badge.
+    app = FastAPIOffline(title="BYOL embeddings", version="0.1.0", lifespan=lifespan, static_url=DOCS_STATIC,
+                         swagger_ui_parameters={"validatorUrl": None},
+                         description="Multi-layer image embeddings (feature1..feature5, avgpool) from BYOL ResNets.")
+    app.state.service = state
+    app.state.settings = settings
+    # uploads stay in memory up to the body limit: Starlette spools each file part over 1 MB to a temporary file
+    # on disk and reads it back in a worker thread, a disk round trip for every phone photo (the limit bounds memory)
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, settings.max_body_bytes)
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["*"])
+    app.add_middleware(RequestMiddleware, state=state)
+    return app

@@ -1,0 +1,133 @@
+"""``POST /search``: nearest neighbours in an embedded dataset (``byol-serve --index emb/``).
+
+The query image goes through the same limits, decoding, queue and batcher as ``/embed``; the FAISS search
+runs in a worker thread. The index must have been made by the served model (weights sha256), with a layer
+and pooling the server outputs: anything else is refused at start.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from starlette.datastructures import UploadFile
+
+from hub.hub_io import ResolvedModel
+from hub.layers import output_name
+from service.embed.errors import EmbedJobError
+from service.embed.index import LoadedIndex
+from service.server.errors import ServiceError
+from service.server.pipeline import (
+    NumpyJSONResponse,
+    decode_base64_image,
+    embed_blobs,
+    in_lookup_pool,
+    read_form,
+    read_json,
+)
+from service.server.schemas import (
+    EMBED_ERRORS,
+    SearchBody,
+    SearchResponse,
+    error_responses,
+    request_body,
+)
+from service.server.settings import ServiceSettings
+from service.server.state import Auth, ReadyState, ServiceState
+from storage.errors import FolderError
+
+router = APIRouter()
+MULTIPART_SEARCH_SCHEMA: dict[str, Any] = {
+    "type": "object", "properties": {"image": {"type": "string", "format": "binary", "description": "the query image"}},
+    "required": ["image"],
+}
+
+
+class SearchIndexError(RuntimeError):
+    """The index cannot be served with this model (raised at start, so the server never serves a wrong index)."""
+
+
+def open_search_index(settings: ServiceSettings, resolved: ResolvedModel, outputs: list[str]):
+    try:
+        index = LoadedIndex.open(settings.index, nprobe=settings.search_nprobe, storage_options=settings.storage_options)
+    except (EmbedJobError, FolderError) as err:
+        raise SearchIndexError(f"--index {settings.index}: {err}") from None
+    manifest, meta = index.manifest, index.meta
+    if manifest.made_with_other_weights(resolved.config):
+        raise SearchIndexError(
+            f"--index {settings.index} was embedded with another model ({manifest.model_id}, weights sha256 "
+            f"{manifest.weights_sha256[:12]}) than the one served ({resolved.model_id}, "
+            f"{resolved.config.weights_sha256[:12]}); serve that model, or embed the set again with this one")
+    if manifest.architecture != resolved.config.architecture:
+        raise SearchIndexError(f"--index {settings.index} holds {manifest.architecture} vectors; this server runs a "
+                               f"{resolved.config.architecture}")
+    name = output_name(meta["layer"], manifest.pooling)
+    if name not in outputs:
+        raise SearchIndexError(f"--index {settings.index} indexes {meta['layer']} with pooling {manifest.pooling}, "
+                               f"which this server's backend does not output ({', '.join(outputs)})")
+    return index
+
+
+def _k(value: Any, state: ServiceState) -> int:
+    if value is None:
+        return 10
+    try:
+        k = int(value)
+    except (TypeError, ValueError):
+        raise ServiceError(400, "invalid_parameter", f"k must be a positive integer, got {value!r}") from None
+    if k <= 0:
+        raise ServiceError(400, "invalid_parameter", f"k must be a positive integer, got {k}")
+    return min(k, state.settings.search_max_k)
+
+
+@router.post("/search", summary="nearest neighbours of an image (or of an id) in the indexed dataset",
+             response_model=SearchResponse, responses={**EMBED_ERRORS, **error_responses(404)},
+             openapi_extra=request_body(json_model=SearchBody, multipart=MULTIPART_SEARCH_SCHEMA),
+             description="multipart/form-data with one `image` file, or JSON `{image: base64}` or `{id: ...}`; "
+                         "`k` in the body or the query string (default 10, capped by the server's search_max_k).")
+async def search(request: Request, state: ReadyState, _: Auth,
+                 k: int | None = Query(None, description="number of results (default 10)")) -> NumpyJSONResponse:
+    index = state.search_index
+    if index is None:
+        raise ServiceError(404, "no_index", "this server has no index; start it with --index EMBEDDINGS_FOLDER "
+                           "(made by `byol-embed run` and `byol-embed index`)")
+    ctype = request.headers.get("content-type", "").lower()
+    item_id, blob, body_k = None, None, None
+    if ctype.startswith("multipart/form-data"):
+        form = await read_form(request, max_files=2, max_fields=4)
+        unknown = sorted(key for key in form.keys() if key not in ("image", "k"))
+        items = form.getlist("image")
+        if unknown or len(items) != 1 or not isinstance(items[0], UploadFile):
+            raise ServiceError(400, "invalid_image", "send exactly one file in an 'image' field" +
+                               (f" (unknown fields {unknown})" if unknown else ""))
+        blob = await items[0].read()
+        body_k = form.get("k")
+    elif ctype.startswith("application/json"):
+        body = await read_json(request, SearchBody)
+        if (body.image is None) == (body.id is None):
+            raise ServiceError(400, "invalid_parameter", "give exactly one of 'image' (base64) and 'id'")
+        item_id, body_k = body.id, body.k
+        if body.image is not None:
+            blob = decode_base64_image(body.image, 0)
+    else:
+        raise ServiceError(415, "unsupported_media_type",
+                           "send multipart/form-data (an image file) or application/json ({image} or {id})")
+    if k is not None and body_k is not None and _k(body_k, state) != _k(k, state):
+        raise ServiceError(400, "conflicting_parameters", f"k is {k} in the query string but {body_k} in the body")
+    count = _k(k if k is not None else body_k, state)
+    layer = index.meta["layer"]
+    if item_id is not None:
+        try:
+            vector = await in_lookup_pool(state, request, index.vector_of, item_id)
+        except (EmbedJobError, FolderError) as err:
+            raise ServiceError(404, "unknown_id", str(err)) from None
+    else:
+        rows = await embed_blobs(state, request, [blob])
+        vector = np.asarray(rows[0][output_name(layer, index.manifest.pooling)], np.float32)
+    results = await in_lookup_pool(state, request, index.search, vector, count, item_id)
+    state.metrics.searches.inc()
+    keys = ("id", "path") if state.settings.search_return_paths else ("id",)
+    # scores are FAISS's float32: written as the shortest text that gives back that float32
+    results = [{**{key: r[key] for key in keys}, "score": np.float32(r["score"])} for r in results]
+    return NumpyJSONResponse({"model": state.model_id, "k": count, "results": results})

@@ -1,0 +1,78 @@
+"""Thumbnails of the images in the served index (``GET /thumb/{id}``), made by the server, capped and cached.
+
+Only ids in the index are ever read, through the manifest's own input (a folder, a list, tar shards or Parquet,
+as ``byol-embed run`` read them): a request names an id, never a path, so nothing outside the embedded set can
+be reached (a ``../`` id is simply not in the index).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from collections import OrderedDict
+from functools import cached_property
+from typing import Any
+
+from hub.preprocess import decode_image
+from service.embed.errors import EmbedJobError
+from storage.sources import open_source
+
+THUMB_SIDE = 256
+CACHE_ENTRIES = 2048  # ~10-20 KB each
+
+logger = logging.getLogger(__name__)
+
+
+class ThumbnailError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class Thumbnails:
+    def __init__(self, index: Any, *, max_pixels: int, side: int = THUMB_SIDE, entries: int = CACHE_ENTRIES) -> None:
+        self.index, self.max_pixels, self.side, self.entries = index, max_pixels, side, entries
+        self._cache: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @cached_property
+    def _source(self):
+        store = self.index.store
+        source = open_source(self.index.manifest.input, **self.index.manifest.source_options,
+                             storage_options=store.options if store is not None else None)
+        return source, source.positions()
+
+    def get(self, item_id: str) -> bytes:
+        """A JPEG of at most ``side`` px a side; raises :class:`ThumbnailError` (404 for an id not in the index)."""
+        with self._lock:
+            if item_id in self._cache:
+                self._cache.move_to_end(item_id)
+                return self._cache[item_id]
+        try:
+            self.index.row_of(item_id)
+        except EmbedJobError:
+            raise ThumbnailError(404, "unknown_id", f"no image with id {item_id!r} in the index") from None
+        try:
+            source, positions = self._source
+        except OSError as err:  # the reason (a path, a bucket, a storage error) goes to the log, not to the client
+            logger.warning("thumbnails: the index's input cannot be read: %s", err)
+            raise ThumbnailError(404, "image_unavailable", "the index's input cannot be read; see the server log") from None
+        position = positions.get(item_id)
+        if position is None:
+            raise ThumbnailError(404, "image_unavailable", f"{item_id!r} is no longer in the index's input")
+        try:
+            img = decode_image(source.read(position), max_pixels=self.max_pixels, draft_min_side=self.side)
+        except Exception as err:  # unreadable now, or not an image any more: the reason to the log only
+            logger.warning("thumbnail of %r: %s", item_id, err)
+            raise ThumbnailError(404, "image_unavailable", f"{item_id!r} cannot be read now; see the server log") from None
+        img = img.convert("RGB")
+        img.thumbnail((self.side, self.side))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=85)
+        data = buf.getvalue()
+        with self._lock:
+            self._cache[item_id] = data
+            while len(self._cache) > self.entries:
+                self._cache.popitem(last=False)
+        return data

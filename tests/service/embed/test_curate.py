@@ -1,0 +1,154 @@
+"""`byol-embed dedup` and `outliers` on a real embedding folder: near-duplicate copies of real photos, exact copies,
+planted out-of-distribution images and a broken file, embedded by the model trained in conftest."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image, ImageDraw
+
+from service.embed.cli import main as embed_main
+from service.embed.curate import DEFAULT_THRESHOLD, near_groups
+from tests.support.images import make_near_duplicate_fixture, pair_scores, photos_for_quality, skimage_data_dir
+
+OUT_OF_DISTRIBUTION = ("ood_flat_green.png", "ood_flat_blue.png", "ood_ramp.png", "ood_text.png")
+
+
+def _embed(trained_model, images: Path, out: Path) -> Path:
+    assert embed_main(["run", "--model", str(trained_model), "--input", str(images), "--output", str(out),
+                       "--shard-size", "16", "--no-progress"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def curation_set(tmp_path_factory, trained_model):
+    """Copies of real photos (and one exact file copy) mixed with the distinct photos: the duplicates' fixture;
+    the same plus planted out-of-distribution images and a broken file: the outliers' fixture. (Two folders: the
+    test model is a 3-epoch 64-px run, weak enough to put a flat colour field near a photo.)"""
+    root = tmp_path_factory.mktemp("curate")
+    images = root / "images"
+    sources = make_near_duplicate_fixture(photos_for_quality(skimage_data_dir()), images)
+    shutil.copyfile(images / "orig_00.jpg", images / "exact_copy_of_00.jpg")  # the same bytes
+    sources["exact_copy_of_00.jpg"] = "orig_00.jpg"
+    folder = _embed(trained_model, images, root / "emb")
+    all_ids = {p.name for p in images.iterdir()}
+    # the outliers' set: a distribution (random crops of the photos, a third to two thirds of each side) and
+    # images from nowhere in it
+    rng = np.random.default_rng(0)
+    for i, photo in enumerate(photos_for_quality(skimage_data_dir())):
+        w, h = photo.size
+        for j in range(6):
+            cw, ch = int(w * rng.uniform(0.35, 0.65)), int(h * rng.uniform(0.35, 0.65))
+            x, y = int(rng.integers(0, w - cw)), int(rng.integers(0, h - ch))
+            photo.crop((x, y, x + cw, y + ch)).save(images / f"crop_{i:02d}_{j}.jpg", quality=90)
+    Image.new("RGB", (300, 200), (20, 220, 40)).save(images / "ood_flat_green.png")
+    Image.new("RGB", (256, 256), (30, 60, 230)).save(images / "ood_flat_blue.png")
+    # a colour ramp, not white noise: scikit-image's Hubble deep field is noise-like, and this weak 64-px test
+    # model puts white noise right beside it
+    ramp = np.zeros((200, 300, 3), np.uint8)
+    ramp[..., 0] = np.linspace(0, 255, 300)[None, :]
+    ramp[..., 2] = np.linspace(255, 0, 200)[:, None]
+    Image.fromarray(ramp).save(images / "ood_ramp.png")
+    text = Image.new("RGB", (320, 240), "white")
+    draw = ImageDraw.Draw(text)
+    for line in range(10):
+        draw.text((10, 10 + 22 * line), "Lorem ipsum dolor sit amet, consectetur", fill="black")
+    text.save(images / "ood_text.png")
+    (images / "zz_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return {"folder": folder, "sources": sources, "ids": all_ids,
+            "outliers": _embed(trained_model, images, root / "emb-ood")}
+
+
+def _table(path: Path) -> dict:
+    return pq.read_table(path).to_pydict()
+
+
+def test_dedup_finds_the_copies_at_the_default_threshold(curation_set, capsys):
+    folder = curation_set["folder"]
+    assert embed_main(["dedup", str(folder), "--write-lists", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "duplicate groups" in printed and "nearest-neighbour cosine" in printed
+    duplicates = folder / "curation" / "duplicates.parquet"
+    precision, recall = pair_scores(duplicates, curation_set["sources"])
+    assert precision >= 0.95 and recall >= 0.9, (precision, recall)
+    table = _table(duplicates)
+    assert set(table) == {"group", "id", "path", "representative", "similarity", "kind"}
+    rows = list(zip(table["id"], table["kind"], table["representative"], table["similarity"]))
+    kinds = {i: k for i, k, _, _ in rows}
+    assert kinds["exact_copy_of_00.jpg"] == kinds["orig_00.jpg"] == "exact"  # the same bytes
+    assert sum(k == "exact" for k in kinds.values()) == 2 and kinds.get("copy_00_q20.jpg") == "near"
+    assert all(s >= DEFAULT_THRESHOLD - 1e-6 for s in table["similarity"])  # the guard: >= T to the representative
+    for group in set(table["group"]):
+        reps = {r for g, r in zip(table["group"], table["representative"]) if g == group}
+        assert len(reps) == 1 and reps <= {i for g, i in zip(table["group"], table["id"]) if g == group}
+    keep = (folder / "curation" / "keep.txt").read_text().split()
+    remove = (folder / "curation" / "remove.txt").read_text().split()
+    summary = json.loads((folder / "curation" / "duplicates.json").read_text())
+    all_ids = curation_set["ids"]
+    assert set(keep) | set(remove) == all_ids and not set(keep) & set(remove)
+    assert len(remove) == summary["removable"] == len(table["id"]) - summary["groups"]
+    hist = json.loads((folder / "curation" / "nn_similarity.json").read_text())
+    assert sum(hist["counts"]) == summary["embedded"] and len(hist["bins"]) == len(hist["counts"]) + 1
+    # deterministic: the same folder and settings give the same groups
+    assert embed_main(["dedup", str(folder), "--write-lists", "--no-progress", "--json"]) == 0
+    assert _table(duplicates) == table
+
+
+def test_outliers_rank_the_planted_images_first_and_list_the_broken_one(curation_set, capsys):
+    folder = curation_set["outliers"]
+    assert embed_main(["outliers", str(folder), "--json", "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    table = _table(folder / "curation" / "outliers.parquet")
+    embedded = [i for i, kind in zip(table["id"], table["kind"]) if kind == "embedded"]
+    top = embedded[:len(OUT_OF_DISTRIBUTION) + 2]
+    assert set(OUT_OF_DISTRIBUTION) <= set(top), top
+    scores = [s for s, kind in zip(table["score"], table["kind"]) if kind == "embedded"]
+    assert scores == sorted(scores, reverse=True) and table["rank"][:3] == [1, 2, 3]
+    assert table["percentile"][0] == pytest.approx(100.0)
+    broken = [(i, e) for i, kind, e in zip(table["id"], table["kind"], table["error"]) if kind == "broken"]
+    assert [b[0] for b in broken] == ["zz_broken.jpg"] and broken[0][1]
+    assert summary["broken"] == 1 and summary["broken_ids"] == ["zz_broken.jpg"]
+
+
+def test_a_folder_written_before_hashes_still_finds_exact_copies(curation_set, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(curation_set["folder"], old)
+    for shard in old.glob("part-*.parquet"):
+        table = pq.read_table(shard)
+        pq.write_table(table.drop(["sha256"]), shard)
+    assert embed_main(["dedup", str(old), "--json", "--no-progress"]) == 0
+    table = _table(old / "curation" / "duplicates.parquet")
+    kinds = dict(zip(table["id"], table["kind"]))
+    assert kinds.get("exact_copy_of_00.jpg") == "exact" or kinds.get("orig_00.jpg") == "exact"
+
+
+def test_chains_are_split_so_every_member_is_close_to_its_representative():
+    # a chain at 18 degree steps: neighbours at cosine 0.951, the ends of the chain at 0.588
+    angles = np.radians([0, 18, 36, 54])
+    vectors = np.stack([np.cos(angles), np.sin(angles), np.zeros(4)], axis=1).astype(np.float32)
+    sims = vectors @ vectors.T
+    np.fill_diagonal(sims, -2)
+    order = np.argsort(-sims, axis=1)[:, :3]
+    groups = near_groups(vectors, np.take_along_axis(sims, order, axis=1), order, threshold=0.9)
+    # union-find alone would make one group of all four; the guard keeps each member >= 0.9 to its representative
+    # (0 and 3 are at 0.588); the representative is the member with the most edges, the first of those: 1
+    assert [(rep, members.tolist()) for rep, members in groups] == [(1, [0, 1, 2])]
+    for rep, members in groups:
+        assert all(vectors[m] @ vectors[rep] >= 0.9 for m in members)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["dedup", "{folder}", "--layer", "feature5"], "was not embedded"),
+    (["dedup", "{folder}", "--threshold", "1.5"], "cosine similarity in [-1, 1]"),
+    (["outliers", "{folder}", "--k", "0"], "--k must be >= 1"),
+    (["dedup", "{missing}"], "not an output folder"),
+])
+def test_bad_input_is_a_clear_error(curation_set, tmp_path, capsys, argv, message):
+    argv = [a.format(folder=curation_set["folder"], missing=tmp_path) for a in argv]
+    assert embed_main(argv) == 2
+    assert message in capsys.readouterr().err

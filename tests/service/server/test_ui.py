@@ -1,0 +1,205 @@
+"""The pages (`/`, `/ui`) and what they read (`/thumb`, `/curation/*`): over HTTP, and in a real browser
+(Debian's chromium driven by Playwright) against a real server process with API keys on."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.support import REPO, processes
+from tests.support.server import start_server
+
+KEY = "ui-test-key"
+STATIC = REPO / "service" / "server" / "static"
+
+
+@pytest.fixture(scope="module")
+def server(trained_model, emb):
+    proc, url = start_server(trained_model, "--index", str(emb), "--api-keys", KEY)
+    yield url
+    processes.stop(proc, timeout=30)
+
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def test_thumbnails_only_for_ids_in_the_index(server):
+    r = httpx.get(f"{server}/thumb/orig_00.jpg", headers=AUTH)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    img = Image.open(io.BytesIO(r.content))
+    assert img.format == "JPEG" and max(img.size) <= 256
+    assert httpx.get(f"{server}/thumb/orig_00.jpg").status_code == 401  # behind the keys like every route
+    for bad in ("../../../../etc/passwd", "%2e%2e/%2e%2e/etc/passwd", "/etc/passwd", "images/orig_00.jpg",
+                "no-such-image.jpg", "broken.jpg"):
+        r = httpx.get(f"{server}/thumb/{bad}", headers=AUTH)
+        assert r.status_code == 404, (bad, r.status_code, r.text)
+        # unknown_id: not in the index (broken.jpg has no vector, so none); http_error: the client itself
+        # normalized the ../ away and the path is no route
+        assert r.headers["content-type"] == "application/json"
+        assert r.json()["error"]["code"] in ("unknown_id", "http_error"), (bad, r.text)
+    # the encoded traversal reaches the route as an id, and is refused there
+    assert httpx.get(f"{server}/thumb/%2e%2e/%2e%2e/etc/passwd", headers=AUTH).json()["error"]["code"] == "unknown_id"
+    # the page asks by query string: every id reaches the route as itself ('.' and '..' are not path segments)
+    r = httpx.get(f"{server}/thumb", params={"id": "orig_00.jpg"}, headers=AUTH)
+    assert r.status_code == 200 and r.content == httpx.get(f"{server}/thumb/orig_00.jpg", headers=AUTH).content
+    for bad in (".", "..", "../orig_00.jpg", "./orig_00.jpg"):
+        r = httpx.get(f"{server}/thumb", params={"id": bad}, headers=AUTH)
+        assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_id", (bad, r.text)
+
+
+def test_pages_and_curation_routes(server):
+    for page in ("/", "/ui"):
+        r = httpx.get(server + page)  # the page itself holds nothing secret
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+        assert "default-src 'self'" in r.headers["content-security-policy"]
+    assert httpx.get(f"{server}/ui/static/../app.py").status_code == 404
+    assert httpx.get(f"{server}/curation").status_code == 401
+    assert httpx.get(f"{server}/curation", headers=AUTH).json() == {"duplicates": True, "outliers": True}
+    dup = httpx.get(f"{server}/curation/duplicates?limit=2", headers=AUTH).json()
+    assert dup["total"] >= 3 and len(dup["groups"]) == 2
+    assert all(m["similarity"] >= 0.86 - 1e-4 for g in dup["groups"] for m in g["members"])
+    out = httpx.get(f"{server}/curation/outliers?offset=0&limit=100", headers=AUTH).json()
+    assert out["total"] == 26 and out["rows"][0]["rank"] == 1
+    assert [r["id"] for r in out["rows"] if r["kind"] == "broken"] == ["broken.jpg"]
+
+
+def test_static_assets_reach_no_other_origin():
+    for path in STATIC.iterdir():
+        text = path.read_text()
+        assert not re.search(r"https?://|//cdn|@import|fonts\.", text), path.name
+        assert "<script>" not in text and " style=" not in text  # the CSP allows no inline script or style
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        # new headless; no background networking, component updates or other traffic of the browser's own
+        browser = p.chromium.launch(executable_path=chromium, args=[
+            "--no-sandbox", "--headless=new", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--disable-default-apps", "--no-first-run", "--metrics-recording-only"])
+        yield browser
+        browser.close()
+
+
+def _until(page, js: str, timeout: float = 20) -> None:
+    """Poll an expression through page.evaluate (the pages' CSP forbids the eval that wait_for_function uses)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(f"() => {js}"):
+        assert time.monotonic() < deadline, js
+        time.sleep(0.1)
+
+
+@pytest.mark.slow
+def test_the_page_in_a_real_browser(server, browser, emb, tmp_path):
+    from playwright.sync_api import expect
+
+    context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 900})
+    requests: list[str] = []
+    origin = server.rstrip("/")
+
+    def intercept(route) -> None:  # every request of the page goes through here; another origin's is refused
+        requests.append(route.request.url)
+        if route.request.url.startswith((origin + "/", "blob:", "data:")):
+            route.continue_()
+        else:
+            route.abort()
+
+    context.route("**/*", intercept)
+    shots = Path(os.environ.get("BYOL_SCREENSHOTS") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(f"{server}/ui")
+    # keys on: the page asks for one; a wrong one is refused with a clear message
+    page.wait_for_selector("#keybar:not([hidden])")
+    assert "needs an API key" in page.inner_text("#message")
+    page.fill("#key", "wrong")
+    page.click("#keysave")
+    expect(page.locator("#message")).to_contain_text("refused")
+    page.fill("#key", KEY)
+    page.click("#keysave")
+    expect(page.locator("#model")).to_contain_text("org/byol-test")
+    assert "layer avgpool" in page.inner_text("#model")
+
+    # search by upload: a grid of thumbnails with ids and scores; the photo's own id first, then its copies
+    images = Path(emb.parent) / "images"
+    page.set_input_files("#file", str(images / "orig_02.jpg"))
+    page.wait_for_selector("#results .card")
+    cards = page.query_selector_all("#results .card")
+    assert len(cards) == 20  # the k selector's default
+    first = [c.get_attribute("data-id") for c in cards[:5]]
+    assert first[0] == "orig_02.jpg" and all(i.startswith("copy_02") for i in first[1:]), first
+    _until(page, "[...document.querySelectorAll('#results img')].every(i => i.naturalWidth > 0)")
+    page.screenshot(path=str(shots / "ui-search.png"), full_page=True)
+    # "more like this": a click searches by that id
+    cards[1].click()
+    expect(page.locator("#query-info")).to_contain_text("more like")
+    assert page.input_value("#qid") == first[1]
+    page.select_option("#k", "10")
+    page.fill("#qid", "orig_00.jpg")
+    page.click("#byid button")
+    expect(page.locator("#results .card")).to_have_count(10)
+    # drag and drop a file onto the page
+    data = base64.b64encode((images / "orig_03.jpg").read_bytes()).decode()
+    transfer = page.evaluate_handle("""(b64) => {
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], "dropped.jpg", {type: "image/jpeg"}));
+        return dt; }""", data)
+    page.dispatch_event("#drop", "drop", {"dataTransfer": transfer})
+    expect(page.locator("#query-info")).to_contain_text("dropped.jpg")
+    expect(page.locator("#results .card").first).to_have_attribute("data-id", "orig_03.jpg")
+
+    # duplicate groups side by side, selected and exported as CSV
+    page.click('[data-tab="duplicates"]')
+    page.wait_for_selector("#groups .group")
+    assert "groups 1-" in page.inner_text("#dup-page")
+    planted = page.locator("#groups .group").filter(has=page.locator('.card[data-id="copy_00_q20.jpg"]'))
+    expect(planted.locator('.card[data-id="orig_00.jpg"]')).to_have_count(1)  # the photo with its copy, side by side
+    _until(page, "[...document.querySelectorAll('#groups img')].every(i => i.naturalWidth > 0)")
+    page.screenshot(path=str(shots / "ui-duplicates.png"), full_page=True)
+    boxes = page.query_selector_all("#groups input[type=checkbox]")
+    chosen = [b.get_attribute("data-id") for b in boxes[:3]]
+    for box in boxes[:3]:
+        box.check()
+    with page.expect_download() as download:
+        page.click("#dup-export")
+    csv = Path(download.value.path()).read_text().splitlines()
+    assert csv[0] == "id" and [line.strip('"') for line in csv[1:]] == chosen
+    # an id a spreadsheet would run as a formula is written as text
+    cells = page.evaluate("['=HYPERLINK(\"http://x\")', '+1', '-1', '@SUM(A1)', 'plain', 'a=b'].map(csvCell)")
+    assert cells == ['"\'=HYPERLINK(""http://x"")"', '"\'+1"', '"\'-1"', '"\'@SUM(A1)"', '"plain"', '"a=b"']
+
+    # outliers: ranked, the broken image listed
+    page.click('[data-tab="outliers"]')
+    page.wait_for_selector("#outlier-rows tr")
+    assert "broken" in page.inner_text("#outlier-rows")
+    page.screenshot(path=str(shots / "ui-outliers.png"), full_page=True)
+
+    # the landing page: model, card summary, layers
+    page.goto(f"{server}/")
+    expect(page.locator("#layers tr").nth(1)).to_be_visible()
+    assert "avgpool" in page.inner_text("#layers")
+    assert page.inner_text("#summary").strip()
+    page.screenshot(path=str(shots / "landing.png"), full_page=True)
+    assert not errors, errors
+    assert requests and all(url.startswith((origin + "/", "blob:")) for url in requests), \
+        [u for u in requests if not u.startswith(origin)]
+    assert sorted(p.name for p in shots.iterdir()) == ["landing.png", "ui-duplicates.png", "ui-outliers.png",
+                                                        "ui-search.png"]
+    context.close()
