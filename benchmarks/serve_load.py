@@ -10,7 +10,7 @@ and LitServe serving the same ONNX graph with its dynamic batching (``pip instal
 Without --model, a ResNet-50 with random weights is built for timing only (speed does not depend on weights).
 
 Each server starts in a session of its own and is stopped as a whole process group (LitServe's workers
-included) when its turn ends, when the benchmark fails, and on Ctrl-C or SIGTERM (``benchmarks/processes.py``).
+included) when its turn ends, when the benchmark fails, and on Ctrl-C or SIGTERM (``tests/support/processes.py``).
 """
 
 import argparse

@@ -1,1 +1,3 @@
-"""``byol-embed``: a whole dataset into resumable Parquet shards (locally or on Ray), and FAISS search over it."""
+"""``byol-embed``: a whole dataset into resumable Parquet shards (``job``, with its ``local_engine`` and
+``ray_engine``, each running ``pipeline`` on whole shards), a FAISS index over them (``index``), and curation
+(``curate``)."""

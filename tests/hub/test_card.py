@@ -7,7 +7,7 @@ from huggingface_hub import ModelCard
 
 from hub.card import render_card
 from hub.config import ModelConfig
-from hub.convert import convert_checkpoint
+from hub.convert.checkpoint import convert_checkpoint
 from tests.hub import layouts
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hub import BYOLModel
-from hub.convert import convert_checkpoint, detect_source, read_checkpoint
+from hub.convert.checkpoint import convert_checkpoint, detect_source, read_checkpoint
 from hub.errors import CheckpointFormatError
 from hub.layers import LAYERS
 from hub.model import _same_pad

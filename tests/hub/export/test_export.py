@@ -6,7 +6,7 @@ import torch
 
 from hub import BYOLModel
 from hub.errors import ExportError
-from hub.export import export
+from hub.export.formats import export
 from hub.layers import FEATURE_LAYERS, LAYERS
 from tests.support.models import max_abs_diff
 

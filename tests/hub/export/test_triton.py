@@ -1,5 +1,5 @@
-"""`byol-hub export --format triton`: the repository's config is Triton's own protobuf, and the README's client
-code gives /embed's vectors through the repository's ONNX graph."""
+"""`byol-hub export --format triton`: the repository's config is Triton's own protobuf, and the client
+code in docs/deployment.md gives /embed's vectors through the repository's ONNX graph."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2  # noqa: E402
 from hub.cli import main as hub_main  # noqa: E402
 from tests.support import REPO
 
-README = REPO / "README.md"
+DEPLOYMENT = REPO / "docs" / "deployment.md"
 
 
 @pytest.fixture(scope="module")
@@ -115,8 +115,8 @@ def test_readme_client_code_returns_the_vectors_of_embed(triton_repo, onnx_clien
     import tritonclient.grpc as grpcclient
 
     block = re.search(r"<!-- triton-client -->\s*```python\n(.*?)```\s*<!-- /triton-client -->",
-                      README.read_text(), re.S)
-    assert block, "the README's Triton client block is missing"
+                      DEPLOYMENT.read_text(), re.S)
+    assert block, "docs/deployment.md's Triton client block is missing"
     code = block.group(1)
     photo = tmp_path / "photo.jpg"
     photo.write_bytes(photo_bytes[1])
@@ -127,7 +127,7 @@ def test_readme_client_code_returns_the_vectors_of_embed(triton_repo, onnx_clien
     monkeypatch.setattr(OnnxTritonServer, "repo", triton_repo, raising=False)
     monkeypatch.setattr(grpcclient, "InferenceServerClient", OnnxTritonServer)
     namespace: dict = {}
-    exec(compile(code, "README.md:triton-client", "exec"), namespace)
+    exec(compile(code, "docs/deployment.md:triton-client", "exec"), namespace)
 
     body = onnx_client.post("/embed?layers=feature5,avgpool",
                             files=[("images", ("photo.jpg", photo_bytes[1], "image/jpeg"))]).json()

@@ -1,6 +1,6 @@
 """The live OpenAPI contract, reduced to what clients depend on, against the saved copy.
 
-Regenerate after an intended change: ``BYOL_UPDATE_OPENAPI=1 python -m pytest tests/service/test_openapi.py``.
+Regenerate after an intended change: ``BYOL_UPDATE_OPENAPI=1 python -m pytest tests/service/server/test_openapi.py``.
 """
 
 import json
