@@ -33,6 +33,7 @@ def main() -> None:
     from hub import BYOLModel, ModelConfig
     from hub.hardware import cpu_summary
     from service.embed.job import EmbedSettings, run_job
+    from service.runtime.settings import RuntimeSettings
 
     if not torch.cuda.is_available():
         sys.exit("no CUDA GPU here; this benchmark is for a GPU machine")
@@ -54,9 +55,9 @@ def main() -> None:
                 net.serving_outputs(x)
             torch.cuda.synchronize()
         model_only = steps * args.batch / (time.perf_counter() - start)
-        summary = run_job(EmbedSettings(model=str(root / "model"), input=str(root / "images"), output=str(root / "out"),
-                                        backend="torch", device="cuda", batch_size=args.batch, shard_size=1024,
-                                        workers=args.workers, progress=False))
+        runtime = RuntimeSettings(model=str(root / "model"), backend="torch", device="cuda")
+        summary = run_job(EmbedSettings(runtime=runtime, input=str(root / "images"), output=str(root / "out"),
+                                        batch_size=args.batch, shard_size=1024, workers=args.workers, progress=False))
         end_to_end = summary.images / summary.seconds
     print(f"ResNet-50 224x224, batch {args.batch}, fp32, {args.workers} decode threads")
     print(f"  model only (pre-decoded tensors on the GPU) {model_only:8.1f} img/s")

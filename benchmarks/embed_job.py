@@ -94,9 +94,11 @@ def decode_core_time(model: Path, folder: Path) -> float:
 
 def job(model: Path, data: Path, out: Path, batch: int, engine: str, workers: int):
     from service.embed.job import EmbedSettings, run_job
+    from service.runtime.settings import RuntimeSettings
 
     shutil.rmtree(out, ignore_errors=True)
-    summary = run_job(EmbedSettings(model=str(model), input=str(data), output=str(out), batch_size=batch,
+    summary = run_job(EmbedSettings(runtime=RuntimeSettings(model=str(model)), input=str(data), output=str(out),
+                                    batch_size=batch,
                                     shard_size=max(batch * 2, 64), engine=engine, workers=workers, progress=False))
     if summary.interrupted:  # the job stopped at a shard boundary on Ctrl-C / SIGTERM (and shut its cluster down)
         raise KeyboardInterrupt

@@ -62,10 +62,12 @@ def wait_for(endpoint: str, timeout: float = 30.0) -> None:
 
 def job(model: Path, data: str, out: str, batch: int, options: dict, engine: str = "local", workers: int = 0):
     from service.embed.job import EmbedSettings, run_job
+    from service.runtime.settings import RuntimeSettings
     from storage.store import Store
 
     Store(out, options).remove_tree("")  # every round starts from an empty folder
-    summary = run_job(EmbedSettings(model=str(model), input=data, output=out, batch_size=batch, shard_size=128,
+    summary = run_job(EmbedSettings(runtime=RuntimeSettings(model=str(model)), input=data, output=out, batch_size=batch,
+                                    shard_size=128,
                                     engine=engine, workers=workers, storage_options=options, progress=False))
     if summary.interrupted:
         raise KeyboardInterrupt
@@ -76,8 +78,9 @@ def job(model: Path, data: str, out: str, batch: int, options: dict, engine: str
 DRIVER = """
 import json, sys
 from service.embed.job import EmbedSettings, run_job
+from service.runtime.settings import RuntimeSettings
 args = json.loads(sys.argv[1])
-s = run_job(EmbedSettings(model=args["model"], input=args["input"], output=args["output"], batch_size=args["batch"],
+s = run_job(EmbedSettings(runtime=RuntimeSettings(model=args["model"]), input=args["input"], output=args["output"], batch_size=args["batch"],
                           shard_size=128, engine="ray", workers=1, storage_options=args["options"], progress=False))
 print(json.dumps({"images": s.images, "seconds": s.seconds, "steady": s.steady_images_per_s,
                   # VmHWM, not ru_maxrss: after fork + exec, ru_maxrss starts at the parent's RSS

@@ -208,8 +208,7 @@ async def load(url: str, images: list[bytes], concurrency: int, seconds: float) 
 def raw_engine(model: str, images: list[bytes], seconds: float, streams: int = 1) -> float:
     """ONNX Runtime in-process on preprocessed batches of MAX_BATCH: one session with all cores (``streams=1``,
     what people write), or ``streams`` concurrent runs of MAX_BATCH / streams images on cores / streams threads
-    each (the engine's best configuration on a CPU, the one this server uses by default)."""
-    import os
+    each (ONNX Runtime's best configuration on a CPU, the one this server uses by default)."""
     import threading
 
     import onnxruntime as ort

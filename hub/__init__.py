@@ -1,8 +1,12 @@
-"""``hub``: the BYOL feature model and all weight I/O.
+"""``hub``: the BYOL feature model and its weights, the only package that knows how they are laid out.
 
-Torch-free modules (``config``, ``layers``, ``preprocess``, ``hub_io.resolve_model``, ``card``,
-``zoo``) can be imported without torch installed; ``BYOLModel`` (which needs torch) is imported
-lazily on first access, so ``from hub import BYOLModel`` works and ``import hub`` stays light.
+The model (``model``, ``layers``, ``config``, ``preprocess``), its folders on disk and on the Hugging Face Hub
+(``hub_io``, ``card``, ``interop`` for timm and transformers, ``zoo``), converters from the checkpoints people
+already have (``convert``) and exports (``export``). Where data lives is :mod:`storage`'s business, not this one's.
+
+Torch-free modules (``config``, ``layers``, ``preprocess``, ``hub_io.resolve_model``, ``card``, ``zoo``,
+``interop``, ``convert.layouts``) can be imported without torch installed; ``BYOLModel`` (which needs torch) is
+imported lazily on first access, so ``from hub import BYOLModel`` works and ``import hub`` stays light.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Each replica builds the app of :func:`service.server.app.create_app` (every rout
 
 - ``X-Byol-Replica: replica=<id>; node=<node id>; ip=<address>`` on every response: who served it.
 - Serve's health check calls the backend: one image through the replica's batcher (an overloaded queue
-  is busy, not unhealthy); a replica whose engine stopped or whose inference fails is replaced by Serve.
+  is busy, not unhealthy); a replica whose batcher stopped or whose inference fails is replaced by Serve.
 - ``/metrics`` through the proxy is the view of the one replica that answered: it says so in a header
   (``X-Byol-Metrics-Scope: replica``) and on its first line. The deployment's figures are Ray's own metrics
   (``ray_serve_*`` on each node's metrics export port), see the README.

@@ -53,10 +53,6 @@ def done_name(index: int) -> str:
     return f"part-{index:05d}.done"
 
 
-def done_marker(folder: Path, index: int) -> Path:
-    return Path(folder) / done_name(index)
-
-
 @dataclass
 class Manifest:
     model_id: str

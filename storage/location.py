@@ -136,6 +136,11 @@ def local_path_of(spec: str | Path) -> str:
     return str(Path(str(spec).removeprefix("file://")).absolute())
 
 
+def shown(spec: str | Path) -> str:
+    """What may be shown or recorded of a location: an absolute path, or the URL without credentials."""
+    return public_url(str(spec)) if is_url(spec) else local_path_of(spec)
+
+
 def filesystem(url: str | Path, options: dict[str, Any] | None = None):
     """``(fsspec filesystem, path inside it)`` for a URL or a local path (:class:`LocalFileSystem`: local disk is
     one more filesystem); a missing fsspec package is an error naming the extra. Storage options are for URLs:

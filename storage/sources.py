@@ -27,6 +27,7 @@ from pathlib import Path
 
 from storage.errors import DataError, StorageError
 from storage.location import (
+    LocalFileSystem,
     expand_braces,
     explain,
     filesystem,
@@ -95,6 +96,12 @@ class _Reader:
 
     fs = None
 
+    @property
+    def waits_on_network(self) -> bool:
+        """Whether a read waits on the network (object storage) rather than on this machine: readers then keep
+        many reads in flight on threads of their own."""
+        return not on_local_disk(self.fs)
+
     def _url(self, path) -> str:
         return path if on_local_disk(self.fs) else self.fs.unstrip_protocol(path)
 
@@ -125,8 +132,11 @@ class FileSource(_Reader, ImageSource):
 
     kind = "files"
 
-    def __init__(self, paths: list[str], ids: list[str], fs, fingerprint: str) -> None:
-        self.paths, self.ids, self.fs, self._fingerprint = paths, ids, fs, fingerprint
+    def __init__(self, paths: list, ids: list[str] | None = None, fs=None, fingerprint: str | None = None) -> None:
+        self.fs = fs if fs is not None else LocalFileSystem()  # paths on this machine's disk, unless told
+        self.paths = [str(p) for p in paths]
+        self.ids = ids if ids is not None else self.paths
+        self._fingerprint = fingerprint or _info_digest(self.ids, [self.fs.info(p) for p in self.paths])
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -213,20 +223,24 @@ def _name(path) -> str:
     return str(path).rstrip("/").rsplit("/", 1)[-1]
 
 
-def _image_column(schema, name: str, column: str | None) -> tuple[str, str]:
-    """The column holding image bytes and how: ``struct`` (Hugging Face ``Image``: struct<bytes, path>) or
-    ``binary``; ``column`` names it, else it is found (one such column, or the one named ``image``)."""
+def _how(field) -> str | None:
+    """How a Parquet column holds image bytes: ``struct`` (Hugging Face ``Image``: struct<bytes, path>), ``binary``,
+    or not at all (None)."""
     import pyarrow as pa
 
-    def how(field) -> str | None:
-        def binary(t) -> bool:
-            return pa.types.is_binary(t) or pa.types.is_large_binary(t)
+    def binary(t) -> bool:
+        return pa.types.is_binary(t) or pa.types.is_large_binary(t)
 
-        t = field.type
-        if pa.types.is_struct(t) and t.get_field_index("bytes") >= 0 and binary(t.field("bytes").type):
-            return "struct"
-        return "binary" if binary(t) else None
+    t = field.type
+    if pa.types.is_struct(t) and t.get_field_index("bytes") >= 0 and binary(t.field("bytes").type):
+        return "struct"
+    return "binary" if binary(t) else None
 
+
+def _image_column(schema, name: str, column: str | None) -> tuple[str, str]:
+    """The column holding image bytes and how (:func:`_how`); ``column`` names it, else it is found (one such
+    column, or the one named ``image``)."""
+    how = _how
     if column is not None:
         if column not in schema.names:
             raise DataError(f"{name} has no column {column!r}; its columns: {schema.names}")
@@ -414,12 +428,13 @@ def _list_entries(text: str) -> list[str]:
 
 
 def _image_column_of(fs, path: str) -> bool:
+    """Whether a Parquet file holds image bytes (a file with several such columns is an error that says so)."""
     import pyarrow.parquet as pq
 
-    try:
-        _image_column(pq.read_schema(path, filesystem=fs), _name(path), None)
-    except DataError:
+    schema = pq.read_schema(path, filesystem=fs)
+    if not any(_how(f) for f in schema):
         return False
+    _image_column(schema, _name(path), None)
     return True
 
 
@@ -432,8 +447,9 @@ def _path_list(fs, path: str, info: dict, column: str | None, shown: str) -> Fil
     strings = [f.name for f in schema if str(f.type) in ("string", "large_string")]
     if column is None:
         if "path" not in schema.names:
-            raise DataError(f"{name}: which column holds the image paths? pass --path-column (string columns: "
-                            f"{strings})")
+            raise DataError(f"{name} has no column of image bytes (a binary column or a Hugging Face Image "
+                            "struct<bytes, path>) and no column of image paths named 'path': pass --image-column or "
+                            f"--path-column (its columns: {schema.names}; string columns: {strings})")
         column = "path"
     if column not in schema.names:
         raise DataError(f"{name} has no column {column!r}; string columns: {strings}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,9 @@ from hub.preprocess import preprocess
 from tests.support.images import PHOTOS, image_bytes, skimage_data_dir
 from tests.support.models import randomize_bn, train_test_model
 from tests.support.s3 import S3, S3_ENV
+from tests.support.server import make_client
+
+WORKER_PROXY_PORT_ENV = "RAY_SERVE_WORKER_PROXY_HTTP_PORT"  # Ray Serve's own: a worker node's proxy port
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +63,18 @@ def trained_model(tmp_path_factory, photo_paths) -> Path:
     return train_test_model(tmp_path_factory.mktemp("trained"), photo_paths)
 
 
+@pytest.fixture(scope="module")
+def onnx_client(trained_model):
+    with make_client(trained_model, backend="onnx", max_wait_ms=2) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def torch_client(trained_model):
+    with make_client(trained_model, backend="torch", max_wait_ms=2) as client:
+        yield client
+
+
 @pytest.fixture(scope="session")
 def s3():
     """moto's ``ThreadedMotoServer`` on a free loopback port, with credentials in the environment; stopped after."""
@@ -86,24 +102,44 @@ def s3():
                 os.environ[key] = value
 
 
+@dataclass
+class RayCluster:
+    address: str
+    worker_proxy_port: int  # the worker node's Serve proxy (the head's is the Serve config's port)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One Ray cluster for every test that needs one: a head and a worker node of one CPU each on this machine
-    (``ray.cluster_utils.Cluster``), its worker node's Serve proxy on a port of its own. Tests reach it by its
-    address (``--ray-address``); shut down at the end of the session."""
+    (``ray.cluster_utils.Cluster``). Tests reach it by its address (``--ray-address``). Its nodes' processes carry
+    the Serve proxy's replay middleware (``service.ray_serve:proxy_middlewares``), and the worker node's proxy a
+    port of its own (Ray's per-node override): on one machine the two proxies cannot share one. Shut down at the
+    end of the session."""
     pytest.importorskip("ray.serve")
     from ray.cluster_utils import Cluster
 
+    from service.ray_serve import PROXY_CALLBACK, PROXY_CALLBACK_ENV
     from tests.support.server import free_port
 
+    saved = {key: os.environ.get(key) for key in (PROXY_CALLBACK_ENV, WORKER_PROXY_PORT_ENV)}
+    os.environ[PROXY_CALLBACK_ENV] = PROXY_CALLBACK  # inherited by every process the nodes start
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:
-        # Ray's per-node override of the Serve proxy's port: the worker node's proxy cannot share the head's
-        cluster.add_node(num_cpus=1, env_vars={"RAY_SERVE_WORKER_PROXY_HTTP_PORT": str(free_port())})
+        worker_port = free_port()
+        os.environ[WORKER_PROXY_PORT_ENV] = str(worker_port)
+        try:
+            cluster.add_node(num_cpus=1)
+        finally:
+            os.environ.pop(WORKER_PROXY_PORT_ENV)
         cluster.wait_for_nodes()
-        yield cluster
+        yield RayCluster(cluster.address, worker_port)
     finally:
         cluster.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def pytest_report_header(config) -> str:

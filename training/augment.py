@@ -201,11 +201,6 @@ def apply_opencv(img: np.ndarray, d: ViewDraw, cfg: AugmentConfig) -> np.ndarray
 BACKENDS = ("pil", "opencv")
 
 
-def make_view(img: Image.Image, rng: np.random.Generator, cfg: AugmentConfig, view: ViewParams) -> np.ndarray:
-    """One augmented view as uint8 ``(size, size, 3)`` (the PIL backend)."""
-    return apply_pil(img, draw_view(rng, img.width, img.height, cfg, view), cfg)
-
-
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, index])
 

@@ -17,7 +17,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -31,7 +30,7 @@ from service.runtime.factory import build_streamed_backend, resolve_for_backend
 from service.runtime.onnx import onnx_path
 from service.runtime.settings import RuntimeSettings
 from storage.folder import Manifest, ShardRows, mark_done, plan_shards, prepare_folder, write_shard
-from storage.location import is_url, public_url
+from storage.location import shown
 from storage.lock import LOCK_TTL_S, folder_lock
 from storage.sources import ImageSource, open_source
 from storage.store import Store
@@ -98,15 +97,10 @@ def build_manifest(settings: EmbedSettings, resolved: ResolvedModel, source: Ima
     return Manifest(model_id=model_id, revision=resolved.revision, weights_sha256=config.weights_sha256,
                     architecture=config.architecture, layers=list(settings.layers), pooling=settings.pooling,
                     normalize=settings.normalize, dtype=settings.dtype, dims=dims,
-                    preprocessing=config.to_dict()["preprocessing"], input=input_location(settings.input),
+                    preprocessing=config.to_dict()["preprocessing"], input=shown(settings.input),
                     input_kind=source.kind, input_fingerprint=source.fingerprint(), input_count=len(source),
                     shard_size=settings.shard_size, shards=plan_shards(len(source), settings.shard_size),
                     source_options=settings.source_options())
-
-
-def input_location(spec: str) -> str:
-    """What the manifest records as the input: an absolute path, or the URL without any credentials in it."""
-    return public_url(spec) if is_url(spec) else str(Path(spec.removeprefix("file://")).resolve())
 
 
 @dataclass

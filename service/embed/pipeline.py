@@ -119,7 +119,7 @@ def read_ahead(source: ImageSource, config: ModelConfig, pool: Executor, indices
     network takes no core, so many reads are in flight while the decode pool stays at the cores' count (more
     decoders would only preempt inference)."""
     window = max(batch_size * 4, 16)
-    if getattr(source, "fs", None) is None:
+    if not getattr(source, "waits_on_network", False):
         return _ordered((pool.submit(decode_item, source, i, config, max_pixels) for i in indices), window)
     return _remote_read_ahead(source, config, pool, indices, window, max_pixels)
 

@@ -43,7 +43,7 @@ def inference_plan(settings: ServiceSettings) -> InferencePlan:
 
 
 class StreamedBackend(Backend):
-    """A backend whose batches run as ``streams`` slices at once (the server's engine runs whole batches on
+    """A backend whose batches run as ``streams`` slices at once (the server's batcher runs whole batches on
     streams itself; the dataset job, which has one batch at a time, splits each batch instead). With one thread
     per slice no operator waits at a barrier for a thread that a decode thread has preempted."""
 

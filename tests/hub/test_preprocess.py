@@ -96,10 +96,6 @@ def test_pixel_limit_is_checked_before_decoding():
 
 
 def _phone_jpeg(img, orientation: int | None = None) -> bytes:
-    import io
-
-    from PIL import Image
-
     big = img.convert("RGB").resize((4032, 3024), Image.Resampling.BICUBIC)
     buf = io.BytesIO()
     exif = Image.Exif()
@@ -110,8 +106,7 @@ def _phone_jpeg(img, orientation: int | None = None) -> bytes:
 
 
 def test_reduced_scale_jpeg_decode_is_opt_in_close_and_keeps_exif_orientation(photos):
-    from hub.config import PreprocessConfig
-    from hub.preprocess import decode_image, preprocess_one
+    from hub.preprocess import preprocess_one
 
     cfg = PreprocessConfig()
     blob = _phone_jpeg(photos[1], orientation=6)  # rotate 90 degrees on display

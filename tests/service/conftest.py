@@ -1,4 +1,4 @@
-"""The service's fixtures: in-process apps on both backends, and one embedding folder made once per session."""
+"""The service's fixtures: one embedding folder made once per session (the apps are in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -8,19 +8,6 @@ import pytest
 
 from service.embed.cli import main as embed_main
 from tests.support.images import make_near_duplicate_fixture, photos_for_quality, skimage_data_dir
-from tests.support.server import make_client
-
-
-@pytest.fixture(scope="module")
-def onnx_client(trained_model):
-    with make_client(trained_model, backend="onnx", max_wait_ms=2) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def torch_client(trained_model):
-    with make_client(trained_model, backend="torch", max_wait_ms=2) as client:
-        yield client
 
 
 @pytest.fixture(scope="session")

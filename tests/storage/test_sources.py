@@ -113,7 +113,7 @@ def test_a_parquet_column_of_paths_is_a_list(place, blobs):
     place.put("imgs/x.jpg", blobs[0])
     place.put("imgs/y.jpg", blobs[1])
     place.put("imgs/paths.parquet", _parquet(pa.table({"file": ["y.jpg", "x.jpg"], "label": [1, 0]})))
-    with pytest.raises(DataError, match="pass --path-column"):
+    with pytest.raises(DataError, match="--path-column"):
         place.open("imgs/paths.parquet")
     source = place.open("imgs/paths.parquet", path_column="file")
     assert _ids(source) == ["y.jpg", "x.jpg"] and source.read(1) == blobs[0]
@@ -151,7 +151,7 @@ def test_parquet_with_the_images_inside_a_file_a_folder_and_a_glob(place, blobs)
     keyed = place.open("hf/train-00000.parquet", id_column="key")
     assert _ids(keyed) == ["a", "b"] and keyed.read(1) == blobs[1]
     place.put("bad/no-image.parquet", _parquet(pa.table({"text": ["a"]})))
-    with pytest.raises(DataError, match="pass --path-column"):  # no image column: read as a list, which needs one
+    with pytest.raises(DataError, match="has no column of image bytes .* and no column of image paths"):
         place.open("bad/no-image.parquet")
     with pytest.raises(DataError, match="not image bytes"):
         place.open("bad/no-image.parquet", image_column="text")

@@ -39,7 +39,7 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path, photos):
     (tmp_path / "good.jpg").write_bytes(_jpeg(photos[0].resize((64, 64))))
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
     ds = TwoViewDataset(open_source(str(tmp_path)), AugmentConfig(size=32), seed=0)
-    assert [p.name for p in ds.source.paths] == ["bad.jpg", "good.jpg"]
+    assert [ds.source.item_id(i) for i in range(2)] == ["bad.jpg", "good.jpg"]
     v1, v2, skipped = collate_views([ds[(0, 0)], ds[(0, 1)]])
     assert skipped == 1 and v1.shape == (2, 3, 32, 32) and v1.dtype == torch.uint8  # the batch keeps its size
 

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from hub import hardware
-from tests.support.training import SCRIPT, run
+from tests.support.training import run
+from training import pretrain
 from training.precision import resolve_precision
 from training.schedule_plan import StepPlan, plan_for_budget
 
@@ -114,9 +115,7 @@ def test_resume_accepts_a_run_folder_a_checkpoint_or_no_value(finished_run, tmp_
     ("missing", "no such folder"),
     ("other-method", "differs from the checkpointed run's in fields that change the method (base_lr: 0.3 -> 0.5)"),
 ])
-def test_resume_refuses_what_it_cannot_continue(finished_run, tmp_path, case, message):
-    import subprocess
-
+def test_resume_refuses_what_it_cannot_continue(finished_run, tmp_path, case, message, capsys):
     out, common = finished_run
     extra = []
     if case == "empty-run":
@@ -129,10 +128,9 @@ def test_resume_refuses_what_it_cannot_continue(finished_run, tmp_path, case, me
         target = tmp_path / "nope"
     else:
         target, extra = out, ["--base-lr", "0.5"]
-    proc = subprocess.run([sys.executable, SCRIPT, *common, "--output", str(tmp_path / "o"), "--resume", str(target),
-                           *extra], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
+    assert pretrain.main([*common, "--output", str(tmp_path / "o"), "--resume", str(target), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err, err[-2000:]
 
 
 def test_device_data_backend_trains_and_publishes(tmp_path, photo_dir):

@@ -23,6 +23,7 @@ pytest.importorskip("faiss")
 
 from service.embed.cli import main  # noqa: E402
 from service.embed.index import LoadedIndex  # noqa: E402
+from storage.lock import folder_lock  # noqa: E402
 from tests.support import REPO  # noqa: E402
 from tests.support.images import image_bytes, write_images  # noqa: E402
 from tests.support.server import float32_from_json_text, make_client  # noqa: E402
@@ -164,9 +165,7 @@ def test_mismatched_rerun_is_refused_and_overwrite_starts_over(trained_model, da
 
 
 def test_a_second_run_into_the_same_folder_is_refused(trained_model, dataset, embedded, capsys):
-    from storage.folder import FolderLock
-
-    with FolderLock(embedded):
+    with folder_lock(embedded):
         assert run_cli(*common(trained_model, dataset, embedded)) == 2
     assert "another byol-embed run holds" in capsys.readouterr().err
 
@@ -199,13 +198,12 @@ def test_tar_and_parquet_inputs(trained_model, photos, tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_engine_gives_the_local_result(trained_model, dataset, embedded, tmp_path):
-    pytest.importorskip("ray")
+def test_ray_engine_gives_the_local_result(trained_model, dataset, embedded, tmp_path, ray_cluster):
     out = tmp_path / "ray"
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_DISABLE_USAGE_STATS": "1"}
     proc = subprocess.run([sys.executable, "-m", "service.embed", "run", *common(trained_model, dataset, out),
-                           "--engine", "ray", "--workers", "2", "--no-progress"], capture_output=True, text=True,
-                          env=env, timeout=300)
+                           "--engine", "ray", "--ray-address", ray_cluster.address, "--workers", "2", "--no-progress"],
+                          capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "engine ray" in proc.stdout and "start-up" in proc.stdout  # start-up apart from the steady rate
     assert sorted(p.name for p in out.glob("*.parquet")) == sorted(p.name for p in embedded.glob("*.parquet"))

@@ -164,7 +164,7 @@ def test_index_search_curation_and_the_server_on_a_remote_folder(on_s3, on_disk,
     assert main(["search", str(on_disk), "--id", "photo2/01.jpg", "-k", "3", "--json"]) == 0
     local = json.loads(capsys.readouterr().out)["results"]
     assert [r["id"] for r in remote] == [r["id"] for r in local]
-    copies = list((tmp_path / "cache" / "indexes").iterdir())
+    copies = list((tmp_path / "cache" / "copies").iterdir())
     assert len(copies) == 1  # one local copy, keyed by content
 
     assert main(["dedup", folder, "--write-lists", "--no-progress", *s3.option]) == 0
@@ -183,7 +183,7 @@ def test_index_search_curation_and_the_server_on_a_remote_folder(on_s3, on_disk,
         assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
         assert client.get("/curation").json() == {"duplicates": True, "outliers": True}
         assert client.get("/info").json()["search"]["index"] == folder
-    assert len(list((tmp_path / "cache" / "indexes").iterdir())) == 2  # the curation files made a new content key
+    assert len(list((tmp_path / "cache" / "copies").iterdir())) == 2  # the curation files made a new content key
 
 
 def _tar(members: list[tuple[str, bytes]]) -> bytes:
@@ -231,7 +231,7 @@ def test_tars_with_a_brace_range_and_parquet_with_bytes_on_s3(trained_model, pho
     assert "has no column of image bytes" in capsys.readouterr().err
     assert main(settings(trained_model, "s3://bkt/shards/train-{000000..000005}.tar", str(tmp_path / "y"),
                          *s3.option)) == 2
-    assert "3 of the 6 objects" in capsys.readouterr().err
+    assert "3 of the 6 files" in capsys.readouterr().err
 
 
 def _cli(args: list[str], env: dict, timeout: float = 90) -> subprocess.CompletedProcess:
@@ -267,18 +267,19 @@ def test_storage_that_cannot_be_used_is_a_clear_error_in_seconds(trained_model, 
 
 @pytest.mark.slow
 def test_ray_actors_write_the_local_engines_shards_and_the_driver_gets_no_vectors(trained_model, on_s3, s3,
-                                                                                  monkeypatch):
-    pytest.importorskip("ray")
+                                                                                  ray_cluster, monkeypatch):
     from service.embed import job
     from service.embed.job import EmbedSettings, run_job
+    from service.runtime.settings import RuntimeSettings
 
     received = []
     commit = job.ShardWriter.commit
     monkeypatch.setattr(job.ShardWriter, "commit", lambda self, ack: (received.append(ack), commit(self, ack))[1])
     monkeypatch.setenv("RAY_DISABLE_USAGE_STATS", "1")
-    summary = run_job(EmbedSettings(model=str(trained_model), input="s3://bkt/images/", output="s3://bkt/ray-emb",
-                                    layers=LAYERS, shard_size=5, batch_size=4, max_pixels=500000, engine="ray",
-                                    workers=2, storage_options=s3.options, progress=False))
+    runtime = RuntimeSettings(model=str(trained_model), max_pixels=500000)
+    summary = run_job(EmbedSettings(runtime=runtime, input="s3://bkt/images/", output="s3://bkt/ray-emb",
+                                    layers=LAYERS, shard_size=5, batch_size=4, engine="ray", workers=2,
+                                    ray_address=ray_cluster.address, storage_options=s3.options, progress=False))
     assert summary.shards_written == 6 and summary.engine == "ray"
     # what reached the driver: one small acknowledgement per shard, no vectors
     assert sorted(a["index"] for a in received) == list(range(6))

@@ -101,7 +101,7 @@ def test_reads_one_row_group_at_a_time_and_travels_to_workers(photo_set):
 def test_bad_parquet_inputs_are_clear_errors(photo_set, tmp_path, capsys):
     plain = tmp_path / "numbers.parquet"
     pq.write_table(pa.table({"x": [1, 2], "name": ["a", "b"]}), plain)
-    with pytest.raises(DataError, match="which column holds the image paths"):
+    with pytest.raises(DataError, match="has no column of image bytes .* and no column of image paths"):
         open_source(plain)
     with pytest.raises(DataError, match="no column of image bytes|not image bytes"):
         open_source(plain, image_column="x")
@@ -110,7 +110,7 @@ def test_bad_parquet_inputs_are_clear_errors(photo_set, tmp_path, capsys):
     two = tmp_path / "two.parquet"
     pq.write_table(pa.table({"a": pa.array([b"x"], pa.binary()), "b": pa.array([b"y"], pa.binary())}), two)
     with pytest.raises(DataError, match="several image columns"):
-        ParquetImageSource([two])
+        open_source(two)
     assert embed_main(["run", "--model", "unused", "--input", str(plain), "--output", str(tmp_path / "o"),
                        "--image-column", "x", "--no-progress"]) == 2
     assert "not image bytes" in capsys.readouterr().err

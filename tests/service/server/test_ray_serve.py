@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import threading
 import time
@@ -15,16 +13,11 @@ import pytest
 import yaml
 
 from tests.support import REPO
+from tests.support.server import free_port
 
 pytest.importorskip("ray.serve")
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _replica(response: httpx.Response) -> dict[str, str]:
@@ -53,7 +46,7 @@ def test_byol_serve_engine_ray_serves_and_stops_cleanly_on_sigterm(trained_model
 
     import psutil
 
-    port = _free_port()
+    port = free_port()
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "service.server.cli", "--engine", "ray", "--model", str(trained_model),
@@ -86,7 +79,6 @@ def test_byol_serve_engine_ray_serves_and_stops_cleanly_on_sigterm(trained_model
 
 
 SERVE_YAML = REPO / "docker" / "ray" / "serve.yaml"
-WORKER_PORT_ENV = "RAY_SERVE_WORKER_PROXY_HTTP_PORT"  # Ray Serve's own: a worker node's proxy port
 
 
 def _test_config(model: Path, port: int) -> dict:
@@ -109,34 +101,22 @@ def _healthy(proxy_status) -> bool:
 
 
 @pytest.fixture(scope="module")
-def serve_cluster(trained_model, tmp_path_factory):
+def serve_cluster(ray_cluster, trained_model, tmp_path_factory):
+    """The session's two-node cluster with the app deployed by Serve's own CLI from docker/ray/serve.yaml; the
+    application is deleted at the end of the module (the cluster stays for the session)."""
     import ray
     from ray import serve
-    from ray.cluster_utils import Cluster
 
-    from service.ray_serve import APP_NAME, PROXY_CALLBACK, PROXY_CALLBACK_ENV
+    from service.ray_serve import APP_NAME
 
-    saved = os.environ.get(PROXY_CALLBACK_ENV)
-    os.environ[PROXY_CALLBACK_ENV] = PROXY_CALLBACK  # the nodes' processes inherit it: the proxy's middleware
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    port = free_port()
+    config = tmp_path_factory.mktemp("ray") / "serve.yaml"
+    config.write_text(yaml.safe_dump(_test_config(trained_model, port)))
+    deploy = subprocess.run(["serve", "run", "--non-blocking", "--address", ray_cluster.address, str(config)],
+                            capture_output=True, text=True, timeout=180)
+    assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
+    ray.init(address=ray_cluster.address, log_to_driver=False)
     try:
-        # a proxy on every node; on one machine they cannot all bind the config's port, so the worker node's
-        # proxy takes a port of its own (Ray's per-node override, read by the processes that node starts): each
-        # node is then reached by its own address, as a load balancer in front of real nodes reaches them
-        port, worker_port = _free_port(), _free_port()
-        os.environ[WORKER_PORT_ENV] = str(worker_port)
-        try:
-            cluster.add_node(num_cpus=1)
-        finally:
-            os.environ.pop(WORKER_PORT_ENV)
-        cluster.wait_for_nodes()
-        config = tmp_path_factory.mktemp("ray") / "serve.yaml"
-        config.write_text(yaml.safe_dump(_test_config(trained_model, port)))
-        # Serve's own CLI deploys the config
-        deploy = subprocess.run(["serve", "run", "--non-blocking", "--address", cluster.address, str(config)],
-                                capture_output=True, text=True, timeout=180)
-        assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
-        ray.init(address=cluster.address, log_to_driver=False)
         nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
         # Serve's own signals: the application RUNNING and a HEALTHY proxy on every node (a proxy starts once
         # the controller has seen its node, which can be after the application runs)
@@ -154,18 +134,12 @@ def serve_cluster(trained_model, tmp_path_factory):
         assert len(status.proxies) == len(nodes) and all(_healthy(p) for p in status.proxies.values()), \
             status.proxies
         yield {"url": f"http://127.0.0.1:{port}", "nodes": nodes,
-               "urls": [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{worker_port}"]}
+               "urls": [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{ray_cluster.worker_proxy_port}"]}
     finally:
         try:
-            if ray.is_initialized():
-                serve.shutdown()
+            serve.shutdown()
         finally:
             ray.shutdown()
-            cluster.shutdown()
-            if saved is None:
-                os.environ.pop(PROXY_CALLBACK_ENV, None)
-            else:
-                os.environ[PROXY_CALLBACK_ENV] = saved
 
 
 def test_two_replicas_on_two_nodes_serve_the_single_process_vectors(serve_cluster, onnx_client, photo_bytes):
