@@ -16,14 +16,14 @@ from safetensors.torch import load_file
 
 from hub import BYOLModel
 from hub.hardware import native_bf16
-from tests.support.training import SCRIPT, SMALL, run
+from tests.support.training import ACCELERATE, SCRIPT, SMALL, run
 from training import pretrain
 from training.config import TrainConfig
 
 
 def test_smoke_pretraining_publishes_a_loadable_model(tmp_path, photo_dir):
     out = tmp_path / "run"
-    proc = run(["--config", "smoke", "--data", str(photo_dir), "--output", str(out), *SMALL])
+    proc = run(["--config", "smoke", "--data", str(photo_dir), "--output", str(out), *SMALL], launcher=ACCELERATE)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "config.yaml").exists() and list((out / "logs").rglob("events.out.tfevents*"))
     metrics = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
@@ -109,9 +109,8 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, photo_dir, kind, reque
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(["accelerate", "launch", "--cpu", "--num_processes", "1", SCRIPT, *common,
-                             "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True, env={**os.environ, **env})
+    proc = subprocess.Popen([sys.executable, SCRIPT, *common, "--output", str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True, env={**os.environ, **env})
     deadline = time.time() + 240
     while not (out / "checkpoints" / "step_2" / "trainer_state.json").exists():
         assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
