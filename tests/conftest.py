@@ -109,12 +109,13 @@ class RayCluster:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def ray_cluster(s3):
     """One Ray cluster for every test that needs one: a head and a worker node of one CPU each on this machine
     (``ray.cluster_utils.Cluster``). Tests reach it by its address (``--ray-address``). Its nodes' processes carry
     the Serve proxy's replay middleware (``service.ray_serve:proxy_middlewares``), and the worker node's proxy a
-    port of its own (Ray's per-node override): on one machine the two proxies cannot share one. Shut down at the
-    end of the session."""
+    port of its own (Ray's per-node override): on one machine the two proxies cannot share one. Its nodes start
+    with the S3 endpoint's credentials in their environment, as real nodes have theirs (an instance role). Shut
+    down at the end of the session."""
     pytest.importorskip("ray.serve")
     from ray.cluster_utils import Cluster
 

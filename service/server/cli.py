@@ -118,7 +118,8 @@ def _run_ray(settings, args) -> int:
     if args.ray_address:
         logger.info("joining the Ray cluster at %s; the proxies replay lost requests only if its nodes were started "
                     "with %s=%s", args.ray_address, PROXY_CALLBACK_ENV, PROXY_CALLBACK)
-    ray.init(address=args.ray_address, include_dashboard=False if not args.ray_address else None)
+    # no --ray-address: a Ray of its own, as the help says (address None would join any cluster this machine runs)
+    ray.init(address=args.ray_address or "local", include_dashboard=False if not args.ray_address else None)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

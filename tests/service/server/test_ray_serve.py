@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import threading
 import time
@@ -109,13 +110,15 @@ def serve_cluster(ray_cluster, trained_model, tmp_path_factory):
 
     from service.ray_serve import APP_NAME
 
+    root = logging.getLogger()
+    before = list(root.handlers)
     port = free_port()
     config = tmp_path_factory.mktemp("ray") / "serve.yaml"
     config.write_text(yaml.safe_dump(_test_config(trained_model, port)))
     deploy = subprocess.run(["serve", "run", "--non-blocking", "--address", ray_cluster.address, str(config)],
                             capture_output=True, text=True, timeout=180)
     assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
-    ray.init(address=ray_cluster.address, log_to_driver=False)
+    ray.init(address=ray_cluster.address, log_to_driver=False, configure_logging=False)
     try:
         nodes = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
         # Serve's own signals: the application RUNNING and a HEALTHY proxy on every node (a proxy starts once
@@ -140,6 +143,10 @@ def serve_cluster(ray_cluster, trained_model, tmp_path_factory):
             serve.shutdown()
         finally:
             ray.shutdown()
+            # Serve's client configures the root logger of the process it runs in (a handler on this test's
+            # captured stderr): the tests after this module must not write to it
+            for handler in [h for h in root.handlers if h not in before and type(h) is logging.StreamHandler]:
+                root.removeHandler(handler)
 
 
 def test_two_replicas_on_two_nodes_serve_the_single_process_vectors(serve_cluster, onnx_client, photo_bytes):
