@@ -94,19 +94,18 @@ def finished_run(tmp_path_factory, photo_dir):
     out = tmp_path_factory.mktemp("resume") / "run"
     common = ["--config", "smoke", "--data", str(photo_dir), "--batch-size-per-device", "4", "--total-batch-size", "8",
               "--num-workers", "0", "--no-export-onnx", "--no-export-transformers"]
-    proc = run([*common, "--output", str(out)], launcher=[sys.executable])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert pretrain.main([*common, "--output", str(out)]) == 0  # in this process: no interpreter start-up
     return out, common
 
 
 @pytest.mark.parametrize("how", ["run-folder", "checkpoint-folder", "no-value"])
-def test_resume_accepts_a_run_folder_a_checkpoint_or_no_value(finished_run, tmp_path, how):
+def test_resume_accepts_a_run_folder_a_checkpoint_or_no_value(finished_run, tmp_path, how, caplog):
     out, common = finished_run
     target = {"run-folder": [str(out)], "checkpoint-folder": [str(out / "checkpoints" / "step_4")],
               "no-value": []}[how]
-    proc = run([*common, "--output", str(out), "--resume", *target], launcher=[sys.executable])
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"resumed from {out / 'checkpoints' / 'step_4'} at step 4" in proc.stderr
+    caplog.set_level(logging.INFO, logger="training.pretrain")
+    assert pretrain.main([*common, "--output", str(out), "--resume", *target]) == 0
+    assert f"resumed from {out / 'checkpoints' / 'step_4'} at step 4" in caplog.text
 
 
 @pytest.mark.parametrize("case, message", [
@@ -136,9 +135,10 @@ def test_resume_refuses_what_it_cannot_continue(finished_run, tmp_path, case, me
 def test_device_data_backend_trains_and_publishes(tmp_path, photo_dir):
     """The `device` backend (decode + views as tensor ops on the training device) runs the same loop on CPU."""
     out = tmp_path / "device"
+    # a process of its own: its DataLoader worker is forked (never fork a test process with threads running)
     proc = run(["--config", "smoke", "--data", str(photo_dir), "--output", str(out), "--batch-size-per-device", "4",
                 "--total-batch-size", "8", "--num-workers", "1", "--no-export-onnx", "--no-export-transformers",
-                "--augment-backend", "device"], launcher=[sys.executable])
+                "--augment-backend", "device"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["step"] == 4 and metrics[-1]["skipped_images"] >= 1  # photo_dir holds one corrupt file
