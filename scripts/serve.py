@@ -80,16 +80,17 @@ def main() -> int:
                                      add_help=False)
     parser.add_argument("--model", default=os.environ.get("BYOL_MODEL"))
     known, rest = parser.parse_known_args()
-    if any(arg in ("-h", "--help") for arg in rest):
+    from service.server.cli import main as serve
+
+    if any(arg in ("-h", "--help") for arg in rest):  # the help, without making the demo model first
         print(__doc__)
+        return serve(["--help"])
     model = known.model
     if model is None:
         folder = demo_folder()
         if not (folder / "config.json").exists():
             make_demo_model(folder)
         model = str(folder)
-    from service.server.cli import main as serve
-
     return serve(["--model", model, *rest])
 
 
