@@ -24,6 +24,15 @@ from tests.support.server import make_client
 WORKER_PROXY_PORT_ENV = "RAY_SERVE_WORKER_PROXY_HTTP_PORT"  # Ray Serve's own: a worker node's proxy port
 
 
+def _restore(saved: dict[str, str | None]) -> None:
+    """Environment variables back as they were (None: unset)."""
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session")
 def photo_paths() -> list[Path]:
     return [skimage_data_dir() / name for name in PHOTOS]
@@ -95,11 +104,7 @@ def s3():
         yield S3(endpoint, fs)
     finally:
         server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _restore(saved)
 
 
 @dataclass
@@ -136,11 +141,7 @@ def ray_cluster(s3):
         yield RayCluster(cluster.address, worker_port)
     finally:
         cluster.shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        _restore(saved)
 
 
 def pytest_report_header(config) -> str:

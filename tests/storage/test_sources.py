@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import io
 import pickle
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from storage.errors import DataError
 from storage.sources import inside, open_source
-from tests.support.images import image_bytes
+from tests.support.images import image_bytes, tar_bytes
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
@@ -60,16 +59,6 @@ def blobs(photos) -> list[bytes]:
 
 def _ids(source) -> list[str]:
     return [source.item_id(i) for i in range(len(source))]
-
-
-def _tar(members: list[tuple[str, bytes]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def _parquet(table) -> bytes:
@@ -123,7 +112,7 @@ def test_a_parquet_column_of_paths_is_a_list(place, blobs):
 
 def test_tar_shards_as_a_file_a_folder_a_glob_and_a_brace_range(place, blobs):
     for shard in range(3):
-        place.put(f"shards/train-{shard:03d}.tar", _tar([(f"k{shard}/a.jpg", blobs[shard]), ("k/b.png", blobs[3]),
+        place.put(f"shards/train-{shard:03d}.tar", tar_bytes([(f"k{shard}/a.jpg", blobs[shard]), ("k/b.png", blobs[3]),
                                                          ("k/b.txt", b"a caption")]))
     one = place.open("shards/train-000.tar")
     assert one.kind == "tar" and _ids(one) == ["train-000.tar/k0/a", "train-000.tar/k/b"]

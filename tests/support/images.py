@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +100,14 @@ def photos_for_quality(folder: Path) -> list:
     return [Image.open(folder / name).convert("RGB") for name in QUALITY_PHOTOS]
 
 
+
+
+def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
+    """A ``.tar`` (WebDataset's layout) holding ``(name, bytes)`` members, in memory."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

@@ -7,14 +7,12 @@ bucket, no image column, bytes that are not an image)."""
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import pickle
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
@@ -29,7 +27,7 @@ pytest.importorskip("s3fs")
 from service.embed.cli import main  # noqa: E402
 from storage.errors import DataError  # noqa: E402
 from tests.support import REPO  # noqa: E402
-from tests.support.images import image_bytes, write_images  # noqa: E402
+from tests.support.images import image_bytes, tar_bytes, write_images  # noqa: E402
 from tests.support.s3 import S3_ENV  # noqa: E402
 from tests.support.server import make_client  # noqa: E402
 
@@ -186,24 +184,14 @@ def test_index_search_curation_and_the_server_on_a_remote_folder(on_s3, on_disk,
     assert len(list((tmp_path / "cache" / "copies").iterdir())) == 2  # the curation files made a new content key
 
 
-def _tar(members: list[tuple[str, bytes]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def test_tars_with_a_brace_range_and_parquet_with_bytes_on_s3(trained_model, photos, tmp_path, s3, capsys):
     datasets = pytest.importorskip("datasets")
     blobs = [image_bytes(p.resize((96, 96)), "JPEG") for p in photos]
     for shard in range(3):
         members = [(f"s{shard}/{i:04d}.jpg", blobs[(shard + i) % len(blobs)]) for i in range(2)]
         members.append((f"s{shard}/0000.json", b'{"label": 1}'))
-        s3.fs.pipe_file(f"bkt/shards/train-{shard:06d}.tar", _tar(members))
-    s3.fs.pipe_file("bkt/shards/train-000099.tar", _tar([("other/0000.jpg", blobs[0])]))  # not in the range
+        s3.fs.pipe_file(f"bkt/shards/train-{shard:06d}.tar", tar_bytes(members))
+    s3.fs.pipe_file("bkt/shards/train-000099.tar", tar_bytes([("other/0000.jpg", blobs[0])]))  # not in the range
     spec = "s3://bkt/shards/train-{000000..000002}.tar"
     assert main(settings(trained_model, spec, "s3://bkt/tar-emb", *s3.option)) == 0
     table, _ = table_of(s3, "bkt/tar-emb")
