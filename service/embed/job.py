@@ -242,8 +242,8 @@ def run_job(settings: EmbedSettings) -> JobSummary:
     return _run_job(settings, runtime, resolved, out, source, backend, started)
 
 
-def _run_job(settings: EmbedSettings, runtime: RuntimeSettings, resolved: ResolvedModel, out: Store, source: ImageSource, backend,
-             started: float) -> JobSummary:
+def _run_job(settings: EmbedSettings, runtime: RuntimeSettings, resolved: ResolvedModel, out: Store,
+             source: ImageSource, backend, started: float) -> JobSummary:
     with folder_lock(out, break_lock=settings.break_lock, ttl_s=settings.lock_ttl_s), StopFlag() as stop:
         # what every backend outputs for this model (the serving graph's outputs): no backend is loaded just to plan
         outputs = serving_outputs(resolved.config.stem, resolved.config.input_size)
