@@ -127,8 +127,8 @@ def prepare_folder(folder: Path | Store, manifest: Manifest, overwrite: bool) ->
         diffs = old.differences(manifest)
         if diffs and not overwrite:
             raise FolderError(f"{store} holds embeddings made with other settings or input ("
-                                + "; ".join(diffs) + "); rerun with the same settings to resume, use another "
-                                "--output, or pass --overwrite to start over")
+                              + "; ".join(diffs) + "); rerun with the same settings to resume, use another "
+                              "--output, or pass --overwrite to start over")
         if diffs:
             logger.warning("--overwrite: removing the previous run's shards in %s", store)
             clear_outputs(store)
@@ -238,7 +238,7 @@ def complete_shards(folder: Path | Store, manifest: Manifest, layer: str) -> lis
     shards = finished_shards(folder, manifest)
     if len(shards) < manifest.shard_count:
         raise FolderError(f"{manifest.shard_count - len(shards)} of {manifest.shard_count} shards are not done; "
-                            "finish the run first (rerun the same `byol-embed run` command)")
+                          "finish the run first (rerun the same `byol-embed run` command)")
     return shards
 
 

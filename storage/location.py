@@ -224,7 +224,8 @@ def raise_explained(err: BaseException, url: str) -> NoReturn:
 def object_version(info: dict[str, Any]) -> str:
     """An object's version tag from an fsspec listing or ``info``: its ETag (or the store's like), else its
     modification time (in nanoseconds on local disk); it changes when the object does."""
-    for key in ("ETag", "etag", "md5Hash", "blob_id", "last_commit", "mtime_ns", "mtime", "LastModified", "last_modified"):
+    for key in ("ETag", "etag", "md5Hash", "blob_id", "last_commit", "mtime_ns", "mtime", "LastModified",
+                "last_modified"):
         if info.get(key):
             return str(info[key]).strip('"')
     return ""

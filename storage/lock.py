@@ -92,13 +92,13 @@ def _process_identity() -> dict[str, Any]:
 
 
 class LeaseLock:
-    """The lock of a folder on object storage: a lease object, created with ``If-None-Match: *``, renewed every ``ttl_s / 4`` with ``If-Match`` on
-    the version this run wrote last, taken over (a holder that is gone, or silent for ``ttl_s``, or
-    ``--break-lock``) with ``If-Match`` on the version that was read, so two contenders can never both win. It
-    fences the folder's store: before every write or removal, a run checks that the lock is still the version it
-    wrote and that it renewed it within ``ttl_s``; a run that lost it (taken over, or stalled past its lease)
-    stops with :class:`LostLockError` before its next commit. Stores without conditional writes say so, and
-    take over a lock only with ``--break-lock``.
+    """The lock of a folder on object storage: a lease object, created with ``If-None-Match: *``, renewed every
+    ``ttl_s / 4`` with ``If-Match`` on the version this run wrote last, taken over (a holder that is gone, or
+    silent for ``ttl_s``, or ``--break-lock``) with ``If-Match`` on the version that was read, so two contenders can
+    never both win. It fences the folder's store: before every write or removal, a run checks that the lock is still
+    the version it wrote and that it renewed it within ``ttl_s``; a run that lost it (taken over, or stalled past
+    its lease) stops with :class:`LostLockError` before its next commit. Stores without conditional writes say so,
+    and take over a lock only with ``--break-lock``.
     """
 
     def __init__(self, store: Store, *, break_lock: bool = False, ttl_s: float = LOCK_TTL_S) -> None:
@@ -137,8 +137,8 @@ class LeaseLock:
                     "is taken over by itself)")
             if not self.store.conditional and not self.break_lock:
                 raise FolderError(f"{url} looks stale ({reason}), but {self.store.protocol} has no conditional "
-                                    "writes, so taking it over could let two runs write at once; pass --break-lock "
-                                    "once you know the other run is gone")
+                                  "writes, so taking it over could let two runs write at once; pass --break-lock "
+                                  "once you know the other run is gone")
             logger.warning("taking over the lock %s: %s", url, reason)
             if self.store.conditional:  # only from the version read: a contender that moved first wins alone
                 version = (self.store.replace_if(LOCK, self._body(), seen) if seen is not None

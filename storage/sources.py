@@ -1,12 +1,14 @@
-"""Where images come from: folders, path lists, WebDataset ``.tar`` shards and Parquet path columns.
+"""Where images come from: folders, path lists, WebDataset ``.tar`` shards and Parquet (paths, or the bytes).
 
 Torch-free and shared: the trainer reads its unlabeled data through it, and ``byol-embed`` lists a whole
 dataset with it. Every input is resolved once, by one decision over its filesystem's ``info``, ``find``, ``ls``
 and ``glob`` (:func:`open_source`), and read through the same filesystem, so an input that works on local disk
-works on object storage and the other way round. Every item has a stable ``id`` (the path relative to the input folder or as listed,
-``<tar file>/<key>`` for tar shards, the row's value for Parquet input) and a ``path`` (absolute path, or the tar
-file and member), and ``read(i)`` returns its encoded bytes. Tar shards are indexed once and read by offset, so
-they are random-access (and resumable) like files.
+works on object storage and the other way round.
+
+Every item has a stable ``id`` (the path relative to the input folder or as listed, ``<tar file>/<key>`` for tar
+shards, the row's value for Parquet input) and a ``path`` (absolute path, or the tar file and member), and
+``read(i)`` returns its encoded bytes. Tar shards are indexed once and read by offset, so they are random-access
+(and resumable) like files.
 
     >>> source = open_source("photos/")          # doctest: +SKIP
     >>> source.item_id(0), len(source.read(0))   # doctest: +SKIP
@@ -164,7 +166,8 @@ def _tar_members(path, fs) -> list[tuple[str, int, int]]:
     contents: on local disk, where a seek is free, the reader seeks from header to header; elsewhere the tar is
     read once, front to back, in large blocks (a seek would be one more request)."""
     mode = "r:" if on_local_disk(fs) else "r|"
-    with fs.open(path, "rb", block_size=16 << 20, cache_type="readahead") as fh, tarfile.open(fileobj=fh, mode=mode) as tar:
+    with fs.open(path, "rb", block_size=16 << 20, cache_type="readahead") as fh, \
+            tarfile.open(fileobj=fh, mode=mode) as tar:
         return [(m.name, m.offset_data, m.size) for m in tar if m.isfile() and is_image(m.name)]
 
 
