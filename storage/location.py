@@ -126,8 +126,9 @@ class LocalFileSystem(fsspec_local.LocalFileSystem):
 
     def info(self, path, **kwargs):
         out = super().info(path, **kwargs)
-        if out.get("type") == "file":
-            out["mtime_ns"] = os.stat(out["name"]).st_mtime_ns
+        if out.get("type") == "file":  # a listing's entries carry their stat already (no second system call)
+            st = path.stat() if isinstance(path, os.DirEntry) else os.stat(out["name"])
+            out["mtime_ns"] = st.st_mtime_ns
         return out
 
     def cat_file(self, path, start=None, end=None, **kwargs):

@@ -339,16 +339,13 @@ class Store:
     def version_at(self, path: str) -> str | None:
         """The version tag of the file at ``path`` (inside the filesystem), or None when there is none."""
         try:
-            return object_version(self.fs.info(path))
+            return object_version(self._call(self.fs.info, path))
         except FileNotFoundError:
             return None
 
     def version(self, name: str) -> str | None:
         """The version tag of ``name`` now (its ETag), or None when it does not exist."""
-        try:
-            return self.info(name)["version"]
-        except FileNotFoundError:
-            return None
+        return self.version_at(self.path(name))
 
     def open(self, name: str, mode: str = "rb"):
         return self._call(self.fs.open, self.path(name), mode)
