@@ -73,40 +73,22 @@ async def read_form(request: Request, *, max_files: int, max_fields: int):
         raise ServiceError(400, "malformed_multipart", f"cannot parse the multipart body: {err}") from None
 
 
-async def embed_blobs(state: ServiceState, request: Request, blobs: list[bytes]) -> list[dict[str, np.ndarray]]:
-    """Decode in the decode pool (the server's limits, its pixel budget and decode setting), then through the
-    batcher; both stages count toward the request's deadline and stop when its client is gone."""
-    settings = state.settings
-    started = request_started(request)
-    ticket = DecodeTicket(state.pixels, settings.max_request_pixels, lambda: state.deadline(started))
-    loop = asyncio.get_running_loop()
-    decoding = loop.run_in_executor(state.decode_pool, decode_and_preprocess, blobs, state.config,
-                                    settings.max_pixels, state.metrics.decode_errors.inc,
-                                    settings.fast_jpeg_decode, ticket)
-
-    def stop_decoding() -> None:
-        ticket.cancelled.set()  # the decode thread stops before its next image (or its wait for pixels)
-        decoding.cancel()  # not started yet: never starts
-
-    pixels = await wait_for_client(decoding, state.deadline(started) - time.monotonic(), request.is_disconnected,
-                                   on_stop=stop_decoding)
-    return await run_images(state.batcher, pixels, state.deadline(started) - time.monotonic(),
-                            request.is_disconnected)
-
-
-def request_started(request: Request) -> float:
-    """When the request middleware admitted this request (``time.monotonic()``); now, for apps without it."""
-    return request.scope.get("state", {}).get("started", time.monotonic())
-
-
-async def in_lookup_pool(state: ServiceState, request: Request, fn, *args):
-    """Index and thumbnail work (a FAISS search, a vector read by id, a thumbnail, a curation table): on the
-    server's small lookup pool, so at most its few threads run at once whatever arrives, within the request's
-    deadline, and dropped from the pool's queue when the client is gone first."""
-    started = request_started(request)
-    work = asyncio.get_running_loop().run_in_executor(state.lookup_pool, fn, *args)
-    return await wait_for_client(work, state.deadline(started) - time.monotonic(), request.is_disconnected,
-                                 on_stop=work.cancel)
+def decode_base64_image(text: str, index: int) -> bytes:
+    """Bare base64 or a ``data:image/...;base64,`` URI -> bytes (never a URL: the server fetches nothing)."""
+    if not isinstance(text, str):
+        raise ServiceError(400, "invalid_image", f"image {index} must be a base64 string", index=index)
+    if text.startswith(("http://", "https://")):
+        raise ServiceError(400, "invalid_image", f"image {index}: URLs are not fetched; send the image bytes as "
+                           "base64 or a data: URI", index=index)
+    if text.startswith("data:"):
+        header, sep, text = text.partition(",")
+        if not sep or ";base64" not in header:
+            raise ServiceError(400, "invalid_image", f"image {index}: data URIs must be base64-encoded "
+                               "(data:image/png;base64,...)", index=index)
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ServiceError(400, "invalid_base64", f"image {index} is not valid base64", index=index) from None
 
 
 # --- 2. options -----------------------------------------------------------------------------------------
@@ -194,24 +176,30 @@ def embed_options(query: Mapping[str, Any], body: Mapping[str, Any] | None, outp
 
 # --- 3. images through the model ------------------------------------------------------------------------
 
+def request_started(request: Request) -> float:
+    """When the request middleware admitted this request (``time.monotonic()``); now, for apps without it."""
+    return request.scope.get("state", {}).get("started", time.monotonic())
 
 
-def decode_base64_image(text: str, index: int) -> bytes:
-    """Bare base64 or a ``data:image/...;base64,`` URI -> bytes (never a URL: the server fetches nothing)."""
-    if not isinstance(text, str):
-        raise ServiceError(400, "invalid_image", f"image {index} must be a base64 string", index=index)
-    if text.startswith(("http://", "https://")):
-        raise ServiceError(400, "invalid_image", f"image {index}: URLs are not fetched; send the image bytes as "
-                           "base64 or a data: URI", index=index)
-    if text.startswith("data:"):
-        header, sep, text = text.partition(",")
-        if not sep or ";base64" not in header:
-            raise ServiceError(400, "invalid_image", f"image {index}: data URIs must be base64-encoded "
-                               "(data:image/png;base64,...)", index=index)
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise ServiceError(400, "invalid_base64", f"image {index} is not valid base64", index=index) from None
+async def embed_blobs(state: ServiceState, request: Request, blobs: list[bytes]) -> list[dict[str, np.ndarray]]:
+    """Decode in the decode pool (the server's limits, its pixel budget and decode setting), then through the
+    batcher; both stages count toward the request's deadline and stop when its client is gone."""
+    settings = state.settings
+    started = request_started(request)
+    ticket = DecodeTicket(state.pixels, settings.max_request_pixels, lambda: state.deadline(started))
+    loop = asyncio.get_running_loop()
+    decoding = loop.run_in_executor(state.decode_pool, decode_and_preprocess, blobs, state.config,
+                                    settings.max_pixels, state.metrics.decode_errors.inc,
+                                    settings.fast_jpeg_decode, ticket)
+
+    def stop_decoding() -> None:
+        ticket.cancelled.set()  # the decode thread stops before its next image (or its wait for pixels)
+        decoding.cancel()  # not started yet: never starts
+
+    pixels = await wait_for_client(decoding, state.deadline(started) - time.monotonic(), request.is_disconnected,
+                                   on_stop=stop_decoding)
+    return await run_images(state.batcher, pixels, state.deadline(started) - time.monotonic(),
+                            request.is_disconnected)
 
 
 def decode_and_preprocess(blobs: list[bytes], config: ModelConfig, max_pixels: int, on_error=None,
@@ -302,6 +290,18 @@ async def run_images(batcher: Batcher, pixels: np.ndarray, timeout: float,
             gathered.cancel()
 
 
+async def in_lookup_pool(state: ServiceState, request: Request, fn, *args):
+    """Index and thumbnail work (a FAISS search, a vector read by id, a thumbnail, a curation table): on the
+    server's small lookup pool, so at most its few threads run at once whatever arrives, within the request's
+    deadline, and dropped from the pool's queue when the client is gone first."""
+    started = request_started(request)
+    work = asyncio.get_running_loop().run_in_executor(state.lookup_pool, fn, *args)
+    return await wait_for_client(work, state.deadline(started) - time.monotonic(), request.is_disconnected,
+                                 on_stop=work.cancel)
+
+
+# --- 4. responses ---------------------------------------------------------------------------------------
+
 def encode_vector(vector: np.ndarray, normalize: bool, encoding: str) -> np.ndarray | str:
     """One embedding for the response: a float32 array (written by ``NumpyJSONResponse``) or base64 of its
     little-endian float32 bytes."""
@@ -314,8 +314,10 @@ def encode_vector(vector: np.ndarray, normalize: bool, encoding: str) -> np.ndar
     return vector
 
 
-# --- 4. responses ---------------------------------------------------------------------------------------
-
+# The standard library writes a float32 as the 17-digit text of its float64 value (0.10000000149011612); orjson
+# writes numpy float32 arrays and scalars with the shortest text that parses back to the same float32 (0.1): about
+# half the bytes, no tolist() of every vector, and a client that parses the response as float32 gets exactly the
+# vectors the model produced.
 OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 
 
