@@ -510,7 +510,7 @@ def _resolve(spec: str, path_column: str | None, image_column: str | None, id_co
     fs, first = filesystem(specs[0], storage_options)
     shown = public_url(spec)
     if len(specs) > 1:  # WebDataset's brace ranges, train-{000000..000099}.tar: one listing per folder
-        paths = [filesystem(s, storage_options)[1] for s in specs]
+        paths = [fs._strip_protocol(s) for s in specs]  # the filesystem's own paths (absolute ones on disk)
         listed: dict[str, dict] = {}
         for parent in sorted({p.rsplit("/", 1)[0] for p in paths}):
             try:

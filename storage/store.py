@@ -217,10 +217,10 @@ class LocalDisk(Committer):
             os.close(fd)
 
     def publish_folder(self, store: Store, name: str, built: Path, last: str) -> None:
-        replace_dir(built, path_of(store, name))  # the old folder and the new one exchanged in one step
+        replace_dir(built, store.path(name))  # the old folder and the new one exchanged in one step
 
     def build_dir(self, store: Store, name: str) -> Path:
-        tmp = Path(path_of(store, f"{name}.tmp-{os.getpid()}"))  # the same disk: the rename is atomic
+        tmp = Path(store.path(f"{name}.tmp-{os.getpid()}"))  # the same disk: the rename is atomic
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         return tmp
@@ -233,10 +233,6 @@ def committer_for(protocol: str) -> Committer:
     if protocol == "file":
         return LocalDisk()
     return ObjectStore() if protocol in CONDITIONAL_CREATE else Committer()
-
-
-def path_of(store: Store, name: str) -> str:
-    return join(store.root, name)
 
 
 class Store:
@@ -284,7 +280,7 @@ class Store:
 
     def path(self, name: str = "") -> str:
         """The path of ``name`` inside the filesystem (what fsspec or pyarrow is given)."""
-        return path_of(self, name) if name else self.root
+        return join(self.root, name)
 
     def local_path(self, name: str = "") -> Path:
         """``name`` as a path on this machine's disk; an error for a folder elsewhere."""

@@ -126,16 +126,7 @@ def local_folder(store: Store) -> Path:
     for name in names:
         info = store.info(name)
         key.append(f"{name}\0{info['size']}\0{info['version']}\n".encode())
-    folder = store.local_copy(names, b"".join(key))
-    if json.loads((folder / INDEX_DIR / META_FILE).read_text())["count"] != _count_rows(folder / INDEX_DIR / IDS_FILE):
-        raise FolderError(f"the index at {store} is being rewritten (its files disagree); retry in a moment")
-    return folder
-
-
-def _count_rows(path: Path) -> int:
-    import pyarrow.feather as feather
-
-    return feather.read_table(path, columns=["id"]).num_rows
+    return store.local_copy(names, b"".join(key))
 
 
 @dataclass
@@ -177,6 +168,8 @@ class LoadedIndex:
             except RuntimeError:
                 logger.info("--nprobe ignored: %s is not an IVF index", meta["factory"])
         table = feather.read_table(root / IDS_FILE)
+        if table.num_rows != meta["count"]:  # a copy taken while another process rewrote the index
+            raise FolderError(f"the index at {store} is being rewritten (its files disagree); retry in a moment")
         located = "shard" in table.column_names and "shards" in meta  # indexes built before rows were located lack them
         return cls(folder, manifest, meta, index, table.column("id").to_pylist(), table.column("path").to_pylist(),
                    store, table.column("shard").to_numpy() if located else None,

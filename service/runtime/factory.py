@@ -1,7 +1,9 @@
-"""Backends behind one interface (``Backend``): one file per runtime."""
+"""Which backend runs the model, and how: the model folder a backend needs, the inference plan (streams x
+threads), and the backend built from :class:`service.runtime.settings.RuntimeSettings`."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,10 +12,10 @@ from hub.config import CARD_NAME, ONNX_INT8_NAME, ONNX_NAME, WEIGHTS_NAME
 from hub.hardware import usable_cpus
 from hub.hub_io import ResolvedModel, resolve_model
 from service.runtime.backend import Backend
-from service.server.settings import ServiceSettings
+from service.runtime.settings import RuntimeSettings
 
 
-def resolve_for_backend(settings: ServiceSettings) -> ResolvedModel:
+def resolve_for_backend(settings: RuntimeSettings) -> ResolvedModel:
     """The model folder, fetching from the Hub only what the backend needs (no weights if ONNX is there)."""
     kwargs = dict(revision=settings.revision, cache_dir=settings.cache_dir, local_files_only=settings.local_files_only)
     graph = ONNX_INT8_NAME if settings.precision == "int8" else ONNX_NAME
@@ -32,7 +34,7 @@ class InferencePlan:
     threads_per_stream: int
 
 
-def inference_plan(settings: ServiceSettings) -> InferencePlan:
+def inference_plan(settings: RuntimeSettings) -> InferencePlan:
     """Streams and threads for the server (``inference_streams``, ``threads``). Only ONNX Runtime on a CPU runs
     several batches at once (its session runs are concurrent and each brings its own threads); torch shares one
     intra-op pool between callers, and a GPU is fed best by one stream."""
@@ -48,8 +50,6 @@ class StreamedBackend(Backend):
     per slice no operator waits at a barrier for a thread that a decode thread has preempted."""
 
     def __init__(self, inner: Backend, streams: int) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
         self.inner, self.streams = inner, streams
         self.name, self.precision = inner.name, inner.precision
         self._pool = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="byol-stream")
@@ -65,19 +65,19 @@ class StreamedBackend(Backend):
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
-def build_planned_backend(resolved: ResolvedModel, settings: ServiceSettings, plan: InferencePlan) -> Backend:
+def build_planned_backend(resolved: ResolvedModel, settings: RuntimeSettings, plan: InferencePlan) -> Backend:
     """The backend one stream of ``plan`` runs (its share of the threads)."""
     return build_backend(resolved, settings.model_copy(update={"threads": plan.threads_per_stream}))
 
 
-def build_streamed_backend(resolved: ResolvedModel, settings: ServiceSettings) -> Backend:
+def build_streamed_backend(resolved: ResolvedModel, settings: RuntimeSettings) -> Backend:
     """The backend for one batch at a time (``byol-embed``): each batch split over the ``inference_plan``'s streams."""
     plan = inference_plan(settings)
     backend = build_planned_backend(resolved, settings, plan)
     return StreamedBackend(backend, plan.streams) if plan.streams > 1 else backend
 
 
-def build_backend(resolved: ResolvedModel, settings: ServiceSettings) -> Backend:
+def build_backend(resolved: ResolvedModel, settings: RuntimeSettings) -> Backend:
     """The backend the settings ask for (imports torch only for the torch backend)."""
     if settings.backend == "onnx":
         from service.runtime.onnx import OnnxBackend
