@@ -42,9 +42,8 @@ def folder_lock(folder: str | Path | Store, *, break_lock: bool = False,
 
 
 class FlockLock:
-    """The lock of a folder on local disk: an exclusive ``flock`` on ``folder/.lock``, with the holder's pid in it."""
-
-    lost = None  # a kernel lock is never taken away from a living process
+    """The lock of a folder on local disk: an exclusive ``flock`` on ``folder/.lock``, with the holder's pid in it.
+    The kernel holds it for as long as this process lives, so no write needs a fence."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -64,9 +63,6 @@ class FlockLock:
         self.handle.write(f"{os.getpid()}\n")
         self.handle.flush()
         return self
-
-    def check(self, name: str = "") -> None:
-        """The fence: nothing to check, the kernel holds the lock for as long as this process lives."""
 
     def __exit__(self, *exc: Any) -> None:
         if self.handle is not None:
