@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 
 from tests.support import REPO
+from tests.support.server import free_port
 
 pytestmark = pytest.mark.docker
 
@@ -91,12 +91,6 @@ def index_folder(model_folder, photos, tmp_path_factory):
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_image_is_torch_free_non_root_and_small(image):
     info = _docker("run", "--rm", "--network", "host", "--entrypoint", "python3", image, "-c",
                    "import importlib.util, os; print(importlib.util.find_spec('torch') is None, os.getuid())").stdout
@@ -116,7 +110,7 @@ def test_container_serves_the_same_numbers_as_the_local_server(image, model_fold
     from tests.support.images import image_bytes
 
     blob = image_bytes(photos[0], "JPEG", quality=92)
-    port = _free_port()
+    port = free_port()
     name = f"byol-test-{uuid.uuid4().hex[:8]}"
     # the image binds 0.0.0.0 and states BYOL_ALLOW_NO_AUTH=false: without keys it refuses to start
     refused = _docker("run", "--rm", "--network", "host", "-e", f"BYOL_PORT={port}", image, check=False)

@@ -3,16 +3,10 @@ import tarfile
 
 import pytest
 import torch
-from PIL import Image
 
+from tests.support.images import image_bytes
 from training.augment import AugmentConfig
 from training.data import DataError, ResumableSampler, TwoViewDataset, collate_views, open_source
-
-
-def _jpeg(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "JPEG")
-    return buf.getvalue()
 
 
 def test_sources_folder_list_and_tar_shards_agree(tmp_path, photos):
@@ -20,7 +14,7 @@ def test_sources_folder_list_and_tar_shards_agree(tmp_path, photos):
     names = []
     for i, img in enumerate(photos[:4]):
         path = tmp_path / "imgs" / "a" / f"{i}.jpg"
-        path.write_bytes(_jpeg(img.resize((64, 48))))
+        path.write_bytes(image_bytes(img.resize((64, 48))))
         names.append(f"imgs/a/{i}.jpg")
     (tmp_path / "list.txt").write_text("\n".join(f"{n} 3" for n in names) + "\n")
     with tarfile.open(tmp_path / "shard-000.tar", "w") as tar:
@@ -36,7 +30,7 @@ def test_sources_folder_list_and_tar_shards_agree(tmp_path, photos):
 
 
 def test_corrupt_images_are_skipped_and_counted(tmp_path, photos):
-    (tmp_path / "good.jpg").write_bytes(_jpeg(photos[0].resize((64, 64))))
+    (tmp_path / "good.jpg").write_bytes(image_bytes(photos[0].resize((64, 64))))
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 truncated")
     ds = TwoViewDataset(open_source(str(tmp_path)), AugmentConfig(size=32), seed=0)
     assert [ds.source.item_id(i) for i in range(2)] == ["bad.jpg", "good.jpg"]

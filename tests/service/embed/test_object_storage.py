@@ -29,7 +29,7 @@ from storage.errors import DataError  # noqa: E402
 from tests.support import REPO  # noqa: E402
 from tests.support.images import image_bytes, tar_bytes, write_images  # noqa: E402
 from tests.support.s3 import S3_ENV  # noqa: E402
-from tests.support.server import make_client  # noqa: E402
+from tests.support.server import free_port, make_client  # noqa: E402
 
 LAYERS = ("avgpool", "feature3")
 PRINTED: dict[str, str] = {}  # what the child processes printed
@@ -228,11 +228,7 @@ def _cli(args: list[str], env: dict, timeout: float = 90) -> subprocess.Complete
 
 
 def test_storage_that_cannot_be_used_is_a_clear_error_in_seconds(trained_model, images, s3, tmp_path):
-    import socket
-
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        closed = sock.getsockname()[1]
+    closed = free_port()  # a port nobody listens on
     cases = [
         (settings(trained_model, str(images), "s3://bkt/x", "--storage-option", f"endpoint_url=http://127.0.0.1:{closed}"),
          s3.env(), "cannot reach the storage endpoint"),
