@@ -1,33 +1,39 @@
 """The embedding folder: the one place its format lives. ``byol-embed run`` writes it; the index, curation and
 the server read it.
 
-    emb/manifest.json              model (id, revision, weights sha256), layers, pooling, normalize, dtype,
-                                   preprocessing, the input's fingerprint and the shard plan
-    emb/part-00000.parquet         one shard: id, path, error, sha256 (of the image's bytes), one fixed-size-list
-                                   column per layer
-    emb/curation/                  duplicates.parquet, outliers.parquet (``byol-embed dedup`` / ``outliers``)
-    emb/part-00000.done            written after the rename: the shard is complete
-    emb/.lock                      held by the running job (two runs never share a folder)
+    emb/manifest.json              the committed generation: model (id, revision, weights sha256), layers, pooling,
+                                   normalize, dtype, preprocessing, the input and its fingerprint, the generation's
+                                   number, its shard files (``parts``) and what it changed
+    emb/part-00000.parquet         one shard: id, path, error, sha256 (of the image's bytes), version (what the
+                                   input's listing said of the file), one fixed-size-list column per layer
+    emb/part-g0002-00000.parquet   a later generation's shards: the new and changed images, and the shards that
+                                   lost rows (``-r``), written again without them
+    emb/part-00000.done            written after the shard: the shard is complete (a rerun keeps it)
+    emb/pending.json               the run in progress: the generation it builds, on which, and its shard plan
+    emb/generations/000002.json    each committed generation's manifest, kept (what changed when)
+    emb/curation/                  duplicates, outliers, leaks (``byol-embed dedup`` / ``outliers`` / ``leaks``)
+    emb/.lock                      held by the writer (two runs never share a folder)
     emb/index/                     the FAISS index and its id table (``byol-embed index``)
 
-A shard is written as ``.part-00000.tmp-<pid>`` (not ending in ``.parquet``, so readers of ``*.parquet``
-never see it), renamed, then marked done. A rerun keeps done shards untouched and (re)writes the rest, so
-a kill at any moment loses at most the shards in flight.
+Generations. A run plans in ``pending.json``, writes its shards (each whole, then its done marker), and commits
+by replacing ``manifest.json`` in one step (on disk a rename, on object storage one PUT, fenced by the lock): a
+reader takes ``manifest.json`` once and reads the shards it lists, so it sees the old generation or the new one,
+never a mix. Shards are never rewritten in place; the files of the last ``keep`` generations stay (a reader one
+generation behind still finds its shards), older ones are removed after the commit. A kill at any moment loses at
+most the shards in flight: the rerun keeps the pending generation's done shards.
 
 Every write goes through :class:`storage.store.Store`, so the same code writes a folder on disk and on object
-storage (``--output s3://bucket/emb/``): a shard is written whole (on disk a temporary name, then a rename; on
-object storage one object), then its done marker; the marker is the commit, and a shard without one is rewritten
-by the next run. The lock (:mod:`storage.lock`) is a ``flock`` on disk and a lease object on object storage that
-fences every later write of its run; a rerun takes over a lock whose owner is gone (the same host, container and
-process namespace with its process dead, or not renewed for its lease, ``--lock-ttl``), or any lock with
-``--break-lock``.
+storage (``--output s3://bucket/emb/``). The lock (:mod:`storage.lock`) is a ``flock`` on disk and a lease object
+on object storage that fences every later write of its run; a rerun takes over a lock whose owner is gone (the
+same host, container and process namespace with its process dead, or not renewed for its lease, ``--lock-ttl``),
+or any lock with ``--break-lock``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +45,39 @@ from storage.store import Store, as_store
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-FORMAT = "byol-embeddings/1"
-# what a rerun must agree on (the settings that change the vectors, and the input)
-IDENTITY_FIELDS = ("model_id", "revision", "weights_sha256", "layers", "pooling", "normalize", "dtype",
-                   "preprocessing", "input_fingerprint", "input_count", "shard_size", "decode")
+PENDING = "pending.json"
+GENERATIONS = "generations"
+FORMAT = "byol-embeddings/2"
+FORMAT_1 = "byol-embeddings/1"  # one run, no generations: read as generation 1 once every shard is done
+KEEP_GENERATIONS = 2  # the shards of the current and the previous generation stay (readers one behind)
+# what every generation of a folder shares (the settings that change the vectors, and where the input is): another
+# value is refused; the input's content may change (an append)
+SETTINGS_FIELDS = ("model_id", "revision", "weights_sha256", "layers", "pooling", "normalize", "dtype",
+                   "preprocessing", "decode", "input", "input_kind", "source_options")
+# what a pending run must agree on to be resumed
+IDENTITY_FIELDS = SETTINGS_FIELDS + ("input_fingerprint", "input_count", "shard_size", "generation",
+                                     "base_generation")
 
 
-def shard_name(index: int) -> str:
-    return f"part-{index:05d}.parquet"
+def shard_name(index: int, generation: int = 1) -> str:
+    """The name of a generation's shard ``index``: ``part-00000.parquet`` in the first, ``part-g0002-00000.parquet``
+    after (never a name an earlier generation used: shards are never rewritten in place)."""
+    return f"part-{index:05d}.parquet" if generation <= 1 else f"part-g{generation:04d}-{index:05d}.parquet"
 
 
-def done_name(index: int) -> str:
-    return f"part-{index:05d}.done"
+def rewrite_name(index: int, generation: int) -> str:
+    """A shard that lost rows in ``generation``, written again without them."""
+    return f"part-g{generation:04d}-r{index:05d}.parquet"
+
+
+def done_name(shard: int | str) -> str:
+    """The done marker of a shard (its name, or its index in the first generation)."""
+    name = shard_name(shard) if isinstance(shard, int) else shard
+    return name[:-len(".parquet")] + ".done"
+
+
+def generation_name(generation: int) -> str:
+    return f"{GENERATIONS}/{generation:06d}.json"
 
 
 @dataclass
@@ -72,71 +99,116 @@ class Manifest:
     shard_size: int
     decode: str = "exact"
     format: str = FORMAT
-    shards: list[dict[str, int]] = field(default_factory=list)  # the plan: [{"index", "start", "stop"}]
+    # a pending run's plan of new shards: [{"index", "start", "stop", "name"}] over its work list (the images it
+    # embeds, in the input's order); empty in a committed manifest
+    shards: list[dict[str, Any]] = field(default_factory=list)
     source_options: dict[str, str] = field(default_factory=dict)  # open_source's column options for the input
+    generation: int = 0  # the committed generation (a pending run: the one it builds)
+    parts: list[dict[str, Any]] = field(default_factory=list)  # its shard files: [{"name", "rows", "errors"}]
+    base_generation: int = 0  # a pending run: the generation it builds on (0: none)
+    work: dict[str, Any] = field(default_factory=dict)  # a pending run: its plan's digest and the shards it rewrites
+    changes: dict[str, Any] = field(default_factory=dict)  # what this generation changed: added, changed, dropped...
 
     @property
     def shard_count(self) -> int:
         return len(self.shards)
 
+    @property
+    def rows(self) -> int:
+        """Rows in the committed generation (embedded and error rows)."""
+        return sum(int(p["rows"]) for p in self.parts)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    def save(self, folder: Path | Store) -> None:
-        as_store(folder).write_text(MANIFEST, json.dumps(self.to_dict(), indent=2) + "\n")
+    def save(self, folder: Path | Store, name: str = MANIFEST) -> None:
+        as_store(folder).write_text(name, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, folder: str | Path | Store) -> Manifest:
+        """The committed generation. A folder whose first run has not finished has none, and says so."""
         store = as_store(folder)
         try:
             text = store.read_text(MANIFEST)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            if store.exists(PENDING):
+                raise FolderError(f"{store} has no finished generation yet: its first `byol-embed run` is running "
+                                  "or was interrupted; rerun the same command to finish it") from None
             raise FolderError(f"{store} has no {MANIFEST}: not an output folder of `byol-embed run`") from None
-        return cls(**json.loads(text))
+        manifest = cls(**json.loads(text))
+        if manifest.format == FORMAT_1:
+            manifest = _from_format_1(store, manifest)
+        return manifest
 
-    def differences(self, other: Manifest) -> list[str]:
-        return [f"{name}: {getattr(self, name)!r} -> {getattr(other, name)!r}" for name in IDENTITY_FIELDS
+    @classmethod
+    def load_pending(cls, folder: Path | Store) -> Manifest | None:
+        store = as_store(folder)
+        try:
+            return cls(**json.loads(store.read_text(PENDING)))
+        except FileNotFoundError:
+            return None
+
+    def differences(self, other: Manifest, fields: tuple[str, ...] = IDENTITY_FIELDS) -> list[str]:
+        return [f"{name}: {getattr(self, name)!r} -> {getattr(other, name)!r}" for name in fields
                 if getattr(self, name) != getattr(other, name)]
 
     def made_with_other_weights(self, config: Any) -> bool:
         """True when both the manifest and ``config`` record weights and they are not the same ones."""
         return bool(self.weights_sha256 and config.weights_sha256 and self.weights_sha256 != config.weights_sha256)
 
+    def same_vectors(self, other: Manifest) -> list[str]:
+        """What differs between two folders' model, layer set, pooling and preprocessing (empty: their vectors
+        compare)."""
+        fields = ("weights_sha256" if self.weights_sha256 and other.weights_sha256 else "model_id", "architecture",
+                  "pooling", "normalize", "preprocessing", "decode")
+        return self.differences(other, fields)
+
     def schema_metadata(self) -> dict[bytes, bytes]:
         keep = ("model_id", "revision", "weights_sha256", "pooling", "normalize", "dtype", "layers", "dims")
         return {b"byol": json.dumps({k: getattr(self, k) for k in keep}).encode()}
 
 
-def plan_shards(count: int, shard_size: int) -> list[dict[str, int]]:
-    """Consecutive ranges of the input's order; deterministic for a given input and shard size."""
+def _from_format_1(store: Store, old: Manifest) -> Manifest:
+    """A folder of the first format (one run, no generations) as generation 1, once every shard is done."""
+    done = set(store.names("part-*.done"))
+    missing = [s for s in old.shards if done_name(s["index"]) not in done]
+    if missing:
+        raise FolderError(f"{store} was written by an older version and {len(missing)} of {len(old.shards)} shards "
+                          "are not done; run `byol-embed run` again with --overwrite")
+    parts = [{"name": shard_name(s["index"]), "rows": s["stop"] - s["start"], "errors": None} for s in old.shards]
+    return replace(old, format=FORMAT, generation=1, parts=parts, shards=[])
+
+
+def plan_shards(count: int, shard_size: int, generation: int = 1) -> list[dict[str, Any]]:
+    """Consecutive ranges of the work list; deterministic for a given list, shard size and generation."""
     if shard_size <= 0:
         raise FolderError(f"--shard-size must be positive, got {shard_size}")
-    return [{"index": i, "start": start, "stop": min(start + shard_size, count)}
+    return [{"index": i, "start": start, "stop": min(start + shard_size, count), "name": shard_name(i, generation)}
             for i, start in enumerate(range(0, count, shard_size))]
 
 
-def prepare_folder(folder: Path | Store, manifest: Manifest, overwrite: bool) -> list[int]:
-    """Create or check the output folder; returns the shard indices still to do.
-
-    A folder with another manifest is refused unless ``overwrite`` (then its shards, markers and index go).
-    """
+def prepare_folder(folder: Path | Store, pending: Manifest) -> list[int]:
+    """Record the run's plan (``pending.json``); returns the indices of its shards still to do. A pending run
+    with another plan (the input changed again, other settings) is dropped with its shards."""
     store = as_store(folder)
     store.mkdir()
-    if store.exists(MANIFEST):
-        old = Manifest.load(store)
-        diffs = old.differences(manifest)
-        if diffs and not overwrite:
-            raise FolderError(f"{store} holds embeddings made with other settings or input ("
-                              + "; ".join(diffs) + "); rerun with the same settings to resume, use another "
-                              "--output, or pass --overwrite to start over")
-        if diffs:
-            logger.warning("--overwrite: removing the previous run's shards in %s", store)
-            clear_outputs(store)
+    old = Manifest.load_pending(store)
+    if old is not None and old.differences(pending, IDENTITY_FIELDS + ("shards", "work")):
+        logger.info("the interrupted run's plan no longer holds (%s); its shards are written again",
+                    "; ".join(old.differences(pending, IDENTITY_FIELDS + ("work",)))[:300] or "its shard plan")
+        _remove_pending_files(store, old)
     for stale in store.names(".part-*"):  # a killed run's shard in flight (never on object storage): rewritten
         store.remove(stale)
-    manifest.save(store)
+    pending.save(store, PENDING)
     done = set(store.names("part-*.done"))  # one listing, not one request per shard
-    return [s["index"] for s in manifest.shards if done_name(s["index"]) not in done]
+    return [s["index"] for s in pending.shards if done_name(s["name"]) not in done]
+
+
+def _remove_pending_files(store: Store, pending: Manifest) -> None:
+    names = [s["name"] for s in pending.shards] + [r["name"] for r in pending.work.get("rewrites", [])]
+    for name in names:
+        store.remove(done_name(name))
+        store.remove(name)
 
 
 def clear_outputs(folder: Path | Store) -> None:
@@ -149,7 +221,52 @@ def clear_outputs(folder: Path | Store) -> None:
             store.remove(name)
     store.remove_tree("index")
     store.remove_tree("curation")
+    store.remove_tree(GENERATIONS)
+    store.remove(PENDING)
     store.remove(MANIFEST)
+
+
+def commit_generation(folder: Path | Store, pending: Manifest, keep: int = KEEP_GENERATIONS) -> Manifest:
+    """Make the pending run the folder's generation: its parts are the base's parts it keeps, the shards it
+    rewrote and its new shards (rows and errors from their done markers). ``manifest.json`` is replaced in one
+    step; then the files no generation of the last ``keep`` lists are removed."""
+    store = as_store(folder)
+    rewrites = pending.work.get("rewrites", [])
+    gone = set(pending.work.get("removed_parts", [])) | {r["from"] for r in rewrites}
+    base = Manifest.load(store).parts if pending.base_generation else []
+    parts = [p for p in base if p["name"] not in gone]
+    for name in [r["name"] for r in rewrites] + [s["name"] for s in pending.shards]:
+        marker = json.loads(store.read_text(done_name(name)))
+        parts.append({"name": name, "rows": marker["rows"], "errors": marker["errors"]})
+    committed = replace(pending, shards=[], work={}, base_generation=0, parts=parts)
+    committed.save(store, generation_name(committed.generation))  # the record first: the manifest is the commit
+    committed.save(store)
+    store.remove(PENDING)
+    collect_garbage(store, keep)
+    return committed
+
+
+def collect_garbage(folder: Path | Store, keep: int = KEEP_GENERATIONS) -> list[str]:
+    """Remove the shards and markers that none of the last ``keep`` generations lists (nor a pending run plans);
+    returns their names."""
+    store = as_store(folder)
+    current = Manifest.load(store)
+    listed = {p["name"] for p in current.parts}
+    for number in range(max(1, current.generation - keep + 1), current.generation):
+        try:
+            listed |= {p["name"] for p in json.loads(store.read_text(generation_name(number)))["parts"]}
+        except FileNotFoundError:
+            pass
+    pending = Manifest.load_pending(store)
+    if pending is not None:
+        listed |= {s["name"] for s in pending.shards} | {r["name"] for r in pending.work.get("rewrites", [])}
+    removed = []
+    for name in store.names("part-*.done") + store.names("part-*.parquet"):
+        shard = name if name.endswith(".parquet") else name[:-len(".done")] + ".parquet"
+        if shard not in listed:
+            store.remove(name)
+            removed.append(name)
+    return removed
 
 
 @dataclass
@@ -163,6 +280,11 @@ class ShardRows:
     errors: list[str | None]
     vectors: dict[str, np.ndarray]
     sha256: list[str | None] = field(default_factory=list)  # of each image's bytes; empty: not recorded
+    versions: list[str | None] = field(default_factory=list)  # the listing's word on each file; empty: none
+    name: str = ""  # the shard's file name (default: the first generation's name of ``index``)
+
+    def __post_init__(self) -> None:
+        self.name = self.name or shard_name(self.index)
 
     @property
     def error_count(self) -> int:
@@ -174,7 +296,7 @@ def arrow_schema(manifest: Manifest):
 
     value = pa.float16() if manifest.dtype == "float16" else pa.float32()
     fields = [pa.field("id", pa.string(), nullable=False), pa.field("path", pa.string(), nullable=False),
-              pa.field("error", pa.string()), pa.field("sha256", pa.string())]
+              pa.field("error", pa.string()), pa.field("sha256", pa.string()), pa.field("version", pa.string())]
     fields += [pa.field(layer, pa.list_(value, manifest.dims[layer])) for layer in manifest.layers]
     return pa.schema(fields, metadata=manifest.schema_metadata())
 
@@ -190,8 +312,9 @@ def write_shard(folder: Path | Store, manifest: Manifest, rows: ShardRows, *, ma
     schema = arrow_schema(manifest)
     ok = np.array([e is None for e in rows.errors])
     digests = rows.sha256 or [None] * len(rows.ids)
+    versions = rows.versions or [None] * len(rows.ids)
     columns = [pa.array(rows.ids, pa.string()), pa.array(rows.paths, pa.string()), pa.array(rows.errors, pa.string()),
-               pa.array(digests, pa.string())]
+               pa.array(digests, pa.string()), pa.array(versions, pa.string())]
     for layer in manifest.layers:
         dim = manifest.dims[layer]
         vectors = rows.vectors[layer].astype(np.float16 if manifest.dtype == "float16" else np.float32, copy=False)
@@ -201,8 +324,8 @@ def write_shard(folder: Path | Store, manifest: Manifest, rows: ShardRows, *, ma
         columns.append(pa.FixedSizeListArray.from_arrays(flat, dim, mask=mask))
     table = pa.Table.from_arrays(columns, schema=schema)
     # durable before its done marker is written
-    store.write_with(shard_name(rows.index), lambda tmp: pq.write_table(table, tmp, compression="zstd"))
-    ack = {"index": rows.index, "rows": len(rows.ids), "errors": rows.error_count,
+    store.write_with(rows.name, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    ack = {"index": rows.index, "name": rows.name, "rows": len(rows.ids), "errors": rows.error_count,
            "error_examples": [f"{rows.ids[i]}: {e}" for i, e in enumerate(rows.errors) if e][:5]}
     if mark:
         mark_done(store, ack)
@@ -221,25 +344,60 @@ def write_table(store: Store, name: str, table) -> None:
 
 def mark_done(folder: Path | Store, ack: dict[str, Any]) -> None:
     """The commit of a shard: its done marker, written after the shard itself."""
-    as_store(folder).write_text(done_name(ack["index"]), json.dumps({"rows": ack["rows"], "errors": ack["errors"]}) + "\n")
+    name = ack.get("name") or shard_name(ack["index"])
+    as_store(folder).write_text(done_name(name), json.dumps({"rows": ack["rows"], "errors": ack["errors"]}) + "\n")
+
+
+def rewrite_shard(folder: Path | Store, source: str, name: str, keep: list[int]) -> dict[str, Any]:
+    """Write the rows ``keep`` (positions) of the shard ``source`` as the new shard ``name`` (a shard that lost
+    rows to an append: no image is decoded again), then its done marker."""
+    import pyarrow.parquet as pq
+
+    store = as_store(folder)
+    table = open_parquet(store, store.path(source)).read().take(keep)
+    store.write_with(name, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    embedded = table.column("error").null_count  # rows without an error
+    ack = {"index": -1, "name": name, "rows": table.num_rows, "errors": table.num_rows - embedded, "error_examples": []}
+    mark_done(store, ack)
+    return ack
 
 
 def finished_shards(folder: Path | Store, manifest: Manifest) -> list[str]:
-    """The paths (inside the store's filesystem) of the shards with a done marker, in plan order."""
+    """The paths (inside the store's filesystem) of the committed generation's shards, in order."""
     store = as_store(folder)
-    done = set(store.names("part-*.done"))
-    return [store.path(shard_name(s["index"])) for s in manifest.shards if done_name(s["index"]) in done]
+    return [store.path(p["name"]) for p in manifest.parts]
 
 
 def complete_shards(folder: Path | Store, manifest: Manifest, layer: str) -> list[str]:
-    """Every shard of a finished run that embedded ``layer``; a clear error for another layer or an unfinished run."""
+    """Every shard of the committed generation, which embedded ``layer``; a clear error for another layer."""
     if layer not in manifest.layers:
         raise FolderError(f"layer {layer!r} was not embedded; this folder has {', '.join(manifest.layers)}")
-    shards = finished_shards(folder, manifest)
-    if len(shards) < manifest.shard_count:
-        raise FolderError(f"{manifest.shard_count - len(shards)} of {manifest.shard_count} shards are not done; "
-                          "finish the run first (rerun the same `byol-embed run` command)")
-    return shards
+    return finished_shards(folder, manifest)
+
+
+def read_columns(folder: Path | Store, manifest: Manifest, columns: tuple[str, ...] = ("id", "sha256", "version",
+                                                                                        "error")):
+    """The committed generation's ``columns`` (those a shard lacks as nulls) with each row's ``part`` (index into
+    ``manifest.parts``) and ``row`` in it: a few small columns, never the vectors."""
+    import pyarrow as pa
+
+    store = as_store(folder)
+    tables = []
+    for number, path in enumerate(finished_shards(store, manifest)):
+        parquet = open_parquet(store, path)
+        names = parquet.schema_arrow.names
+        table = parquet.read(columns=[c for c in columns if c in names])
+        n = table.num_rows
+        for column in columns:
+            if column not in names:
+                table = table.append_column(column, pa.nulls(n, pa.string()))
+        table = table.select(list(columns))
+        table = table.append_column("part", pa.array(np.full(n, number, np.int32)))
+        tables.append(table.append_column("row", pa.array(np.arange(n, dtype=np.int64))))
+    if not tables:
+        return pa.table({**{c: pa.array([], pa.string()) for c in columns}, "part": pa.array([], pa.int32()),
+                         "row": pa.array([], pa.int64())})
+    return pa.concat_tables(tables)
 
 
 def open_parquet(store: Store, path: str):

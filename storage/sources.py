@@ -76,6 +76,12 @@ class ImageSource:
                 out.append(err)
         return out
 
+    def item_version(self, index: int) -> str | None:
+        """What the listing says about item ``index`` (size and version of its file, or of the tar or Parquet file
+        holding it): equal versions mean the same bytes, so an append run reads no unchanged image. None: the
+        listing says nothing (a list of paths is not stat'ed), and the bytes' hash decides."""
+        return None
+
     def positions(self) -> dict[str, int]:
         """id -> index: to read items again by the ids a job recorded."""
         return {self.item_id(i): i for i in range(len(self))}
@@ -83,6 +89,10 @@ class ImageSource:
     def fingerprint(self) -> str:
         """A digest of what the source lists (ids, sizes, modification times): it changes when the input does."""
         raise NotImplementedError
+
+
+def _version(info: dict) -> str:
+    return f"{info.get('size')}:{object_version(info)}"
 
 
 def _info_digest(ids: list[str], infos: list[dict]) -> str:
@@ -134,11 +144,15 @@ class FileSource(_Reader, ImageSource):
 
     kind = "files"
 
-    def __init__(self, paths: list, ids: list[str] | None = None, fs=None, fingerprint: str | None = None) -> None:
+    def __init__(self, paths: list, ids: list[str] | None = None, fs=None, fingerprint: str | None = None,
+                 infos: list[dict] | None = None) -> None:
         self.fs = fs if fs is not None else LocalFileSystem()  # paths on this machine's disk, unless told
         self.paths = [str(p) for p in paths]
         self.ids = ids if ids is not None else self.paths
-        self._fingerprint = fingerprint or _info_digest(self.ids, [self.fs.info(p) for p in self.paths])
+        if infos is None and fingerprint is None:
+            infos = [self.fs.info(p) for p in self.paths]
+        self.versions = [_version(info) for info in infos] if infos is not None else None
+        self._fingerprint = fingerprint or _info_digest(self.ids, infos)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -156,6 +170,9 @@ class FileSource(_Reader, ImageSource):
 
     def item_path(self, index: int) -> str:
         return self._url(self.paths[index])
+
+    def item_version(self, index: int) -> str | None:
+        return self.versions[index] if self.versions is not None else None
 
     def fingerprint(self) -> str:
         return self._fingerprint
@@ -217,6 +234,10 @@ class TarSource(_Reader, ImageSource):
 
     def item_path(self, index: int) -> str:
         return f"{self._url(self.shards[self.index[index][0]])}/{self.names[index]}"
+
+    def item_version(self, index: int) -> str | None:
+        shard, offset, size = self.index[index]
+        return f"{_version(self.infos[shard])}@{offset}+{size}"
 
     def fingerprint(self) -> str:
         return _info_digest([_name(s) for s in self.shards], self.infos) + f":{len(self)}"
@@ -387,6 +408,10 @@ class ParquetImageSource(_Reader, ImageSource):
         f, _, _, row = self.index[index]
         return f"{self._url(self.files[f])}#row={row}"
 
+    def item_version(self, index: int) -> str | None:
+        f, _, _, row = self.index[index]
+        return f"{_version(self.infos[f])}#{row}"
+
     def fingerprint(self) -> str:
         return _info_digest([_name(p) for p in self.files], self.infos) + f":{self.column}:{len(self)}"
 
@@ -396,6 +421,40 @@ class ParquetImageSource(_Reader, ImageSource):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._reset()
+
+
+class SubsetSource(ImageSource):
+    """The items ``indices`` of ``source``, in that order: what an append run embeds (the new and changed
+    images), read through the source itself."""
+
+    def __init__(self, source: ImageSource, indices: list[int]) -> None:
+        self.source, self.indices = source, list(indices)
+        self.kind = source.kind
+
+    @property
+    def waits_on_network(self) -> bool:
+        return getattr(self.source, "waits_on_network", False)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def read(self, index: int) -> bytes:
+        return self.source.read(self.indices[index])
+
+    def read_many(self, indices: list[int]) -> list[bytes | OSError]:
+        return self.source.read_many([self.indices[i] for i in indices])
+
+    def item_id(self, index: int) -> str:
+        return self.source.item_id(self.indices[index])
+
+    def item_path(self, index: int) -> str:
+        return self.source.item_path(self.indices[index])
+
+    def item_version(self, index: int) -> str | None:
+        return self.source.item_version(self.indices[index])
+
+    def fingerprint(self) -> str:
+        return self.source.fingerprint()
 
 
 def inside(parent: str, entry: str) -> str:
@@ -501,7 +560,7 @@ def _folder(fs, root: str, shown: str, image_column: str | None, id_column: str 
     if not images:
         raise DataError(f"{shown} holds no images, .tar shards or .parquet files")
     ids = [p[len(root) + 1:] for p in images]
-    return FileSource(images, ids, fs, fingerprint=_info_digest(ids, [found[p] for p in images]))
+    return FileSource(images, ids, fs, infos=[found[p] for p in images])
 
 
 def _resolve(spec: str, path_column: str | None, image_column: str | None, id_column: str | None,

@@ -11,9 +11,11 @@
 
 Inputs and outputs may be fsspec URLs (s3://, gs://, az://, hf://datasets/...): credentials come the provider's
 standard way (AWS_* variables, ~/.aws, an instance role), other options with --storage-option KEY=VALUE.
-Rerunning the same `run` command resumes (finished shards are kept); other settings or a changed input are
-refused with what differs (--overwrite starts over). Ctrl-C stops at a shard boundary. On the ONNX backend
-no torch is imported.
+Rerunning the same `run` command resumes (finished shards are kept). Run it again after the input changed and it
+appends: only new images and those whose bytes changed are embedded, rows of images that are gone are dropped, and
+the change is committed as a new generation of the folder (readers see the old one or the new one, never a mix;
+--dry-run shows the plan). Other settings are refused with what differs (--overwrite starts over). Ctrl-C stops
+at a shard boundary. On the ONNX backend no torch is imported.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from service.embed.job import EmbedSettings, run_job
 from service.runtime.factory import build_backend, resolve_for_backend
 from service.runtime.settings import RuntimeSettings
 from storage.errors import DataLayerError
+from storage.folder import KEEP_GENERATIONS
 from storage.location import add_storage_option, join
 from storage.lock import LOCK_TTL_S, folder_lock
 from storage.store import as_store
@@ -90,6 +93,15 @@ def _add_run(sub) -> None:
     p.add_argument("--max-pixels", type=int, default=40_000_000,
                    help="images larger than this become error rows, checked before decoding (default 40000000)")
     p.add_argument("--overwrite", action="store_true", help="start over in a folder made with other settings")
+    p.add_argument("--dry-run", action="store_true",
+                   help="say what the run would do (images to add, to embed again because their bytes changed, rows "
+                        "to drop for images that are gone) and write nothing")
+    p.add_argument("--keep-generations", type=int, default=KEEP_GENERATIONS, metavar="N",
+                   help="generations whose shards stay after a commit, so that a reader N-1 generations behind still "
+                        f"finds its shards (default {KEEP_GENERATIONS})")
+    p.add_argument("--no-index-update", action="store_true",
+                   help="leave the folder's index (if any) at its generation; by default it follows the new "
+                        "generation (in place where its type allows, else rebuilt)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -184,10 +196,14 @@ def _run(args: argparse.Namespace) -> int:
         normalize=args.normalize, dtype=args.dtype, batch_size=args.batch_size, shard_size=args.shard_size,
         engine=args.engine, ray_address=args.ray_address, workers=args.workers, path_column=args.path_column,
         image_column=args.image_column, id_column=args.id_column, storage_options=args.storage_options,
-        break_lock=args.break_lock, lock_ttl_s=args.lock_ttl, overwrite=args.overwrite,
+        break_lock=args.break_lock, lock_ttl_s=args.lock_ttl, overwrite=args.overwrite, dry_run=args.dry_run,
+        keep_generations=args.keep_generations, update_index=not args.no_index_update,
         progress=not args.no_progress)
     summary = run_job(settings)
     print(summary.line())
+    for kind, ids in summary.changed_ids.items():
+        if ids:
+            print(f"  {kind}: " + ", ".join(ids) + (" ..." if len(ids) >= 10 else ""))
     for example in summary.error_examples:
         print(f"  error row: {example}")
     return 130 if summary.interrupted else 0

@@ -1,8 +1,16 @@
 """Nearest-neighbour search over an embedding folder: a FAISS index with its id table, built and read.
 
     emb/index/faiss.index     inner product over L2-normalized vectors (cosine); ``Flat`` or any index_factory
-    emb/index/ids.arrow       row -> id, path (Arrow IPC: never a second ``*.parquet`` under the output folder)
-    emb/index/index.json      what it was built from: the manifest's model, layer, pooling, factory, count
+    emb/index/ids.arrow       row -> id, path, sha256, where the row lives (shard, row) and its FAISS label (Arrow
+                              IPC: never a second ``*.parquet`` under the output folder)
+    emb/index/index.json      what it was built from: the manifest's model, layer, pooling, factory, count and
+                              the folder's generation
+
+An index follows its folder (:func:`update_index`, run by ``byol-embed run`` after each new generation and by
+``byol-embed index``): it removes the rows of gone and changed images and adds the new ones by label, where the
+index type allows it (``Flat``: removal compacts and labels are positions; IVF: labels are kept, its trained
+quantizer reused), and is rebuilt where it does not (HNSW cannot remove) or should not (an IVF whose set grew past
+``GROWTH_LIMIT`` times what its quantizer was trained on), saying why.
 
 Published whole through :meth:`storage.store.Store.publish_folder`, so a reader sees the old index or the new
 one: on disk built beside ``index/`` and exchanged with it in one rename; on object storage uploaded file by file,
@@ -26,7 +34,7 @@ import numpy as np
 
 from service.embed.errors import EmbedJobError
 from storage.errors import FolderError
-from storage.folder import Manifest, finished_shards, load_rows, open_parquet
+from storage.folder import Manifest, finished_shards, load_rows, open_parquet, read_columns
 from storage.store import Store, as_store
 
 logger = logging.getLogger(__name__)
@@ -35,6 +43,9 @@ INDEX_FILE = "faiss.index"
 IDS_FILE = "ids.arrow"
 META_FILE = "index.json"
 TRAIN_PER_LIST = 39  # FAISS warns below ~39 training points per IVF list
+# an IVF index is rebuilt once its set has grown past this many times the vectors its quantizer was trained on:
+# the lists were placed for the old distribution and grow unbalanced (longer scans, lower recall at one nprobe)
+GROWTH_LIMIT = 2.0
 
 
 def faiss_module():
@@ -60,9 +71,6 @@ def nlist_of(factory: str) -> int | None:
 def build_index(folder: str | Path | Store, *, layer: str = "avgpool", factory: str = "Flat", train_size: int = 0,
                 seed: int = 0, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the index of ``layer`` into ``folder/index/`` atomically; returns its description."""
-    import pyarrow as pa  # the search extra: a server without it serves no index, and imports this module
-    import pyarrow.feather as feather
-
     faiss = faiss_module()
     folder = as_store(folder, storage_options)
     manifest = Manifest.load(folder)
@@ -72,6 +80,7 @@ def build_index(folder: str | Path | Store, *, layer: str = "avgpool", factory: 
         raise EmbedJobError("no embedded rows to index (every row has an error)")
     x = rows.vectors
     ids, paths = [rows.ids[i] for i in rows.embedded], [rows.paths[i] for i in rows.embedded]
+    digests = [rows.sha256[i] for i in rows.embedded]
     shard_of, row_in_shard = rows.locations(rows.embedded)  # a query by id reads one row group, never all shards
     dim = x.shape[1]
     try:
@@ -99,17 +108,140 @@ def build_index(folder: str | Path | Store, *, layer: str = "avgpool", factory: 
             "dim": dim, "trained_on": trained_on, "model_id": manifest.model_id, "revision": manifest.revision,
             "weights_sha256": manifest.weights_sha256, "pooling": manifest.pooling,
             "manifest_normalize": manifest.normalize, "input_fingerprint": manifest.input_fingerprint,
-            "built_s": round(time.perf_counter() - started, 2), "shards": rows.shards}
+            "generation": manifest.generation, "trained_count": len(x) if trained_on else None,
+            "next_label": len(ids), "built_s": round(time.perf_counter() - started, 2), "shards": rows.shards}
+    _publish(folder, index, meta, ids, paths, digests, shard_of, row_in_shard, np.arange(len(ids), dtype=np.int64))
+    return meta
+
+
+def _publish(folder: Store, index: Any, meta: dict[str, Any], ids: list[str], paths: list[str],
+             digests: list[str | None], shard_of: np.ndarray, row_in_shard: np.ndarray, labels: np.ndarray) -> None:
+    import pyarrow as pa  # the search extra: a server without it serves no index, and imports this module
+    import pyarrow.feather as feather
+
+    faiss = faiss_module()
 
     def write(built: Path) -> None:
         faiss.write_index(index, str(built / INDEX_FILE))
         feather.write_feather(pa.table({"id": pa.array(ids, pa.string()), "path": pa.array(paths, pa.string()),
-                                        "shard": pa.array(shard_of), "row": pa.array(row_in_shard)}),
+                                        "sha256": pa.array(digests, pa.string()), "shard": pa.array(shard_of),
+                                        "row": pa.array(row_in_shard), "label": pa.array(labels)}),
                               built / IDS_FILE, compression="uncompressed")
         (built / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
     folder.publish_folder(INDEX_DIR, write, last=META_FILE)
-    return meta
+
+
+def has_index(folder: Store) -> bool:
+    return folder.exists(f"{INDEX_DIR}/{META_FILE}")
+
+
+def _rebuild_reason(meta: dict[str, Any], index: Any, count: int) -> str | None:
+    """Why the index cannot follow the folder in place (None: it can)."""
+    faiss = faiss_module()
+    try:
+        faiss.extract_index_ivf(index)
+        ivf = True
+    except RuntimeError:
+        ivf = False
+    if not ivf and not isinstance(faiss.downcast_index(index), faiss.IndexFlatCodes):
+        return f"{meta['factory']} cannot remove vectors"
+    trained = meta.get("trained_count")
+    if ivf and not trained:
+        return "it records no training size (built by an older version)"
+    if ivf and count > GROWTH_LIMIT * trained:
+        return (f"the set grew from {trained} to {count} vectors ({count / trained:.1f}x) since its quantizer was "
+                f"trained; past {GROWTH_LIMIT:g}x its lists grow unbalanced and recall drops at the same nprobe")
+    return None
+
+
+def update_index(folder: str | Path | Store, *, storage_options: dict[str, Any] | None = None,
+                 train_size: int = 0, seed: int = 0) -> dict[str, Any]:
+    """Bring ``folder/index/`` to the folder's committed generation: the rows of gone and changed images removed,
+    new ones added (their vectors read from the new shards only), where the index type allows; else rebuilt. The
+    returned description's ``action`` says which, and why."""
+    import pyarrow.feather as feather
+
+    faiss = faiss_module()
+    folder = as_store(folder, storage_options)
+    manifest = Manifest.load(folder)
+    try:
+        meta = json.loads(folder.read_text(f"{INDEX_DIR}/{META_FILE}"))
+    except FileNotFoundError:
+        raise FolderError(f"{folder} has no index; build one with `byol-embed index {folder}`") from None
+    if meta.get("generation") == manifest.generation:
+        return {**meta, "action": f"already at generation {manifest.generation}"}
+    started = time.perf_counter()
+    columns = read_columns(folder, manifest, ("id", "path", "sha256", "error"))
+    ok = columns.column("error").is_null().to_numpy(zero_copy_only=False)
+    new_ids = columns.column("id").to_pylist()
+    new_sha = columns.column("sha256").to_pylist()
+    count = int(ok.sum())
+    local = local_folder(folder) / INDEX_DIR
+    index = faiss.read_index(str(local / INDEX_FILE))
+    table = feather.read_table(local / IDS_FILE)
+    reason = None if "label" in table.column_names else "it has no labels (an older version built it)"
+    reason = reason or _rebuild_reason(meta, index, count)
+    if reason is not None:
+        built = build_index(folder, layer=meta["layer"], factory=meta["factory"], train_size=train_size, seed=seed)
+        return {**built, "action": f"rebuilt ({reason})"}
+    ids, paths = table.column("id").to_pylist(), table.column("path").to_pylist()
+    sha = table.column("sha256").to_pylist()
+    labels = table.column("label").to_numpy()
+    now = {new_ids[k]: k for k in np.flatnonzero(ok)}  # id -> row in the new generation, embedded rows only
+    keep = np.zeros(len(ids), bool)  # an indexed row stays where its image is still embedded with the same bytes
+    for j, (item_id, digest) in enumerate(zip(ids, sha)):
+        k = now.get(item_id)
+        keep[j] = k is not None and digest is not None and new_sha[k] == digest
+    kept_ids = {i for i, k in zip(ids, keep) if k}
+    add = [k for i, k in now.items() if i not in kept_ids]
+    known = set(meta["shards"])
+    parts = [p["name"] for p in manifest.parts]
+    part_of, row_of = columns.column("part").to_numpy(), columns.column("row").to_numpy()
+    if any(parts[part_of[k]] in known for k in add):
+        built = build_index(folder, layer=meta["layer"], factory=meta["factory"], train_size=train_size, seed=seed)
+        return {**built, "action": "rebuilt (its rows do not match the folder's shards)"}
+    removed = int((~keep).sum())
+    if removed:
+        index.remove_ids(faiss.IDSelectorBatch(labels[~keep]))
+    vectors = _vectors_of(folder, manifest, meta["layer"], [(parts[part_of[k]], int(row_of[k])) for k in sorted(add)])
+    ivf = True
+    try:
+        faiss.extract_index_ivf(index)
+    except RuntimeError:
+        ivf = False
+    new_labels = np.arange(meta["next_label"], meta["next_label"] + len(add), dtype=np.int64)
+    if len(add):
+        if ivf:
+            index.add_with_ids(vectors, new_labels)
+        else:
+            index.add(vectors)
+    add = sorted(add)
+    ids = [i for i, k in zip(ids, keep) if k] + [new_ids[k] for k in add]
+    paths = [p for p, k in zip(paths, keep) if k] + columns.column("path").take(add).to_pylist()
+    digests = [s for s, k in zip(sha, keep) if k] + [new_sha[k] for k in add]
+    labels = np.concatenate([labels[keep], new_labels]) if ivf else np.arange(len(ids), dtype=np.int64)
+    where = np.array([now[i] for i in ids], np.int64) if ids else np.zeros(0, np.int64)
+    meta = {**meta, "count": len(ids), "generation": manifest.generation, "input_fingerprint": manifest.input_fingerprint,
+            "next_label": int(meta["next_label"] + len(add)), "shards": parts,
+            "updated_s": round(time.perf_counter() - started, 2)}
+    _publish(folder, index, meta, ids, paths, digests, part_of[where].astype(np.int32), row_of[where], labels)
+    return {**meta, "action": f"updated in place to generation {manifest.generation} ({len(add)} added, {removed} "
+                              f"removed)", "added": len(add), "removed": removed}
+
+
+def _vectors_of(folder: Store, manifest: Manifest, layer: str, rows: list[tuple[str, int]]) -> np.ndarray:
+    """The L2-normalized vectors of ``rows`` ((shard name, row)), read shard by shard."""
+    dim = manifest.dims[layer]
+    out = np.empty((len(rows), dim), np.float32)
+    by_part: dict[str, list[tuple[int, int]]] = {}
+    for at, (name, row) in enumerate(rows):
+        by_part.setdefault(name, []).append((at, row))
+    for name, wanted in by_part.items():
+        column = open_parquet(folder, folder.path(name)).read(columns=[layer]).column(layer)
+        taken = column.take([r for _, r in wanted]).combine_chunks()
+        out[[at for at, _ in wanted]] = taken.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+    return _l2_normalize(out)
 
 
 def local_folder(store: Store) -> Path:
@@ -142,6 +274,12 @@ class LoadedIndex:
     store: Store | None = None  # where the output folder lives (its shards are read from there)
     shard_of: np.ndarray | None = None  # each index row's shard (into meta["shards"]) and row in it
     row_in_shard: np.ndarray | None = None
+    sha256: list[str | None] | None = None  # each row's image bytes' hash (exact duplicates of a query)
+    labels: np.ndarray | None = None  # each row's FAISS label, where they are not the positions (an updated IVF)
+
+    @property
+    def generation(self) -> int:
+        return int(self.meta.get("generation") or 0)
 
     @property
     def location(self) -> str:
@@ -171,9 +309,40 @@ class LoadedIndex:
         if table.num_rows != meta["count"]:  # a copy taken while another process rewrote the index
             raise FolderError(f"the index at {store} is being rewritten (its files disagree); retry in a moment")
         located = "shard" in table.column_names and "shards" in meta  # indexes built before rows were located lack them
+        names = table.column_names
+        labels = table.column("label").to_numpy() if "label" in names else None
+        if labels is not None and np.array_equal(labels, np.arange(len(labels))):
+            labels = None  # the positions
         return cls(folder, manifest, meta, index, table.column("id").to_pylist(), table.column("path").to_pylist(),
                    store, table.column("shard").to_numpy() if located else None,
-                   table.column("row").to_numpy() if located else None)
+                   table.column("row").to_numpy() if located else None,
+                   table.column("sha256").to_pylist() if "sha256" in names else None, labels)
+
+    @cached_property
+    def _label_order(self) -> np.ndarray:
+        return np.argsort(self.labels, kind="stable")
+
+    def rows_of_labels(self, labels: np.ndarray) -> np.ndarray:
+        """Positions in :attr:`ids` of FAISS labels (-1 stays -1)."""
+        if self.labels is None:
+            return labels
+        order = self._label_order
+        at = np.searchsorted(self.labels, labels, sorter=order)
+        at = np.clip(at, 0, len(order) - 1)
+        rows = order[at]
+        return np.where((labels >= 0) & (self.labels[rows] == labels), rows, -1)
+
+    @cached_property
+    def _by_hash(self) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for row, digest in enumerate(self.sha256 or []):
+            if digest is not None:
+                out.setdefault(digest, []).append(row)
+        return out
+
+    def same_bytes(self, digest: str) -> list[int]:
+        """Rows whose image has exactly these bytes (sha256)."""
+        return self._by_hash.get(digest, [])
 
     @cached_property
     def _positions(self) -> dict[str, int]:
@@ -191,7 +360,8 @@ class LoadedIndex:
         object storage. Indexes made before the rows' locations were recorded fall back to a filtered scan."""
         row = self.row_of(item_id)
         try:
-            return np.asarray(self.index.reconstruct(row)).reshape(1, -1)
+            label = int(self.labels[row]) if self.labels is not None else row
+            return np.asarray(self.index.reconstruct(label)).reshape(1, -1)
         except RuntimeError:
             pass
         import pyarrow.parquet as pq
@@ -215,13 +385,17 @@ class LoadedIndex:
             offset -= rows
         raise EmbedJobError(f"{item_id!r}: its shard has fewer rows than the index recorded; rebuild the index")
 
-    def search(self, vector: np.ndarray, k: int, exclude: str | None = None) -> list[dict[str, Any]]:
-        """Top ``k`` by cosine; ``exclude`` drops that id (a query by id does not find itself)."""
+    def search(self, vector: np.ndarray, k: int, exclude: str | None = None,
+               min_score: float | None = None) -> list[dict[str, Any]]:
+        """Top ``k`` by cosine; ``exclude`` drops that id (a query by id does not find itself); ``min_score``
+        keeps only results at or above it."""
         x = _l2_normalize(vector.reshape(1, -1))
-        scores, rows = self.index.search(x, k + (1 if exclude is not None else 0))
+        scores, labels = self.index.search(x, k + (1 if exclude is not None else 0))
         results = []
-        for score, row in zip(scores[0], rows[0]):
+        for score, row in zip(scores[0], self.rows_of_labels(labels[0])):
             if row < 0 or (exclude is not None and self.ids[row] == exclude):
                 continue
+            if min_score is not None and score < min_score:
+                break  # descending
             results.append({"id": self.ids[row], "path": self.paths[row], "score": float(score)})
         return results[:k]

@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -29,10 +29,25 @@ from service.embed.ray_engine import run_ray
 from service.runtime.factory import build_streamed_backend, resolve_for_backend
 from service.runtime.onnx import onnx_path
 from service.runtime.settings import RuntimeSettings
-from storage.folder import Manifest, ShardRows, mark_done, plan_shards, prepare_folder, write_shard
+from storage.changes import Changes, plan_changes
+from storage.errors import FolderError
+from storage.folder import (
+    KEEP_GENERATIONS,
+    MANIFEST,
+    SETTINGS_FIELDS,
+    Manifest,
+    ShardRows,
+    clear_outputs,
+    commit_generation,
+    mark_done,
+    plan_shards,
+    prepare_folder,
+    rewrite_shard,
+    write_shard,
+)
 from storage.location import shown
 from storage.lock import LOCK_TTL_S, folder_lock
-from storage.sources import ImageSource, open_source
+from storage.sources import ImageSource, SubsetSource, open_source
 from storage.store import Store
 
 logger = logging.getLogger(__name__)
@@ -61,6 +76,9 @@ class EmbedSettings:
     image_column: str | None = None  # Parquet with the image bytes inside
     id_column: str | None = None
     overwrite: bool = False
+    dry_run: bool = False  # plan only: what would be added, embedded again and dropped
+    keep_generations: int = KEEP_GENERATIONS  # generations whose shards stay (readers one behind find theirs)
+    update_index: bool = True  # an index the folder has follows each new generation
     # fsspec options for URLs of --input and --output (endpoint_url, anon, ...): never logged nor recorded
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
     break_lock: bool = False
@@ -82,6 +100,8 @@ class EmbedSettings:
             raise EmbedJobError(f"unknown engine {self.engine!r}; accepted: local, ray")
         if self.batch_size <= 0:
             raise EmbedJobError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.keep_generations < 1:
+            raise EmbedJobError(f"--keep-generations must be >= 1, got {self.keep_generations}")
 
 
 def build_manifest(settings: EmbedSettings, resolved: ResolvedModel, source: ImageSource, outputs: list[str]) -> Manifest:
@@ -99,8 +119,7 @@ def build_manifest(settings: EmbedSettings, resolved: ResolvedModel, source: Ima
                     normalize=settings.normalize, dtype=settings.dtype, dims=dims,
                     preprocessing=config.to_dict()["preprocessing"], input=shown(settings.input),
                     input_kind=source.kind, input_fingerprint=source.fingerprint(), input_count=len(source),
-                    shard_size=settings.shard_size, shards=plan_shards(len(source), settings.shard_size),
-                    source_options=settings.source_options())
+                    shard_size=settings.shard_size, source_options=settings.source_options())
 
 
 @dataclass
@@ -117,14 +136,40 @@ class JobSummary:
     output: str = ""
     engine: str = "local"
     error_examples: list[str] = field(default_factory=list)
+    generation: int = 0  # the folder's generation after the run (the one it committed, or the one it found)
+    base_generation: int = 0  # the generation it built on (0: a first run)
+    changes: dict[str, int] = field(default_factory=dict)  # added, changed, gone, dropped, unchanged, compared
+    changed_ids: dict[str, list[str]] = field(default_factory=dict)  # a dry run: a few ids of each kind
+    up_to_date: bool = False  # nothing to do: the input is the one the generation was made from
+    dry_run: bool = False
+    index: str = ""  # what happened to the folder's index (updated in place, rebuilt and why, or nothing)
 
     def line(self) -> str:
+        if self.dry_run:
+            if self.up_to_date:
+                return f"dry run: generation {self.generation} is up to date with its input; nothing to do"
+            c = self.changes
+            if not self.base_generation:
+                return (f"dry run: a first run would embed {c['embed']} images in {self.shards_total} shards "
+                        f"into {self.output}")
+            return (f"dry run: generation {self.generation} (on {self.base_generation}) would add {c['added']}, embed "
+                    f"again {c['changed']} changed, drop {c['dropped']} rows ({c['gone']} gone) and keep "
+                    f"{c['unchanged']} ({c['compared']} files read to compare their bytes): {c['embed']} images to "
+                    f"embed in {self.shards_total} shards, {c['rewritten_shards']} shards written again without "
+                    f"their dropped rows, {c['removed_shards']} removed")
+        if self.up_to_date:
+            return f"up to date: generation {self.generation} already holds this input; nothing to do ({self.output})"
         rate = self.images / self.seconds if self.seconds > 0 else 0.0
-        state = "interrupted at a shard boundary; rerun the same command to resume" if self.interrupted else "done"
+        state = ("interrupted at a shard boundary; rerun the same command to resume" if self.interrupted else
+                 f"generation {self.generation} committed")
+        change = "" if not self.base_generation else (
+            f" [append to generation {self.base_generation}: {self.changes['added']} added, {self.changes['changed']} "
+            f"changed, {self.changes['gone']} gone, {self.changes['unchanged']} unchanged]")
+        index = f"; index {self.index}" if self.index else ""
         return (f"{state}: {self.images} images ({self.errors} errors) in {self.shards_written} new shards "
                 f"({self.shards_skipped} already done, {self.shards_total} in the plan), {self.seconds:.1f} s, "
                 f"{rate:.1f} images/s (start-up {self.startup_s:.1f} s, then {self.steady_images_per_s:.1f} "
-                f"images/s), engine {self.engine}, output {self.output}")
+                f"images/s), engine {self.engine}, output {self.output}{change}{index}")
 
 
 class Progress:
@@ -242,40 +287,161 @@ def run_job(settings: EmbedSettings) -> JobSummary:
     return _run_job(settings, runtime, resolved, out, source, backend, started)
 
 
+def _committed(out: Store, fresh: Manifest, overwrite: bool) -> Manifest | None:
+    """The folder's committed generation, when the run builds on it: other settings are refused (or, with
+    ``--overwrite``, the folder is cleared and the run starts over)."""
+    try:
+        committed = Manifest.load(out)
+    except FolderError:
+        if out.exists(MANIFEST):  # an older format, unfinished
+            if not overwrite:
+                raise
+            committed = None
+        else:
+            return None
+    diffs = committed.differences(fresh, SETTINGS_FIELDS) if committed is not None else ["an unreadable manifest"]
+    if diffs and not overwrite:
+        raise FolderError(f"{out} holds embeddings made with other settings (" + "; ".join(diffs) + "); an append "
+                          "needs the same model, layers, pooling, normalize, dtype, preprocessing and input; use "
+                          "another --output, or pass --overwrite to start over")
+    if diffs:
+        logger.warning("--overwrite: removing the previous run's shards, index and curation in %s", out)
+        clear_outputs(out)
+        return None
+    return committed
+
+
+def _plan(out: Store, fresh: Manifest, committed: Manifest | None, source: ImageSource,
+          settings: EmbedSettings) -> tuple[Manifest, Changes | None]:
+    """The pending generation's manifest: a first run embeds every image; an append the new and changed ones."""
+    if committed is None:
+        changes = None
+        generation, count = 1, len(source)
+        work = {"digest": source.fingerprint(), "rewrites": [], "removed_parts": []}
+        counts = {"added": len(source), "changed": 0, "gone": 0, "dropped": 0, "unchanged": 0, "compared": 0}
+    else:
+        generation = committed.generation + 1
+        changes = plan_changes(out, committed, source, generation)
+        count = len(changes.work)
+        work = {"digest": changes.digest(source.item_id), "rewrites": changes.rewrites,
+                "removed_parts": changes.removed_parts}
+        counts = changes.counts()
+    counts["embed"] = count
+    pending = replace(fresh, generation=generation, base_generation=committed.generation if committed else 0,
+                      shards=plan_shards(count, settings.shard_size, generation), work=work, changes=counts)
+    return pending, changes
+
+
 def _run_job(settings: EmbedSettings, runtime: RuntimeSettings, resolved: ResolvedModel, out: Store,
              source: ImageSource, backend, started: float) -> JobSummary:
+    outputs = serving_outputs(resolved.config.stem, resolved.config.input_size)
+    fresh = build_manifest(settings, resolved, source, outputs)
+    summary = JobSummary(output=str(out), engine=settings.engine, dry_run=settings.dry_run)
+    if settings.dry_run:  # reads only: no lock, nothing written
+        committed = _committed_for_dry_run(out, fresh)
+        return _dry_run(out, fresh, committed, source, settings, summary)
     with folder_lock(out, break_lock=settings.break_lock, ttl_s=settings.lock_ttl_s), StopFlag() as stop:
-        # what every backend outputs for this model (the serving graph's outputs): no backend is loaded just to plan
-        outputs = serving_outputs(resolved.config.stem, resolved.config.input_size)
-        manifest = build_manifest(settings, resolved, source, outputs)
-        todo = prepare_folder(out, manifest, settings.overwrite)
-        summary = JobSummary(shards_total=manifest.shard_count, shards_skipped=manifest.shard_count - len(todo),
-                             output=str(out), engine=settings.engine)
-        shards = [manifest.shards[i] for i in todo]
-        done_images = manifest.input_count - sum(s["stop"] - s["start"] for s in shards)
-        logger.info("%d images in %d shards of %d; %d shards to do (%d done before); model %s @ %s, layers %s, "
-                    "pooling %s, engine %s", manifest.input_count, manifest.shard_count, manifest.shard_size,
-                    len(shards), summary.shards_skipped, manifest.model_id, manifest.revision,
-                    ",".join(manifest.layers), manifest.pooling, settings.engine)
-        bar = Progress(manifest.input_count, done_images, settings.progress)
-        writer = ShardWriter(out, manifest)
+        committed = _committed(out, fresh, settings.overwrite)
+        if committed is not None and committed.input_fingerprint == fresh.input_fingerprint \
+                and Manifest.load_pending(out) is None:
+            summary.generation, summary.up_to_date = committed.generation, True
+            summary.index = _follow_index(out, committed, settings)
+            summary.seconds = time.perf_counter() - started
+            return summary
+        pending, changes = _plan(out, fresh, committed, source, settings)
+        if changes is not None and changes.empty:
+            # the listing changed (a touched file) but no image did: nothing to commit
+            logger.info("the input's listing changed but no image did (%s)", changes.summary())
+            summary.generation, summary.up_to_date = committed.generation, True
+            summary.seconds = time.perf_counter() - started
+            return summary
+        work_source = source if changes is None else SubsetSource(source, changes.work)
+        todo = prepare_folder(out, pending)
+        summary.generation, summary.base_generation, summary.changes = (pending.generation, pending.base_generation,
+                                                                        pending.changes)
+        summary.shards_total, summary.shards_skipped = pending.shard_count, pending.shard_count - len(todo)
+        if changes is not None:
+            logger.info("append to generation %d: %s", committed.generation, changes.summary())
+        _rewrite(out, pending, committed)
+        shards = [pending.shards[i] for i in todo]
+        done_images = len(work_source) - sum(s["stop"] - s["start"] for s in shards)
+        logger.info("generation %d: %d images to embed in %d shards of %d; %d shards to do (%d done before); model "
+                    "%s @ %s, layers %s, pooling %s, engine %s", pending.generation, len(work_source),
+                    pending.shard_count, pending.shard_size, len(shards), summary.shards_skipped, pending.model_id,
+                    pending.revision, ",".join(pending.layers), pending.pooling, settings.engine)
+        bar = Progress(len(work_source), done_images, settings.progress)
+        writer = ShardWriter(out, pending)
         try:
             if settings.engine == "local" and shards:
-                run_local(settings, source, manifest, resolved, backend, shards, writer, bar, stop)
+                run_local(settings, work_source, pending, resolved, backend, shards, writer, bar, stop)
             elif shards:
                 if runtime.backend == "onnx":  # export a missing graph once here, not in every actor at once
                     onnx_path(resolved, "fp32")
-                run_ray(settings, runtime, manifest, source, out, shards, writer, bar, stop)
+                run_ray(settings, runtime, pending, work_source, out, shards, writer, bar, stop)
         finally:
             writer.close()
             bar.close()
         summary.shards_written, summary.images, summary.errors = writer.shards, writer.images, writer.errors
         summary.error_examples = writer.error_examples
-        summary.interrupted = stop.stopped and summary.shards_written + summary.shards_skipped < manifest.shard_count
+        summary.interrupted = stop.stopped and summary.shards_written + summary.shards_skipped < pending.shard_count
+        if not summary.interrupted:
+            committed = commit_generation(out, pending, keep=settings.keep_generations)
+            logger.info("generation %d committed: %d rows in %d shards", committed.generation, committed.rows,
+                        len(committed.parts))
+            summary.index = _follow_index(out, committed, settings)
     ended = time.perf_counter()
     summary.seconds = ended - started
     if bar.first_at is not None:
         summary.startup_s = bar.first_at - started
         if ended > bar.first_at:
             summary.steady_images_per_s = (bar.count - bar.first_count) / (ended - bar.first_at)
+    return summary
+
+
+def _rewrite(out: Store, pending: Manifest, committed: Manifest | None) -> None:
+    """The shards that lose rows, written again without them (before the new images: no decode, seconds)."""
+    if not pending.work.get("rewrites"):
+        return
+    done = set(out.names("part-*.done"))
+    rows = {p["name"]: int(p["rows"]) for p in committed.parts}
+    for rewrite in pending.work["rewrites"]:
+        if rewrite["name"][:-len(".parquet")] + ".done" in done:
+            continue
+        drop = set(rewrite["drop"])
+        rewrite_shard(out, rewrite["from"], rewrite["name"], [r for r in range(rows[rewrite["from"]]) if r not in drop])
+
+
+def _follow_index(out: Store, committed: Manifest, settings: EmbedSettings) -> str:
+    """Bring the folder's index (if it has one) to the committed generation: in place where the index type
+    allows, else rebuilt; what was done, in words."""
+    from service.embed.index import has_index, update_index
+
+    if not settings.update_index or not has_index(out):
+        return ""
+    return update_index(out)["action"]
+
+
+def _committed_for_dry_run(out: Store, fresh: Manifest) -> Manifest | None:
+    try:
+        committed = Manifest.load(out)
+    except FolderError:
+        return None
+    diffs = committed.differences(fresh, SETTINGS_FIELDS)
+    if diffs:
+        raise FolderError(f"{out} holds embeddings made with other settings (" + "; ".join(diffs) + "); a run "
+                          "would be refused (--overwrite starts over)")
+    return committed
+
+
+def _dry_run(out: Store, fresh: Manifest, committed: Manifest | None, source: ImageSource, settings: EmbedSettings,
+             summary: JobSummary) -> JobSummary:
+    if committed is not None and committed.input_fingerprint == fresh.input_fingerprint:
+        summary.generation, summary.up_to_date = committed.generation, True
+        return summary
+    pending, changes = _plan(out, fresh, committed, source, settings)
+    summary.generation, summary.base_generation = pending.generation, pending.base_generation
+    summary.changes, summary.shards_total = pending.changes, pending.shard_count
+    if changes is not None:
+        summary.up_to_date = changes.empty
+        summary.changed_ids = {"added": changes.added[:10], "changed": changes.changed[:10], "gone": changes.gone[:10]}
     return summary

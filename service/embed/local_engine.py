@@ -20,7 +20,7 @@ from storage.sources import ImageSource
 
 
 def run_local(settings: Any, source: ImageSource, manifest: Manifest, resolved: ResolvedModel, backend: Backend,
-              shards: list[dict[str, int]], writer: Any, bar: Any, stop: Any) -> None:
+              shards: list[dict[str, Any]], writer: Any, bar: Any, stop: Any) -> None:
     """Embed ``shards`` (``settings``: the job's ``EmbedSettings``; ``writer``, ``bar``, ``stop``: its shard
     writer, progress bar and stop flag)."""
     workers = settings.workers or max(2, usable_cpus())

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -143,7 +144,7 @@ def _remote_read_ahead(source: ImageSource, config: ModelConfig, pool: Executor,
         reader.shutdown(wait=False, cancel_futures=True)
 
 
-def embed_shard(source: ImageSource, manifest: Manifest, config: ModelConfig, backend: Backend, shard: dict[str, int],
+def embed_shard(source: ImageSource, manifest: Manifest, config: ModelConfig, backend: Backend, shard: dict[str, Any],
                 pool: Executor, *, batch_size: int, max_pixels: int,
                 on_images: Callable[[int], None] | None = None, decoded: Iterator[Decoded] | None = None) -> ShardRows:
     """Embed the items ``shard["start"]:shard["stop"]`` of ``source`` in order (``decoded``: a ``read_ahead``
@@ -187,4 +188,5 @@ def embed_shard(source: ImageSource, manifest: Manifest, config: ModelConfig, ba
             flush()
     flush()
     return ShardRows(shard["index"], [source.item_id(i) for i in range(start, stop)],
-                     [source.item_path(i) for i in range(start, stop)], errors, vectors, digests)
+                     [source.item_path(i) for i in range(start, stop)], errors, vectors, digests,
+                     [source.item_version(i) for i in range(start, stop)], shard.get("name", ""))

@@ -59,14 +59,14 @@ class ShardWorker:
         self.pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="byol-decode")
         self.batch_size, self.max_pixels = batch_size, max_pixels
 
-    def embed(self, shard: dict[str, int]) -> dict[str, Any]:
+    def embed(self, shard: dict[str, Any]) -> dict[str, Any]:
         """Embed and write one shard; only its acknowledgement (index, rows, errors) goes back to the driver."""
         rows = embed_shard(self.source, self.manifest, self.resolved.config, self.backend, shard, self.pool,
                            batch_size=self.batch_size, max_pixels=self.max_pixels)
         return write_shard(self.store, self.manifest, rows, mark=False)
 
 
-def run_ray(settings: Any, runtime: RuntimeSettings, manifest: Manifest, source: Any, store: Any, shards: list[dict[str, int]],
+def run_ray(settings: Any, runtime: RuntimeSettings, manifest: Manifest, source: Any, store: Any, shards: list[dict[str, Any]],
             writer: Any, bar: Any, stop: Any) -> None:
     import ray
 
@@ -78,7 +78,7 @@ def run_ray(settings: Any, runtime: RuntimeSettings, manifest: Manifest, source:
             ray.shutdown()
 
 
-def _run_pool(settings: Any, runtime: RuntimeSettings, manifest: Manifest, source: Any, store: Any, shards: list[dict[str, int]],
+def _run_pool(settings: Any, runtime: RuntimeSettings, manifest: Manifest, source: Any, store: Any, shards: list[dict[str, Any]],
               writer: Any, bar: Any, stop: Any) -> None:
     import ray
     from ray.util import ActorPool

@@ -126,7 +126,7 @@ def test_killed_run_on_s3_resumes_to_the_uninterrupted_result(trained_model, pho
     assert 3 <= len(done_before) < 30 and s3.fs.exists("bkt/killed/.lock")  # a dead run's lock stays behind
     capsys.readouterr()
     assert main(args) == 0  # the dead run's lock is taken over: its process is gone from this host
-    assert "done: " in capsys.readouterr().out
+    assert "generation 1 committed: " in capsys.readouterr().out
     assert main(settings(trained_model, "s3://bkt/many", str(tmp_path / "reference"), *s3.option)) == 0
     resumed, names = table_of(s3, "bkt/killed")
     reference, ref_names = local_table(tmp_path / "reference")
@@ -145,7 +145,7 @@ def test_a_live_runs_lock_is_refused_and_break_lock_takes_it(trained_model, on_s
     err = capsys.readouterr().err
     assert "another byol-embed run holds s3://bkt/emb/.lock" in err and "--break-lock" in err
     assert main([*args, "--break-lock"]) == 0
-    assert "6 already done" in capsys.readouterr().out and not s3.fs.exists(f"{on_s3}/.lock")
+    assert "generation 1 already holds this input" in capsys.readouterr().out and not s3.fs.exists(f"{on_s3}/.lock")
 
 
 def test_index_search_curation_and_the_server_on_a_remote_folder(on_s3, on_disk, trained_model, images, s3,
@@ -267,7 +267,7 @@ def test_ray_actors_write_the_local_engines_shards_and_the_driver_gets_no_vector
     assert summary.shards_written == 6 and summary.engine == "ray"
     # what reached the driver: one small acknowledgement per shard, no vectors
     assert sorted(a["index"] for a in received) == list(range(6))
-    assert all(set(a) == {"index", "rows", "errors", "error_examples"} for a in received)
+    assert all(set(a) == {"index", "name", "rows", "errors", "error_examples"} for a in received)
     assert max(len(pickle.dumps(a)) for a in received) < 2048
     ray_table, names = table_of(s3, "bkt/ray-emb")
     local_table_, local_names = table_of(s3, on_s3)
@@ -365,7 +365,7 @@ def test_two_writers_on_s3_one_refused_then_one_taken_over_and_the_loser_stops(t
         code = first.wait(timeout=180)
     printed = log.read_text()
     assert code == 2 and "no longer holds s3://bkt/race/.lock (another run took the lock over)" in printed, printed[-2000:]
-    assert "done: " not in printed  # it did not write on to the end
+    assert "committed" not in printed  # it did not write on to the end
     _assert_complete_as_on_disk(trained_model, data, "bkt/race", tmp_path, s3)
     assert not s3.fs.exists("bkt/race/.lock")
 
