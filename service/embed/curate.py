@@ -5,6 +5,8 @@
     emb/curation/outliers.parquet       id, path, score (1 - mean cosine to the k nearest non-duplicates),
                                         percentile, rank, kind embedded|broken, error
     emb/curation/nn_similarity.json     the histogram of nearest-neighbour cosines (to choose a threshold)
+    emb/curation/duplicates.json, outliers.json   each result's summary, with the folder's generation it was made
+                                        from (a later generation makes it stale: the page and the API say so)
     emb/curation/keep.txt, remove.txt   with --write-lists: representatives + singletons, and the rest
 
 Near duplicates come from a kNN graph over one layer (cosine on L2-normalized vectors; FAISS: exact
@@ -33,7 +35,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from service.embed.errors import EmbedJobError
-from service.embed.index import TRAIN_PER_LIST, faiss_module
+from service.embed.index import DEFAULT_THRESHOLD, TRAIN_PER_LIST, faiss_module
 from storage.folder import Manifest, Rows, load_rows, write_table
 from storage.sources import open_source
 from storage.store import as_store
@@ -45,9 +47,6 @@ DUPLICATES_FILE = "duplicates.parquet"
 OUTLIERS_FILE = "outliers.parquet"
 HISTOGRAM_FILE = "nn_similarity.json"
 EXACT_LIMIT = 50_000  # exact kNN up to this many vectors; IVF beyond
-# The default near-duplicate threshold: measured on the README's fixture (copies of real photos re-encoded at
-# JPEG quality 20, halved, cropped to 90 %, brightness +-10 %, mixed with distinct photos), see the README.
-DEFAULT_THRESHOLD = 0.86
 BLOCK = 4096  # queries per FAISS call
 
 
@@ -286,7 +285,8 @@ def dedup(folder: str | Path, *, layer: str = "avgpool", threshold: float = DEFA
     nearest = sims[:, 0] if n > 1 else np.zeros(0, np.float32)
     hist = histogram(nearest)
     remove = {r["row"] for r in records if r["row"] != r["representative"]}  # all but each group's representative
-    summary = {"layer": layer, "threshold": threshold, "k": k, "images": len(rows.ids), "embedded": n,
+    summary = {"layer": layer, "threshold": threshold, "k": k, "generation": manifest.generation,
+               "images": len(rows.ids), "embedded": n,
                "groups": group_no, "in_groups": len(records), "removable": len(remove),
                "exact_copies": sum(1 for r in records if r["kind"] == "exact" and r["row"] in remove),
                "hashes_recomputed": recomputed, "search": info, "seconds": round(time.perf_counter() - started, 2)}
@@ -335,10 +335,13 @@ def outliers(folder: str | Path, *, layer: str = "avgpool", k: int = 10, thresho
         "kind": pa.array(["embedded"] * n + ["broken"] * len(broken), pa.string()),
         "error": pa.array([None] * n + [rows.errors[i] for i in broken], pa.string()),
     })
-    write_table(folder.child(CURATION_DIR), OUTLIERS_FILE, table)
+    out = folder.child(CURATION_DIR)
+    write_table(out, OUTLIERS_FILE, table)
     top = [{"id": rows.ids[int(rows.embedded[i])], "score": round(float(score[i]), 4)} for i in ranking[:10]]
-    return {"layer": layer, "k": k, "images": len(rows.ids), "embedded": n, "broken": len(broken), "search": info,
-            "top": top, "broken_ids": [rows.ids[i] for i in broken][:10]}
+    summary = {"layer": layer, "k": k, "threshold": threshold, "generation": manifest.generation,
+               "images": len(rows.ids), "embedded": n, "broken": len(broken), "search": info}
+    out.write_text("outliers.json", json.dumps(summary, indent=1) + "\n")
+    return {**summary, "top": top, "broken_ids": [rows.ids[i] for i in broken][:10]}
 
 
 def _bar(total: int, desc: str, enabled: bool):

@@ -46,6 +46,10 @@ TRAIN_PER_LIST = 39  # FAISS warns below ~39 training points per IVF list
 # an IVF index is rebuilt once its set has grown past this many times the vectors its quantizer was trained on:
 # the lists were placed for the old distribution and grow unbalanced (longer scans, lower recall at one nprobe)
 GROWTH_LIMIT = 2.0
+# The cosine at or above which two images are near duplicates (dedup, leaks, /search's duplicate check): measured on
+# the README's fixture (copies of real photos re-encoded at JPEG quality 20, halved, cropped to 90 %, brightness
+# +-10 %, mixed with distinct photos), see the README.
+DEFAULT_THRESHOLD = 0.86
 
 
 def faiss_module():
@@ -317,6 +321,14 @@ class LoadedIndex:
                    store, table.column("shard").to_numpy() if located else None,
                    table.column("row").to_numpy() if located else None,
                    table.column("sha256").to_pylist() if "sha256" in names else None, labels)
+
+    def curation_summary(self, name: str) -> dict[str, Any]:
+        """A curation result's summary (``curation/duplicates.json``...) beside the served index; {} if none."""
+        path = self.folder / "curation" / name
+        try:
+            return json.loads(path.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
 
     @cached_property
     def _label_order(self) -> np.ndarray:

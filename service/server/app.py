@@ -23,11 +23,11 @@ from service.runtime.batcher import Batcher
 from service.runtime.factory import build_planned_backend, inference_plan, resolve_for_backend
 from service.server.admission import announced_length
 from service.server.errors import DrainingError, ServiceError, error_response, install_error_handlers
+from service.server.index_watch import IndexWatcher
 from service.server.routes import KNOWN_ROUTES, PROBES, ROUTERS, WORK_ROUTES
 from service.server.routes.search import open_search_index
 from service.server.settings import ServiceSettings
 from service.server.state import ServiceState
-from service.server.thumbs import Thumbnails
 
 logger = logging.getLogger("service")
 access_log = logging.getLogger("service.access")
@@ -123,8 +123,9 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
         state.backend = backend or await asyncio.to_thread(build_planned_backend, resolved, settings, plan)
         await asyncio.to_thread(state.backend.warmup, resolved.config.input_size)
         if settings.index:
-            state.search_index = await asyncio.to_thread(open_search_index, settings, resolved, state.backend.outputs)
-            state.thumbnails = Thumbnails(state.search_index, max_pixels=settings.max_pixels)
+            outputs = state.backend.outputs
+            state.index_watch = IndexWatcher(state, lambda: open_search_index(settings, resolved, outputs))
+            await state.index_watch.start()
         state.batcher = Batcher(state.backend, max_batch_size=settings.max_batch_size,
                                    max_wait_ms=settings.max_wait_ms, queue_size=settings.queue_size,
                                    on_batch=state.metrics.observe_batch, streams=plan.streams)
@@ -139,6 +140,8 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
                     plan.threads_per_stream, resolved.config.architecture, resolved.folder, demo)
         yield
         state.ready = False
+        if state.index_watch is not None:
+            await state.index_watch.stop()
         await state.batcher.stop()
         state.decode_pool.shutdown(wait=False)
         state.lookup_pool.shutdown(wait=False)

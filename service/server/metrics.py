@@ -21,6 +21,16 @@ class Metrics:
         self.images = Counter("byol_images_embedded_total", "images embedded", registry=self.registry)
         self.decode_errors = Counter("byol_decode_errors_total", "images refused at decoding", registry=self.registry)
         self.searches = Counter("byol_searches_total", "nearest-neighbour queries answered", registry=self.registry)
+        self.duplicate_checks = Counter("byol_duplicate_checks_total", "/search duplicates=true queries, by whether "
+                                        "the image was already in the set", ["found"], registry=self.registry)
+        self.index_generation = Gauge("byol_index_generation", "the embedding folder's generation being served",
+                                      registry=self.registry)
+        self.index_switches = Counter("byol_index_switches_total", "switches to a new generation of the index",
+                                      registry=self.registry)
+        self.index_switch_seconds = Gauge("byol_index_switch_seconds", "how long the last switch took, from noticing "
+                                          "the new generation to serving it", registry=self.registry)
+        self.index_poll_errors = Counter("byol_index_poll_errors_total", "failed checks or loads of a new index "
+                                         "generation (the old one goes on serving)", registry=self.registry)
 
     def observe_batch(self, size: int) -> None:
         self.batch_size.observe(size)

@@ -49,6 +49,11 @@ class SearchBody(BaseModel):
     image: str | None = Field(None, description="base64 image bytes or a data:image/...;base64, URI")
     id: str | None = Field(None, description="an id in the indexed set (its own row is left out of the results)")
     k: int | None = Field(None, description="number of results (default 10, capped by the server)")
+    min_score: float | None = Field(None, ge=-1.0, le=1.0, description="only results with a cosine at or above it "
+                                    "(default: none; with duplicates, the server's duplicate threshold)")
+    duplicates: bool | None = Field(None, description="is this image already in the set? Matches at or above the "
+                                    "duplicate threshold (or min_score), each marked exact (the same bytes, by "
+                                    "content hash) or near")
 
 
 MULTIPART_EMBED_SCHEMA: dict[str, Any] = {
@@ -92,17 +97,26 @@ class SearchResult(BaseModel):
     id: str
     score: float = Field(description="cosine similarity")
     path: str | None = Field(None, description="the stored path, when the server is set to return paths")
+    kind: Literal["exact", "near"] | None = Field(
+        None, description="with duplicates: exact (the same bytes as the query, by content hash) or near")
 
 
 class SearchResponse(BaseModel):
     model: str
     k: int
     results: list[SearchResult]
+    generation: int = Field(0, description="the generation of the embedding folder the answer comes from")
+    min_score: float | None = Field(None, description="the cosine the results were cut at (none: no cut)")
+    duplicate: bool | None = Field(None, description="with duplicates: whether the image is already in the set")
 
 
 class CurationAvailable(BaseModel):
     duplicates: bool = Field(description="the index folder has curation/duplicates.parquet (byol-embed dedup)")
     outliers: bool = Field(description="the index folder has curation/outliers.parquet (byol-embed outliers)")
+    leaks: bool = Field(False, description="the index folder has curation/leaks.parquet (byol-embed leaks)")
+    generation: int = Field(0, description="the generation of the embedding folder being served")
+    stale: dict[str, str] = Field(default_factory=dict, description="results made from an older generation than "
+                                  "the one served: name -> what to run again")
 
 
 class DuplicateMember(BaseModel):

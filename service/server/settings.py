@@ -61,6 +61,12 @@ class ServiceSettings(RuntimeSettings):
     search_max_k: int = Field(100, ge=1, description="the most results /search returns (larger k is capped)")
     search_return_paths: bool = Field(False, description="/search also returns each result's stored path (off: ids only)")
     search_nprobe: int | None = Field(None, ge=1, description="IVF lists probed per /search query (default: FAISS's)")
+    index_poll_s: float = Field(30.0, ge=0, description="how often the server checks --index for a new generation "
+                                "(a new index/index.json, on disk or object storage); a new one is loaded beside the "
+                                "served one and switched to in one step (0: never)")
+    duplicate_threshold: float | None = Field(
+        None, ge=-1.0, le=1.0, description="the cosine at which /search duplicates=true calls an image a duplicate "
+        "(default: the threshold of the folder's `byol-embed dedup`, else the measured 0.86)")
 
     @field_validator("api_keys")
     @classmethod

@@ -40,6 +40,7 @@ class ServiceState:
     search_index: Any = None  # service.embed.index.LoadedIndex when --index is set
     model_folder: Any = None  # the resolved model folder (its card for GET /)
     thumbnails: Any = None  # service.server.thumbs.Thumbnails of the search index (GET /thumb)
+    index_watch: Any = None  # service.server.index_watch.IndexWatcher: the index follows its folder's generations
     serving_unit: str | None = None  # one replica of several (Ray Serve): who this process is, for /metrics
     started: int = field(default_factory=lambda: int(time.time()))
     # sized from the CPUs this process may use (a container's quota), not the host's count

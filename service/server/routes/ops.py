@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from hub.layers import output_name
+from service.server.routes.search import duplicate_threshold
 from service.server.schemas import (
     HealthResponse,
     InfoResponse,
@@ -75,7 +76,9 @@ async def info(state: State, _: Auth) -> dict:
             "index": state.search_index.location, "layer": state.search_index.meta["layer"],
             "pooling": state.search_index.manifest.pooling, "count": state.search_index.meta["count"],
             "factory": state.search_index.meta["factory"], "max_k": s.search_max_k,
-            "returns_paths": s.search_return_paths},
+            "returns_paths": s.search_return_paths, "generation": state.search_index.generation,
+            "duplicate_threshold": duplicate_threshold(state.search_index, s),
+            "watch": state.index_watch.describe() if state.index_watch is not None else None},
     }
 
 

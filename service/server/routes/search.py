@@ -7,6 +7,7 @@ and pooling the server outputs: anything else is refused at start.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -16,7 +17,7 @@ from starlette.datastructures import UploadFile
 from hub.hub_io import ResolvedModel
 from hub.layers import output_name
 from service.embed.errors import EmbedJobError
-from service.embed.index import LoadedIndex
+from service.embed.index import DEFAULT_THRESHOLD, LoadedIndex
 from service.server.errors import ServiceError
 from service.server.pipeline import (
     NumpyJSONResponse,
@@ -69,6 +70,38 @@ def open_search_index(settings: ServiceSettings, resolved: ResolvedModel, output
     return index
 
 
+def _min_score(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        raise ServiceError(400, "invalid_parameter", f"min_score must be a cosine in [-1, 1], got {value!r}") from None
+    if not -1.0 <= score <= 1.0:
+        raise ServiceError(400, "invalid_parameter", f"min_score must be a cosine in [-1, 1], got {score}")
+    return score
+
+
+def _flag(value: Any, name: str) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ServiceError(400, "invalid_parameter", f"{name} must be true or false, got {value!r}")
+
+
+def _one(query: Any, body: Any, name: str, parse) -> Any:
+    """A parameter given in the query string or the body (the same value when both)."""
+    a, b = parse(query), parse(body)
+    if a is not None and b is not None and a != b:
+        raise ServiceError(400, "conflicting_parameters", f"{name} is {query} in the query string but {body} in the "
+                           "body")
+    return a if a is not None else b
+
+
 def _k(value: Any, state: ServiceState) -> int:
     if value is None:
         return 10
@@ -85,29 +118,36 @@ def _k(value: Any, state: ServiceState) -> int:
              response_model=SearchResponse, responses={**EMBED_ERRORS, **error_responses(404)},
              openapi_extra=request_body(json_model=SearchBody, multipart=MULTIPART_SEARCH_SCHEMA),
              description="multipart/form-data with one `image` file, or JSON `{image: base64}` or `{id: ...}`; "
-                         "`k` in the body or the query string (default 10, capped by the server's search_max_k).")
+                         "`k`, `min_score` and `duplicates` in the body or the query string (k: default 10, capped "
+                         "by the server's search_max_k). `duplicates=true` asks whether the image is already in the "
+                         "set: matches at or above the duplicate threshold (default: the measured dedup threshold), "
+                         "each marked `exact` (the same bytes, by content hash) or `near`.")
 async def search(request: Request, state: ReadyState, _: Auth,
-                 k: int | None = Query(None, description="number of results (default 10)")) -> NumpyJSONResponse:
-    index = state.search_index
+                 k: int | None = Query(None, description="number of results (default 10)"),
+                 min_score: float | None = Query(None, ge=-1.0, le=1.0,
+                                                 description="only results with a cosine at or above it"),
+                 duplicates: bool | None = Query(None, description="is the image already in the set (exact or near "
+                                                 "matches at or above the duplicate threshold)")) -> NumpyJSONResponse:
+    index = state.search_index  # taken once: a switch to a new generation never reaches a request in flight
     if index is None:
         raise ServiceError(404, "no_index", "this server has no index; start it with --index EMBEDDINGS_FOLDER "
                            "(made by `byol-embed run` and `byol-embed index`)")
     ctype = request.headers.get("content-type", "").lower()
-    item_id, blob, body_k = None, None, None
+    item_id, blob, body_k, body_min, body_dup = None, None, None, None, None
     if ctype.startswith("multipart/form-data"):
-        form = await read_form(request, max_files=2, max_fields=4)
-        unknown = sorted(key for key in form.keys() if key not in ("image", "k"))
+        form = await read_form(request, max_files=2, max_fields=6)
+        unknown = sorted(key for key in form.keys() if key not in ("image", "k", "min_score", "duplicates"))
         items = form.getlist("image")
         if unknown or len(items) != 1 or not isinstance(items[0], UploadFile):
             raise ServiceError(400, "invalid_image", "send exactly one file in an 'image' field" +
                                (f" (unknown fields {unknown})" if unknown else ""))
         blob = await items[0].read()
-        body_k = form.get("k")
+        body_k, body_min, body_dup = form.get("k"), form.get("min_score"), form.get("duplicates")
     elif ctype.startswith("application/json"):
         body = await read_json(request, SearchBody)
         if (body.image is None) == (body.id is None):
             raise ServiceError(400, "invalid_parameter", "give exactly one of 'image' (base64) and 'id'")
-        item_id, body_k = body.id, body.k
+        item_id, body_k, body_min, body_dup = body.id, body.k, body.min_score, body.duplicates
         if body.image is not None:
             blob = decode_base64_image(body.image, 0)
     else:
@@ -116,18 +156,53 @@ async def search(request: Request, state: ReadyState, _: Auth,
     if k is not None and body_k is not None and _k(body_k, state) != _k(k, state):
         raise ServiceError(400, "conflicting_parameters", f"k is {k} in the query string but {body_k} in the body")
     count = _k(k if k is not None else body_k, state)
+    want_duplicates = bool(_one(duplicates, body_dup, "duplicates", lambda v: _flag(v, "duplicates")))
+    cut = _one(min_score, body_min, "min_score", _min_score)
+    if want_duplicates and cut is None:
+        cut = duplicate_threshold(index, state.settings)
     layer = index.meta["layer"]
+    digest = None
     if item_id is not None:
         try:
             vector = await in_lookup_pool(state, request, index.vector_of, item_id)
         except (EmbedJobError, FolderError) as err:
             raise ServiceError(404, "unknown_id", str(err)) from None
+        if want_duplicates and index.sha256 is not None:
+            digest = index.sha256[index.row_of(item_id)]
     else:
         rows = await embed_blobs(state, request, [blob])
         vector = np.asarray(rows[0][output_name(layer, index.manifest.pooling)], np.float32)
-    results = await in_lookup_pool(state, request, index.search, vector, count, item_id)
+        digest = hashlib.sha256(blob).hexdigest() if want_duplicates else None
+    results = await in_lookup_pool(state, request, index.search, vector, count, item_id, cut)
     state.metrics.searches.inc()
     keys = ("id", "path") if state.settings.search_return_paths else ("id",)
+    body: dict[str, Any] = {"model": state.model_id, "k": count, "generation": index.generation, "min_score": cut}
+    if want_duplicates:
+        results = _with_kinds(index, results, digest, item_id, count)
+        body["duplicate"] = bool(results)
+        state.metrics.duplicate_checks.labels("yes" if results else "no").inc()
     # scores are FAISS's float32: written as the shortest text that gives back that float32
-    results = [{**{key: r[key] for key in keys}, "score": np.float32(r["score"])} for r in results]
-    return NumpyJSONResponse({"model": state.model_id, "k": count, "results": results})
+    body["results"] = [{**{key: r[key] for key in keys}, "score": np.float32(r["score"]),
+                        **({"kind": r["kind"]} if "kind" in r else {})} for r in results]
+    return NumpyJSONResponse(body)
+
+
+def duplicate_threshold(index: LoadedIndex, settings: ServiceSettings) -> float:
+    """The cosine at which /search calls two images duplicates: the server's setting, else the threshold the
+    folder's own ``byol-embed dedup`` used, else the measured default."""
+    if settings.duplicate_threshold is not None:
+        return settings.duplicate_threshold
+    return float(index.curation_summary("duplicates.json").get("threshold", DEFAULT_THRESHOLD))
+
+
+def _with_kinds(index: LoadedIndex, results: list[dict[str, Any]], digest: str | None, item_id: str | None,
+                count: int) -> list[dict[str, Any]]:
+    """Matches marked exact (the same bytes: found by content hash even where the kNN list missed them) or near."""
+    exact = [row for row in (index.same_bytes(digest) if digest else []) if index.ids[row] != item_id]
+    exact_ids = {index.ids[row] for row in exact}
+    out = [{**r, "kind": "exact" if r["id"] in exact_ids else "near"} for r in results]
+    listed = {r["id"] for r in out}
+    out += [{"id": index.ids[row], "path": index.paths[row], "score": 1.0, "kind": "exact"} for row in exact
+            if index.ids[row] not in listed]
+    out.sort(key=lambda r: (r["kind"] != "exact", -r["score"]))
+    return out[:count]

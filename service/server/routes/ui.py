@@ -121,15 +121,26 @@ def _table(state, name: str) -> dict[str, list]:
     path = _curation_file(state, name)
     if path is None:
         raise ServiceError(404, "no_curation", f"the index folder has no curation/{name}; run `byol-embed "
-                           f"{'dedup' if name.startswith('dup') else 'outliers'} {_index(state).location}`")
+                           f"{COMMANDS[name.split('.')[0]]} {_index(state).location}`")
     return _read_table(str(path), path.stat().st_mtime)
 
 
-@router.get("/curation", summary="which curation results the index folder has", response_model=CurationAvailable,
-            responses=error_responses(401, 404, 422))
+COMMANDS = {"duplicates": "dedup", "outliers": "outliers", "leaks": "leaks"}
+
+
+@router.get("/curation", summary="which curation results the index folder has, and which are stale",
+            response_model=CurationAvailable, responses=error_responses(401, 404, 422))
 async def curation(state: State, _: Auth) -> dict:
-    return {"duplicates": _curation_file(state, "duplicates.parquet") is not None,
-            "outliers": _curation_file(state, "outliers.parquet") is not None}
+    index = _index(state)
+    out: dict[str, Any] = {"generation": index.generation, "stale": {}}
+    for name, command in COMMANDS.items():
+        out[name] = _curation_file(state, f"{name}.parquet") is not None
+        made = index.curation_summary(f"{name}.json").get("generation")
+        if out[name] and made is not None and made < index.generation:
+            again = "byol-embed leaks TRAIN_FOLDER " if name == "leaks" else f"byol-embed {command} "
+            out["stale"][name] = (f"made from generation {made}; the folder is at generation {index.generation} "
+                                  f"(run `{again}{index.location}` again)")
+    return out
 
 
 @router.get("/curation/duplicates", summary="duplicate groups (byol-embed dedup), a page at a time",

@@ -82,13 +82,15 @@ def test_byol_serve_engine_ray_serves_and_stops_cleanly_on_sigterm(trained_model
 SERVE_YAML = REPO / "docker" / "ray" / "serve.yaml"
 
 
-def _test_config(model: Path, port: int) -> dict:
+def _test_config(model: Path, port: int, index: Path) -> dict:
     """docker/ray/serve.yaml with what this machine needs: the test model, a free port, two fixed replicas of one
-    CPU (the nodes have one each). Everything else (import path, options, settings) is the file's."""
+    CPU (the nodes have one each), an embedding folder checked often. Everything else (import path, options,
+    settings) is the file's."""
     config = yaml.safe_load(SERVE_YAML.read_text())
     config["http_options"]["port"] = port
     (application,) = config["applications"]
-    application["runtime_env"]["env_vars"].update({"BYOL_MODEL": str(model), "BYOL_MAX_WAIT_MS": "2"})
+    application["runtime_env"]["env_vars"].update({"BYOL_MODEL": str(model), "BYOL_MAX_WAIT_MS": "2",
+                                                   "BYOL_INDEX": str(index), "BYOL_INDEX_POLL_S": "0.3"})
     application["runtime_env"]["env_vars"].pop("HF_HOME")
     (deployment,) = application["deployments"]
     deployment.pop("autoscaling_config")
@@ -101,20 +103,32 @@ def _healthy(proxy_status) -> bool:
     return getattr(proxy_status, "value", proxy_status) == "HEALTHY"
 
 
+def _embed(model: Path, data: Path, out: Path) -> None:
+    from service.embed.cli import main
+
+    assert main(["run", "--model", str(model), "--input", str(data), "--output", str(out), "--no-progress"]) == 0
+
+
 @pytest.fixture(scope="module")
-def serve_cluster(ray_cluster, trained_model, tmp_path_factory):
-    """The session's two-node cluster with the app deployed by Serve's own CLI from docker/ray/serve.yaml; the
-    application is deleted at the end of the module (the cluster stays for the session)."""
+def serve_cluster(ray_cluster, trained_model, photos, tmp_path_factory):
+    """The session's two-node cluster with the app deployed by Serve's own CLI from docker/ray/serve.yaml, serving
+    an index; the application is deleted at the end of the module (the cluster stays for the session)."""
     import ray
     from ray import serve
 
+    from service.embed.cli import main as embed_main
     from service.ray_serve import APP_NAME
+    from tests.support.images import write_images
 
     root = logging.getLogger()
     before = list(root.handlers)
     port = free_port()
-    config = tmp_path_factory.mktemp("ray") / "serve.yaml"
-    config.write_text(yaml.safe_dump(_test_config(trained_model, port)))
+    folder = tmp_path_factory.mktemp("ray")
+    write_images(folder / "data", photos[:3], copies=2)
+    _embed(trained_model, folder / "data", folder / "emb")
+    assert embed_main(["index", str(folder / "emb")]) == 0
+    config = folder / "serve.yaml"
+    config.write_text(yaml.safe_dump(_test_config(trained_model, port, folder / "emb")))
     deploy = subprocess.run(["serve", "run", "--non-blocking", "--address", ray_cluster.address, str(config)],
                             capture_output=True, text=True, timeout=180)
     assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
@@ -136,7 +150,7 @@ def serve_cluster(ray_cluster, trained_model, tmp_path_factory):
         assert app is not None and app.status == "RUNNING", app
         assert len(status.proxies) == len(nodes) and all(_healthy(p) for p in status.proxies.values()), \
             status.proxies
-        yield {"url": f"http://127.0.0.1:{port}", "nodes": nodes,
+        yield {"url": f"http://127.0.0.1:{port}", "nodes": nodes, "folder": folder,
                "urls": [f"http://127.0.0.1:{port}", f"http://127.0.0.1:{ray_cluster.worker_proxy_port}"]}
     finally:
         try:
@@ -181,6 +195,23 @@ def test_two_replicas_on_two_nodes_serve_the_single_process_vectors(serve_cluste
             want = np.array(ref["data"][0]["embeddings"][layer], np.float32)
             assert np.abs(got - want).max() <= 1e-5, (layer, served_by[i])
     assert all(r.headers["x-request-id"].count(",") == 0 for r in responses)  # one id, not the proxy's and ours
+
+
+def test_every_replica_switches_to_a_new_generation_on_its_own(serve_cluster, trained_model, photos):
+    folder = serve_cluster["folder"]
+    photos[4].resize((96, 72)).save(folder / "data" / "arrival.jpg")
+    _embed(trained_model, folder / "data", folder / "emb")  # generation 2; the index follows
+    seen: dict[str, int] = {}
+    deadline = time.monotonic() + 60
+    while len(seen) < 2 or set(seen.values()) != {2}:
+        assert time.monotonic() < deadline, seen
+        for url in serve_cluster["urls"]:
+            r = httpx.get(f"{url}/info", timeout=30)
+            seen[_replica(r)["replica"]] = r.json()["search"]["generation"]
+        time.sleep(0.2)
+    for url in serve_cluster["urls"]:
+        found = httpx.post(f"{url}/search", json={"id": "arrival.jpg", "k": 1}, timeout=30)
+        assert found.status_code == 200 and found.json()["generation"] == 2
 
 
 def test_metrics_say_they_are_one_replicas_view_and_probes_pass(serve_cluster):

@@ -62,7 +62,8 @@ def test_pages_and_curation_routes(server):
         assert "default-src 'self'" in r.headers["content-security-policy"]
     assert httpx.get(f"{server}/ui/static/../app.py").status_code == 404
     assert httpx.get(f"{server}/curation").status_code == 401
-    assert httpx.get(f"{server}/curation", headers=AUTH).json() == {"duplicates": True, "outliers": True}
+    assert httpx.get(f"{server}/curation", headers=AUTH).json() == {"duplicates": True, "outliers": True, "leaks": False,
+                                                                      "generation": 1, "stale": {}}
     dup = httpx.get(f"{server}/curation/duplicates?limit=2", headers=AUTH).json()
     assert dup["total"] >= 3 and len(dup["groups"]) == 2
     assert all(m["similarity"] >= 0.86 - 1e-4 for g in dup["groups"] for m in g["members"])
