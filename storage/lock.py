@@ -156,9 +156,10 @@ class LeaseLock:
         the takeover's ``If-Match`` fail, never succeed on content it did not see)."""
         version = self.store.version(LOCK)
         try:
-            return json.loads(self.store.read_text(LOCK)), version
+            holder = json.loads(self.store.read_text(LOCK))
         except (FileNotFoundError, ValueError):
             return {}, version
+        return (holder if isinstance(holder, dict) else {}), version  # not a lease (a copied local lock file): none
 
     def _stale(self, holder: dict[str, Any]) -> str | None:
         if self.break_lock:

@@ -8,6 +8,7 @@
     byol-embed search emb/ --id cats/001.jpg -k 10                            # near-duplicates of a set image
     byol-embed dedup emb/ [--threshold 0.86] [--write-lists]                  # exact + near-duplicate groups
     byol-embed outliers emb/ [--k 10]                                         # the most unusual and broken images
+    byol-embed leaks emb_train/ emb_test/ [--threshold 0.86]                  # test images that are in train
 
 Inputs and outputs may be fsspec URLs (s3://, gs://, az://, hf://datasets/...): credentials come the provider's
 standard way (AWS_* variables, ~/.aws, an instance role), other options with --storage-option KEY=VALUE.
@@ -35,7 +36,8 @@ from hub.layers import output_name
 from hub.preprocess import decode_image, preprocess_one
 from service.embed.curate import DEFAULT_THRESHOLD, EXACT_LIMIT, dedup, format_histogram, outliers
 from service.embed.errors import EmbedJobError
-from service.embed.index import LoadedIndex, build_index
+from service.embed.index import GROWTH_LIMIT, LoadedIndex, build_index, has_index, update_index
+from service.embed.leaks import leaks
 from service.embed.job import EmbedSettings, run_job
 from service.runtime.factory import build_backend, resolve_for_backend
 from service.runtime.settings import RuntimeSettings
@@ -117,16 +119,22 @@ def add_lock_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_index(sub) -> None:
-    p = sub.add_parser("index", help="build a FAISS index over one layer of an output folder")
+    p = sub.add_parser("index", help="build a FAISS index over one layer of an output folder, or bring it to the "
+                                     "folder's generation")
     p.add_argument("folder", help="output folder of `byol-embed run` (a path or a URL)")
     p.add_argument("--layer", default="avgpool", help="the embedded layer to index (default avgpool)")
     add_storage_option(p)
     add_lock_options(p)
-    p.add_argument("--factory", default="Flat",
-                   help="FAISS index_factory string: Flat (exact, default) or e.g. 'IVF4096,PQ64', 'HNSW32' for "
-                        "large sets (trained on a sample; IVF needs ~39 x lists vectors); inner product over "
-                        "L2-normalized vectors")
+    p.add_argument("--factory", default=None,
+                   help="FAISS index_factory string: Flat (exact, default for a new index) or e.g. 'IVF4096,PQ64', "
+                        "'HNSW32' for large sets (trained on a sample; IVF needs ~39 x lists vectors); inner product "
+                        "over L2-normalized vectors (default: the existing index's)")
     p.add_argument("--train-size", type=int, default=0, help="training sample size (default: automatic)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="build the index anew even where the existing one could follow the folder in place (by "
+                        "default an index of the same layer and factory is updated: rows of gone and changed images "
+                        "removed, new ones added; IVF retrained only once the set has grown past "
+                        f"{GROWTH_LIMIT:g}x what it was trained on)")
 
 
 def _add_search(sub) -> None:
@@ -175,6 +183,31 @@ def _add_curation(sub) -> None:
                    help=f"neighbours at or above this cosine are duplicates and left out (default {DEFAULT_THRESHOLD})")
 
 
+def _add_leaks(sub) -> None:
+    p = sub.add_parser("leaks", help="exact and near duplicates of one folder's images (B) in another (A)",
+                       description="Leaks across sets: the images of EMB_B (e.g. the test split) that are exact (same "
+                       "bytes) or near (cosine >= --threshold) duplicates of images in EMB_A (e.g. the training "
+                       "split), by a blockwise kNN of B against A. Writes EMB_B/curation/leaks.parquet (id, id_a, "
+                       "similarity, kind) and EMB_B/curation/leaks_clean.txt (B's ids with no duplicate in A). The "
+                       "two folders must share the model, layer and preprocessing.")
+    p.add_argument("folder_a", metavar="EMB_A", help="the folder to check against (e.g. the training split)")
+    p.add_argument("folder_b", metavar="EMB_B", help="the folder checked, and where the results go (e.g. the test "
+                                                     "split)")
+    p.add_argument("--layer", default="avgpool", help="the embedded layer to compare on (default avgpool)")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help=f"cosine at or above which an image of B is a near duplicate of one of A (default "
+                        f"{DEFAULT_THRESHOLD}, dedup's measured threshold)")
+    p.add_argument("--k", type=int, default=4, help="neighbours in A fetched per image of B (default 4)")
+    p.add_argument("--exact-limit", type=int, default=EXACT_LIMIT,
+                   help=f"exact kNN over A up to this many vectors, an IVF index beyond (default {EXACT_LIMIT})")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF lists probed per query beyond --exact-limit "
+                                                            "(default 16)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_storage_option(p)
+    add_lock_options(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="byol-embed", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -184,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_index(sub)
     _add_search(sub)
     _add_curation(sub)
+    _add_leaks(sub)
     return parser
 
 
@@ -220,9 +254,18 @@ def _locked(args: argparse.Namespace):
 
 def _index(args: argparse.Namespace) -> int:
     with _locked(args) as folder:
-        meta = build_index(folder, layer=args.layer, factory=args.factory, train_size=args.train_size)
-    print(f"indexed {meta['count']} vectors of {meta['layer']} ({meta['dim']}-d, {meta['factory']}, cosine) in "
-          f"{meta['built_s']} s -> {join(args.folder, 'index')}")
+        old = json.loads(folder.read_text("index/index.json")) if has_index(folder) else None
+        same = old is not None and (old["layer"], old["factory"]) == (args.layer, args.factory or old["factory"])
+        if same and not args.rebuild:
+            meta = update_index(folder, train_size=args.train_size)
+            action = meta["action"]
+        else:
+            factory = args.factory or "Flat"
+            meta = build_index(folder, layer=args.layer, factory=factory, train_size=args.train_size)
+            action = ("built" if old is None else "rebuilt (--rebuild)" if same else
+                      f"rebuilt (it indexed {old['layer']} with {old['factory']}; asked: {args.layer} with {factory})")
+    print(f"index {action}: {meta['count']} vectors of {meta['layer']} ({meta['dim']}-d, {meta['factory']}, "
+          f"cosine), generation {meta.get('generation')} -> {join(args.folder, 'index')}")
     return 0
 
 
@@ -292,7 +335,24 @@ def _outliers(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "index": _index, "search": _search, "dedup": _dedup, "outliers": _outliers}
+def _leaks(args: argparse.Namespace) -> int:
+    folder = as_store(args.folder_b, args.storage_options)
+    with folder_lock(folder, break_lock=args.break_lock, ttl_s=args.lock_ttl):  # the results go into B
+        summary = leaks(args.folder_a, folder, layer=args.layer, threshold=args.threshold, k=args.k,
+                        exact_limit=args.exact_limit, nprobe=args.nprobe, progress=not args.no_progress,
+                        storage_options=args.storage_options)
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    out = join(args.folder_b, "curation")
+    print(f"{summary['leaks']} of {summary['images_b']} images of {args.folder_b} are in {args.folder_a} "
+          f"({summary['exact']} exact copies, {summary['near']} near duplicates at cosine >= {summary['threshold']} "
+          f"on {summary['layer']}; {100 * summary['leaked_fraction']:.1f} %), {summary['seconds']} s -> "
+          f"{join(out, 'leaks.parquet')}; {summary['clean']} clean ids -> {join(out, 'leaks_clean.txt')}")
+    return 0
+
+
+COMMANDS = {"run": _run, "index": _index, "search": _search, "dedup": _dedup, "outliers": _outliers, "leaks": _leaks}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

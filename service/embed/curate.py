@@ -74,22 +74,15 @@ def choose_nprobe(nlist: int) -> int:
     return min(nlist, 16)
 
 
-def knn(vectors: np.ndarray, k: int, *, exact_limit: int = EXACT_LIMIT, nprobe: int | None = None, seed: int = 0,
-        progress: bool = False) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """The ``k`` nearest neighbours of every row, itself left out: cosines ``(n, k)`` float32 (descending) and
-    rows ``(n, k)`` int64 (-1 where there are fewer). Queries go in blocks.
-
-    Up to ``exact_limit`` rows: exact (``IndexFlatIP``, which holds a copy of the matrix). Beyond: candidates from
-    an ``IVF<4·sqrt(n)>,SQ8`` index (one byte a dimension, a quarter of the matrix), then every candidate's cosine
-    computed again exactly from the float32 vectors and the lists re-sorted, so the similarities written are
-    exact and the peak memory stays near the matrix itself."""
+def search_index(vectors: np.ndarray, *, exact_limit: int = EXACT_LIMIT, nprobe: int | None = None,
+                 seed: int = 0) -> tuple[Any, dict[str, Any]]:
+    """A FAISS index over ``vectors`` (L2-normalized, cosine): exact ``IndexFlatIP`` up to ``exact_limit`` rows,
+    else ``IVF<4·sqrt(n)>,SQ8`` trained on a sample (its candidates are to be re-ranked exactly by the caller)."""
     faiss = faiss_module()
     n, dim = vectors.shape
-    k = max(1, min(k, n - 1)) if n > 1 else 1
-    approximate = n > exact_limit
-    if not approximate:
+    if n <= exact_limit:
         index = faiss.IndexFlatIP(dim)
-        info = {"index": "Flat (exact)"}
+        info: dict[str, Any] = {"index": "Flat (exact)"}
     else:
         nlist = int(2 ** round(math.log2(4 * math.sqrt(n))))
         quantizer = faiss.IndexFlatIP(dim)
@@ -104,6 +97,22 @@ def knn(vectors: np.ndarray, k: int, *, exact_limit: int = EXACT_LIMIT, nprobe: 
         info = {"index": f"IVF{nlist},SQ8 + exact re-ranking", "nprobe": index.nprobe}
     for start in range(0, n, 65536):
         index.add(vectors[start:start + 65536])
+    return index, info
+
+
+def knn(vectors: np.ndarray, k: int, *, exact_limit: int = EXACT_LIMIT, nprobe: int | None = None, seed: int = 0,
+        progress: bool = False) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """The ``k`` nearest neighbours of every row, itself left out: cosines ``(n, k)`` float32 (descending) and
+    rows ``(n, k)`` int64 (-1 where there are fewer). Queries go in blocks.
+
+    Up to ``exact_limit`` rows: exact (``IndexFlatIP``, which holds a copy of the matrix). Beyond: candidates from
+    an ``IVF<4·sqrt(n)>,SQ8`` index (one byte a dimension, a quarter of the matrix), then every candidate's cosine
+    computed again exactly from the float32 vectors and the lists re-sorted, so the similarities written are
+    exact and the peak memory stays near the matrix itself."""
+    n = len(vectors)
+    k = max(1, min(k, n - 1)) if n > 1 else 1
+    index, info = search_index(vectors, exact_limit=exact_limit, nprobe=nprobe, seed=seed)
+    approximate = "nprobe" in info
     fetch = k + 1 + (4 if approximate else 0)  # a few spare candidates for the re-ranking
     sims = np.empty((n, k), np.float32)
     rows = np.empty((n, k), np.int64)

@@ -119,6 +119,21 @@ class CurationAvailable(BaseModel):
                                   "the one served: name -> what to run again")
 
 
+class LeakRow(BaseModel):
+    id: str = Field(description="the image in this folder")
+    id_a: str = Field(description="its copy in the other folder")
+    similarity: float = Field(description="cosine between the two")
+    kind: Literal["exact", "near"]
+
+
+class LeaksPage(BaseModel):
+    total: int
+    offset: int
+    rows: list[LeakRow]
+    other: str | None = Field(None, description="the other folder (byol-embed leaks EMB_A ...)")
+    threshold: float | None = None
+
+
 class DuplicateMember(BaseModel):
     id: str
     similarity: float = Field(description="cosine to the group's representative")

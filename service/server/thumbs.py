@@ -35,6 +35,7 @@ class Thumbnails:
         self.index, self.max_pixels, self.side, self.entries = index, max_pixels, side, entries
         self._cache: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
+        self._others: dict[str, tuple[Any, dict[str, int]]] = {}  # another folder's input (leaks): source, positions
 
     @cached_property
     def _source(self):
@@ -61,18 +62,59 @@ class Thumbnails:
         position = positions.get(item_id)
         if position is None:
             raise ThumbnailError(404, "image_unavailable", f"{item_id!r} is no longer in the index's input")
+        return self._render(item_id, source, position)
+
+    def _render(self, key: str, source: Any, position: int) -> bytes:
         try:
             img = decode_image(source.read(position), max_pixels=self.max_pixels, draft_min_side=self.side)
         except Exception as err:  # unreadable now, or not an image any more: the reason to the log only
-            logger.warning("thumbnail of %r: %s", item_id, err)
-            raise ThumbnailError(404, "image_unavailable", f"{item_id!r} cannot be read now; see the server log") from None
+            logger.warning("thumbnail of %r: %s", key, err)
+            raise ThumbnailError(404, "image_unavailable", f"{key!r} cannot be read now; see the server log") from None
         img = img.convert("RGB")
         img.thumbnail((self.side, self.side))
         buf = io.BytesIO()
         img.save(buf, "JPEG", quality=85)
         data = buf.getvalue()
         with self._lock:
-            self._cache[item_id] = data
+            self._cache[key] = data
             while len(self._cache) > self.entries:
                 self._cache.popitem(last=False)
         return data
+
+    def leak_partner(self, item_id: str, leaks: dict[str, list]) -> bytes:
+        """The thumbnail of the image in the other folder (A) that ``item_id`` (of this index's folder) leaks from:
+        read through A's own manifest and input, by the id ``byol-embed leaks`` recorded (never a path from the
+        request)."""
+        key = f"\0leak\0{item_id}"
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+        try:
+            partner = leaks["id_a"][leaks["id"].index(item_id)]
+        except ValueError:
+            raise ThumbnailError(404, "unknown_id", f"{item_id!r} has no leak in curation/leaks.parquet") from None
+        try:
+            source, positions = self._other_source(leaks["a"])
+        except Exception as err:
+            logger.warning("thumbnails: the other folder's input cannot be read: %s", err)
+            raise ThumbnailError(404, "image_unavailable", "the other folder's input cannot be read; see the server "
+                                 "log") from None
+        position = positions.get(partner)
+        if position is None:
+            raise ThumbnailError(404, "image_unavailable", f"{partner!r} is no longer in the other folder's input")
+        return self._render(key, source, position)
+
+    def _other_source(self, folder: str):
+        from storage.folder import Manifest
+        from storage.store import Store
+
+        with self._lock:
+            cached = self._others.get(folder)
+        if cached is None:
+            options = self.index.store.options if self.index.store is not None else None
+            manifest = Manifest.load(Store(folder, options))
+            source = open_source(manifest.input, **manifest.source_options, storage_options=options)
+            cached = (source, source.positions())
+            with self._lock:
+                self._others[folder] = cached
+        return cached

@@ -1,6 +1,8 @@
 """The pages: ``GET /`` (the model, its card's summary, layers, links), ``GET /ui`` (search by upload or id,
-"more like this", the curation results of ``byol-embed dedup`` / ``outliers``), and what they read:
-``GET /thumb?id=`` (and ``/thumb/{id}``), ``GET /curation``, ``/curation/duplicates``, ``/curation/outliers``, ``/ui/card``.
+"more like this", the curation results of ``byol-embed dedup`` / ``outliers`` / ``leaks``, each marked stale when
+made from an older generation than the one served), and what they read: ``GET /thumb?id=`` (and ``/thumb/{id}``),
+``GET /curation``, ``/curation/duplicates``, ``/curation/outliers``, ``/curation/leaks`` (and
+``/curation/leaks/thumb?id=``, the other folder's image), ``/ui/card``.
 
 Plain HTML, CSS and JavaScript shipped in the package (``service/server/static``): no CDN, no web fonts, no request to
 anything but this server. The pages themselves hold nothing secret and need no key; every route they call is
@@ -18,7 +20,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from service.server.errors import ServiceError
 from service.server.pipeline import in_lookup_pool
-from service.server.schemas import CurationAvailable, DuplicatesPage, OutliersPage, error_responses
+from service.server.schemas import CurationAvailable, DuplicatesPage, LeaksPage, OutliersPage, error_responses
 from service.server.state import Auth, State
 from service.server.thumbs import ThumbnailError
 
@@ -154,6 +156,34 @@ async def duplicates(request: Request, state: State, _: Auth, offset: int = Quer
         entry["members"].append({"id": i, "similarity": round(float(sim), 5), "kind": kind})
     ordered = [groups[g] for g in sorted(groups)]
     return {"total": len(ordered), "offset": offset, "groups": ordered[offset:offset + limit]}
+
+
+@router.get("/curation/leaks", summary="images of this folder that are copies of another's (byol-embed leaks), "
+            "a page at a time", response_model=LeaksPage, responses=error_responses(401, 404, 422))
+async def leak_rows(request: Request, state: State, _: Auth, offset: int = Query(0, ge=0),
+                    limit: int = Query(50, ge=1, le=500)) -> dict:
+    table = await in_lookup_pool(state, request, _table, state, "leaks.parquet")
+    n = len(table["id"])
+    rows = [{"id": table["id"][j], "id_a": table["id_a"][j], "similarity": round(float(table["similarity"][j]), 5),
+             "kind": table["kind"][j]} for j in range(offset, min(n, offset + limit))]
+    summary = _index(state).curation_summary("leaks.json")
+    return {"total": n, "offset": offset, "rows": rows, "other": summary.get("a"),
+            "threshold": summary.get("threshold")}
+
+
+@router.get("/curation/leaks/thumb", summary="a small JPEG of the other folder's image that an image of this one "
+            "leaks from", response_class=Response, responses=THUMB_RESPONSES)
+async def leak_thumb(request: Request, state: State, _: Auth,
+                     id: str = Query(..., min_length=1, description="the image's id in this index")) -> Response:
+    table = await in_lookup_pool(state, request, _table, state, "leaks.parquet")
+    other = _index(state).curation_summary("leaks.json").get("a")
+    if other is None:
+        raise ServiceError(404, "no_curation", "curation/leaks.json does not say which folder the leaks are from")
+    try:
+        data = await in_lookup_pool(state, request, state.thumbnails.leak_partner, id, {**table, "a": other})
+    except ThumbnailError as err:
+        raise ServiceError(err.status, err.code, err.message) from None
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
 
 @router.get("/curation/outliers", summary="outlier scores (byol-embed outliers), most unusual first, a page at a time",

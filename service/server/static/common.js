@@ -49,11 +49,11 @@ async function apiJSON(path, options) {
 }
 
 // thumbnails need the key too, so they are fetched and shown as object URLs (an <img src> sends no header)
-async function loadThumb(img, id) {
+async function loadThumb(img, id, route) {
   try {
     // the id in the query string: a path would be normalized by the browser ("." and ".." segments, even
     // percent-encoded), and another image's thumbnail shown
-    const response = await api("/thumb?id=" + encodeURIComponent(id));
+    const response = await api((route || "/thumb") + "?id=" + encodeURIComponent(id));
     if (!response.ok) { img.alt = "no thumbnail (" + response.status + ")"; return; }
     img.src = URL.createObjectURL(await response.blob());
   } catch (err) { img.alt = "no thumbnail"; }

@@ -1,6 +1,7 @@
 "use strict";
-const PAGE = { duplicates: 10, outliers: 50 };
-const state = { dupOffset: 0, outOffset: 0, selected: { duplicates: new Set(), outliers: new Set() } };
+const PAGE = { duplicates: 10, outliers: 50, leaks: 50 };
+const state = { dupOffset: 0, outOffset: 0, leakOffset: 0, stale: {},
+  selected: { duplicates: new Set(), outliers: new Set(), leaks: new Set() } };
 
 function card(id, score, onClick) {
   const div = document.createElement("div");
@@ -110,12 +111,53 @@ async function showOutliers() {
   document.getElementById("out-next").disabled = last >= body.total;
 }
 
+function thumbCell(id, route) {
+  const td = document.createElement("td");
+  const img = document.createElement("img");
+  img.alt = id;
+  loadThumb(img, id, route);
+  td.append(img);
+  return td;
+}
+
+async function showLeaks() {
+  const body = await apiJSON(`/curation/leaks?offset=${state.leakOffset}&limit=${PAGE.leaks}`);
+  document.getElementById("leak-info").textContent =
+    `${body.total} images of this set are copies of images in ${body.other} (cosine >= ${body.threshold}, or the same bytes)`;
+  const rows = body.rows.map((r) => {
+    const tr = document.createElement("tr");
+    tr.dataset.id = r.id;
+    const box = document.createElement("td");
+    box.append(checkbox("leaks", r.id));
+    tr.append(box, thumbCell(r.id), thumbCell(r.id, "/curation/leaks/thumb"));
+    for (const value of [r.id, r.id_a, Number(r.similarity).toFixed(4), r.kind]) {
+      const td = document.createElement("td");
+      td.textContent = value;
+      tr.append(td);
+    }
+    return tr;
+  });
+  document.getElementById("leak-rows").replaceChildren(...rows);
+  const last = Math.min(body.total, state.leakOffset + body.rows.length);
+  document.getElementById("leak-page").textContent = `${state.leakOffset + 1}-${last} of ${body.total}`;
+  document.getElementById("leak-prev").disabled = state.leakOffset === 0;
+  document.getElementById("leak-next").disabled = last >= body.total;
+}
+
+function showStale(name) {
+  const banner = document.getElementById("stale");
+  const message = state.stale[name];
+  banner.hidden = !message;
+  banner.textContent = message ? `Stale: these ${name} were ${message}.` : "";
+}
+
 function selectTab(name) {
   for (const button of document.querySelectorAll("nav.tabs button")) {
     button.setAttribute("aria-selected", String(button.dataset.tab === name));
   }
   for (const panel of document.querySelectorAll(".panel")) panel.hidden = panel.id !== "panel-" + name;
-  const load = { duplicates: showDuplicates, outliers: showOutliers }[name];
+  showStale(name);
+  const load = { duplicates: showDuplicates, outliers: showOutliers, leaks: showLeaks }[name];
   if (load) load().catch((err) => { if (err.message !== "unauthorized") showMessage(err.message, true); });
 }
 
@@ -125,6 +167,11 @@ async function start() {
     const curation = await apiJSON("/curation");
     document.querySelector('[data-tab="duplicates"]').hidden = !curation.duplicates;
     document.querySelector('[data-tab="outliers"]').hidden = !curation.outliers;
+    document.querySelector('[data-tab="leaks"]').hidden = !curation.leaks;
+    state.stale = curation.stale || {};
+    for (const name of Object.keys(state.stale)) {
+      document.querySelector(`[data-tab="${name}"]`).textContent += " (stale)";
+    }
     showMessage("", false);
   } catch (err) {
     if (err.message !== "unauthorized") showMessage("Could not load: " + err.message, true);
@@ -152,6 +199,9 @@ document.getElementById("dup-prev").addEventListener("click", () => { state.dupO
 document.getElementById("dup-next").addEventListener("click", () => { state.dupOffset += PAGE.duplicates; showDuplicates(); });
 document.getElementById("out-prev").addEventListener("click", () => { state.outOffset = Math.max(0, state.outOffset - PAGE.outliers); showOutliers(); });
 document.getElementById("out-next").addEventListener("click", () => { state.outOffset += PAGE.outliers; showOutliers(); });
+document.getElementById("leak-prev").addEventListener("click", () => { state.leakOffset = Math.max(0, state.leakOffset - PAGE.leaks); showLeaks(); });
+document.getElementById("leak-next").addEventListener("click", () => { state.leakOffset += PAGE.leaks; showLeaks(); });
+document.getElementById("leak-export").addEventListener("click", () => downloadCSV("leaks-selected.csv", [...state.selected.leaks]));
 document.getElementById("dup-export").addEventListener("click", () => downloadCSV("duplicates-selected.csv", [...state.selected.duplicates]));
 document.getElementById("out-export").addEventListener("click", () => downloadCSV("outliers-selected.csv", [...state.selected.outliers]));
 setupKeyBar(start);
