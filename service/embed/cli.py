@@ -37,8 +37,8 @@ from hub.preprocess import decode_image, preprocess_one
 from service.embed.curate import DEFAULT_THRESHOLD, EXACT_LIMIT, dedup, format_histogram, outliers
 from service.embed.errors import EmbedJobError
 from service.embed.index import GROWTH_LIMIT, LoadedIndex, build_index, has_index, update_index
-from service.embed.leaks import leaks
 from service.embed.job import EmbedSettings, run_job
+from service.embed.leaks import leaks
 from service.runtime.factory import build_backend, resolve_for_backend
 from service.runtime.settings import RuntimeSettings
 from storage.errors import DataLayerError
