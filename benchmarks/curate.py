@@ -71,23 +71,26 @@ def planted_vectors(n: int, dim: int, *, groups_fraction: float = 0.05, seed: in
     return out, pairs
 
 
-def write_folder(folder: Path, vectors: np.ndarray, shard_size: int = 100_000) -> None:
-    """An embedding folder as `byol-embed run` writes it (manifest, shards, done markers), around ``vectors``."""
-    from storage.folder import Manifest, ShardRows, plan_shards, write_shard
+def write_folder(folder: Path, vectors: np.ndarray, shard_size: int = 100_000, prefix: str = "img") -> None:
+    """An embedding folder as `byol-embed run` writes it (its first generation: plan, shards, done markers, the
+    committed manifest), around ``vectors``; ids ``<prefix><row>``."""
+    from storage.folder import Manifest, ShardRows, commit_generation, plan_shards, prepare_folder, write_shard
 
     n, dim = vectors.shape
     manifest = Manifest(model_id="synthetic", revision="sha256:0", weights_sha256="0" * 64, architecture="resnet18",
                         layers=["avgpool"], pooling="gap", normalize=True, dtype="float32",
                         dims={"avgpool": dim}, preprocessing={}, input=str(folder / "none"), input_kind="folder",
                         input_fingerprint="synthetic", input_count=n, shard_size=shard_size,
-                        shards=plan_shards(n, shard_size), decode="exact")
+                        shards=plan_shards(n, shard_size), decode="exact", generation=1,
+                        work={"rewrites": [], "removed_parts": []})
     folder.mkdir(parents=True, exist_ok=True)
-    manifest.save(folder)
+    prepare_folder(folder, manifest)
     for shard in manifest.shards:
         s, e = shard["start"], shard["stop"]
-        ids = [f"img{i:08d}" for i in range(s, e)]
+        ids = [f"{prefix}{i:08d}" for i in range(s, e)]
         write_shard(folder, manifest, ShardRows(shard["index"], ids, ids, [None] * (e - s),
-                                                {"avgpool": vectors[s:e]}, [f"{i:064x}" for i in range(s, e)]))
+                                                {"avgpool": vectors[s:e]}, [f"{prefix}{i:061x}" for i in range(s, e)]))
+    commit_generation(folder, manifest)
 
 
 def recall_of(folder: Path, pairs: list[tuple[int, int]]) -> float:
