@@ -418,7 +418,11 @@ def _follow_index(out: Store, committed: Manifest, settings: EmbedSettings) -> s
 
     if not settings.update_index or not has_index(out):
         return ""
-    return update_index(out)["action"]
+    try:
+        return update_index(out)["action"]
+    except (EmbedJobError, FolderError) as err:  # the generation is committed; the index stays where it was
+        logger.warning("the index was left at its generation: %s; run `byol-embed index %s` once fixed", err, out)
+        return f"left behind ({err})"
 
 
 def _committed_for_dry_run(out: Store, fresh: Manifest) -> Manifest | None:

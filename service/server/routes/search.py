@@ -24,6 +24,7 @@ from service.server.pipeline import (
     decode_base64_image,
     embed_blobs,
     in_lookup_pool,
+    parse_bool,
     read_form,
     read_json,
 )
@@ -80,17 +81,6 @@ def _min_score(value: Any) -> float | None:
     if not -1.0 <= score <= 1.0:
         raise ServiceError(400, "invalid_parameter", f"min_score must be a cosine in [-1, 1], got {score}")
     return score
-
-
-def _flag(value: Any, name: str) -> bool | None:
-    if value is None or isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise ServiceError(400, "invalid_parameter", f"{name} must be true or false, got {value!r}")
 
 
 def _one(query: Any, body: Any, name: str, parse) -> Any:
@@ -156,7 +146,7 @@ async def search(request: Request, state: ReadyState, _: Auth,
     if k is not None and body_k is not None and _k(body_k, state) != _k(k, state):
         raise ServiceError(400, "conflicting_parameters", f"k is {k} in the query string but {body_k} in the body")
     count = _k(k if k is not None else body_k, state)
-    want_duplicates = bool(_one(duplicates, body_dup, "duplicates", lambda v: _flag(v, "duplicates")))
+    want_duplicates = bool(_one(duplicates, body_dup, "duplicates", lambda v: None if v is None else parse_bool(v, "duplicates")))
     cut = _one(min_score, body_min, "min_score", _min_score)
     if want_duplicates and cut is None:
         cut = duplicate_threshold(index, state.settings)

@@ -214,8 +214,9 @@ def leaky(trained_model, emb, tmp_path_factory):
     root = tmp_path_factory.mktemp("leaky")
     images, out = root / "images", root / "emb"
     images.mkdir()
-    for name in ("copy_00_q20.jpg", "copy_01_half.jpg", "orig_02.jpg"):
-        shutil.copy(emb.parent / "images" / name, images / name)
+    shutil.copy(emb.parent / "images" / "orig_02.jpg", images / "orig_02.jpg")  # an exact copy
+    for i, name in enumerate(("orig_00.jpg", "orig_01.jpg")):  # near copies: the same photos re-encoded
+        Image.open(emb.parent / "images" / name).save(images / f"reencoded_{i:02d}.jpg", quality=60)
     Image.linear_gradient("L").convert("RGB").resize((120, 90)).save(images / "unseen.png")
     run = ["run", "--model", str(trained_model), "--input", str(images), "--output", str(out), "--no-progress"]
     for argv in (run, ["index", str(out)], ["dedup", str(out), "--no-progress"]):
@@ -246,7 +247,7 @@ def test_the_leaks_tab_shows_pairs_side_by_side_and_stale_results_say_so(leaky, 
     page.click('[data-tab="leaks"]')
     page.wait_for_selector("#leak-rows tr")
     rows = {tr.get_attribute("data-id"): tr.inner_text() for tr in page.query_selector_all("#leak-rows tr")}
-    assert "orig_02.jpg" in rows and "exact" in rows["orig_02.jpg"] and "copy_00_q20.jpg" in rows
+    assert "orig_02.jpg" in rows and "exact" in rows["orig_02.jpg"] and "near" in rows["reencoded_00.jpg"]
     assert "unseen.png" not in rows and "arrival.png" not in rows
     _until(page, "[...document.querySelectorAll('#leak-rows img')].every(i => i.naturalWidth > 0)")
     assert len(page.query_selector_all("#leak-rows img")) == 2 * len(rows)  # both sides of every pair
