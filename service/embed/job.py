@@ -289,7 +289,14 @@ def run_job(settings: EmbedSettings) -> JobSummary:
 
 def _committed(out: Store, fresh: Manifest, overwrite: bool) -> Manifest | None:
     """The folder's committed generation, when the run builds on it: other settings are refused (or, with
-    ``--overwrite``, the folder is cleared and the run starts over)."""
+    ``--overwrite``, the folder is cleared and the run starts over). An interrupted run with other settings is
+    refused too: its shards are work a rerun with its settings would keep."""
+    pending = Manifest.load_pending(out)
+    pending_diffs = pending.differences(fresh, SETTINGS_FIELDS) if pending is not None else []
+    if pending_diffs and not overwrite:
+        raise FolderError(f"{out} holds an interrupted run with other settings (" + "; ".join(pending_diffs) + "); "
+                          "rerun it with its settings to finish it, use another --output, or pass --overwrite to "
+                          "start over")
     try:
         committed = Manifest.load(out)
     except FolderError:

@@ -16,7 +16,7 @@ from tests.support import REPO
 
 REAPER = Path(__file__).with_name("reaper.py")
 pytestmark = pytest.mark.slow
-TINY_SERVE = ["--arch", "resnet18", "--crop", "64", "--seconds", "1", "--rounds", "1"]
+TINY_SERVE = ["--arch", "resnet18", "--crop", "64", "--seconds", "0.5", "--rounds", "1"]
 
 
 def reaped(*cmd: str, signal_on: str | None = None, sig: str = "INT", timeout: float = 400) -> dict:
@@ -30,10 +30,10 @@ def reaped(*cmd: str, signal_on: str | None = None, sig: str = "INT", timeout: f
 def test_serve_load_with_every_peer_leaves_nothing_running():
     pytest.importorskip("litserve")
     report = reaped("benchmarks/serve_load.py", *TINY_SERVE, "--concurrency", "1",
-                    "--peers", "naive", "litserve", "ours-fast")
+                    "--peers", "naive", "litserve")  # each kind of process the peers start (ours-fast is ours)
     out = report["output"]
     assert report["returncode"] == 0, out
-    for kind in ("ours", "naive", "litserve", "ours-fast"):
+    for kind in ("ours", "naive", "litserve"):
         assert f"best {kind}" in out, out  # every peer really ran (none skipped)
     assert report["leftovers"] == [], report["leftovers"]
 

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ pytest.importorskip("faiss")
 import service.embed.pipeline as pipeline  # noqa: E402
 from service.embed.cli import main  # noqa: E402
 from service.embed.index import LoadedIndex  # noqa: E402
-from storage.folder import Manifest, finished_shards  # noqa: E402
+from storage.folder import PENDING, Manifest, finished_shards  # noqa: E402
 from storage.store import Store  # noqa: E402
 from tests.support.images import image_bytes, write_images  # noqa: E402
 
@@ -217,3 +218,7 @@ def test_other_settings_are_refused_with_the_reason(trained_model, photos, tmp_p
     err = capsys.readouterr().err
     assert "normalize: False -> True" in err and "--overwrite" in err
     assert Manifest.load(out).generation == 1
+    # a run with other settings was interrupted here: its plan is refused to a rerun with these, not dropped
+    replace(Manifest.load(out), normalize=True, generation=2, base_generation=1).save(out, PENDING)
+    assert main(args_for(trained_model, str(data), str(out))) == 2
+    assert "an interrupted run with other settings (normalize: True -> False)" in capsys.readouterr().err

@@ -54,7 +54,7 @@ def test_an_append_under_load_switches_generations_without_an_error_or_a_mix(tra
     try:
         for t in threads:
             t.start()
-        time.sleep(1.0)
+        time.sleep(0.3)  # load on the first generation
         (data / "arrivals").mkdir()
         (data / "arrivals" / "new.jpg").write_bytes(new_blob)
         (data / gone).unlink()
@@ -63,7 +63,7 @@ def test_an_append_under_load_switches_generations_without_an_error_or_a_mix(tra
         while httpx.get(f"{url}/info").json()["search"]["generation"] != 2:
             assert time.monotonic() < deadline, "the server did not switch to generation 2"
             time.sleep(0.1)
-        time.sleep(1.0)  # more load on the new generation
+        time.sleep(0.3)  # more load on the new generation
     finally:
         stop.set()
         for t in threads:
