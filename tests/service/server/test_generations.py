@@ -115,3 +115,26 @@ def test_the_duplicate_check_says_exact_near_or_new(searching, emb):
     for bad, message in (("min_score=2", "min_score"), ("duplicates=maybe", "duplicates")):
         r = client.post(f"/search?{bad}", json={"id": "x"})
         assert r.status_code in (400, 422) and message in r.text
+
+
+def test_a_server_on_object_storage_switches_to_the_new_generation(trained_model, photos, tmp_path, s3, monkeypatch):
+    monkeypatch.setenv("BYOL_CACHE", str(tmp_path / "cache"))  # the local copies of the index on S3
+    data = tmp_path / "data"
+    write_images(data, photos[:2], copies=2)
+    s3.upload_tree(data, "bkt/watch/data")
+    folder = "s3://bkt/watch/emb/"
+    run_s3 = ["run", "--model", str(trained_model), "--input", "s3://bkt/watch/data/", "--output", folder,
+              "--no-progress", *s3.option]
+    assert embed_main(run_s3) == 0 and embed_main(["index", folder, *s3.option]) == 0
+    with make_client(trained_model, index=folder, storage_options=s3.options, index_poll_s=0.2) as client:
+        assert client.get("/info").json()["search"]["generation"] == 1
+        arrival = image_bytes(photos[3].resize((80, 60)), "JPEG")
+        s3.fs.pipe_file("bkt/watch/data/arrivals/new.jpg", arrival)
+        assert embed_main(run_s3) == 0  # generation 2 on S3; its index follows
+        deadline = time.monotonic() + 30
+        while client.get("/info").json()["search"]["generation"] != 2:
+            assert time.monotonic() < deadline, client.get("/info").json()["search"]
+            time.sleep(0.1)
+        found = client.post("/search", json={"image": base64.b64encode(arrival).decode(), "k": 1}).json()
+        assert found["generation"] == 2 and found["results"][0]["id"] == "arrivals/new.jpg"
+        assert client.get("/info").json()["search"]["watch"]["last_error"] is None
