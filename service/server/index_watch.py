@@ -8,7 +8,8 @@ model, layer and pooling must still match); then one assignment on the event loo
 request takes the index once when it starts, so it is answered from one generation, never a mix; the old index
 is freed when the last request holding it ends, so at most two are in memory, and only during a switch. The
 model is never loaded again. A check or load that fails leaves the served index as it is, is logged and counted
-(``byol_index_poll_errors_total``), and is tried again at the next check.
+(``byol_index_poll_errors_total``); a version that failed to load is tried again only after ``RETRY_S`` (or at
+once when the folder changes again), so a broken index is not copied and read at every check.
 
 Each process does this on its own: every Ray Serve replica and every Kubernetes pod watches the folder itself.
 """
@@ -26,6 +27,7 @@ from storage.store import Store
 
 logger = logging.getLogger(__name__)
 META = "index/index.json"
+RETRY_S = 60.0  # a version that failed to load is tried again after this long (a new version: at once)
 
 
 class IndexWatcher:
@@ -39,6 +41,7 @@ class IndexWatcher:
         self.checked_at: float | None = None
         self.switched_at: float | None = None
         self.last_error: str | None = None
+        self.failed: tuple[str, float] | None = None  # the version that failed to load, and when
         self.task: asyncio.Task | None = None
 
     def describe(self) -> dict[str, Any]:
@@ -73,8 +76,15 @@ class IndexWatcher:
         self.checked_at = time.time()
         if version is None or version == self.version:  # None: being replaced on object storage (last file first)
             return False
+        if self.failed is not None and self.failed[0] == version and time.monotonic() - self.failed[1] < RETRY_S:
+            return False
         old = self.state.search_index
-        index = await asyncio.to_thread(self.load)
+        try:
+            index = await asyncio.to_thread(self.load)
+        except Exception:
+            self.failed = (version, time.monotonic())
+            raise
+        self.failed = None
         self.version = version
         self._serve(index)
         took = time.perf_counter() - noticed
@@ -90,7 +100,8 @@ class IndexWatcher:
             await asyncio.sleep(self.interval)
             try:
                 await self.check()
-                self.last_error = None
+                if self.failed is None:  # still waiting to retry a failed version: its error stands
+                    self.last_error = None
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # the served index goes on; the next check tries again

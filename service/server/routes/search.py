@@ -83,6 +83,10 @@ def _min_score(value: Any) -> float | None:
     return score
 
 
+def _duplicates_flag(value: Any) -> bool | None:
+    return None if value is None else parse_bool(value, "duplicates")
+
+
 def _one(query: Any, body: Any, name: str, parse) -> Any:
     """A parameter given in the query string or the body (the same value when both)."""
     a, b = parse(query), parse(body)
@@ -146,7 +150,7 @@ async def search(request: Request, state: ReadyState, _: Auth,
     if k is not None and body_k is not None and _k(body_k, state) != _k(k, state):
         raise ServiceError(400, "conflicting_parameters", f"k is {k} in the query string but {body_k} in the body")
     count = _k(k if k is not None else body_k, state)
-    want_duplicates = bool(_one(duplicates, body_dup, "duplicates", lambda v: None if v is None else parse_bool(v, "duplicates")))
+    want_duplicates = bool(_one(duplicates, body_dup, "duplicates", _duplicates_flag))
     cut = _one(min_score, body_min, "min_score", _min_score)
     if want_duplicates and cut is None:
         cut = duplicate_threshold(index, state.settings)

@@ -138,3 +138,28 @@ def test_a_server_on_object_storage_switches_to_the_new_generation(trained_model
         found = client.post("/search", json={"image": base64.b64encode(arrival).decode(), "k": 1}).json()
         assert found["generation"] == 2 and found["results"][0]["id"] == "arrivals/new.jpg"
         assert client.get("/info").json()["search"]["watch"]["last_error"] is None
+
+
+def test_a_broken_new_index_leaves_the_served_one_and_is_not_reloaded_at_every_check(trained_model, photos, tmp_path):
+    data = tmp_path / "data"
+    write_images(data, photos[:2], copies=2)
+    out = tmp_path / "emb"
+    run(trained_model, data, out)
+    assert embed_main(["index", str(out)]) == 0
+    meta = (out / "index" / "index.json").read_text()
+    with make_client(trained_model, index=str(out), index_poll_s=0.1) as client:
+        (out / "index" / "index.json").write_text("{ not json")  # a broken index, as a failed copy could leave it
+        deadline = time.monotonic() + 30
+        while client.get("/info").json()["search"]["watch"]["last_error"] is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)  # five more checks
+        assert 'byol_index_poll_errors_total 1.0' in client.get("/metrics").text  # not tried again at each check
+        assert "JSONDecodeError" in client.get("/info").json()["search"]["watch"]["last_error"]  # still said
+        r = client.post("/search", json={"id": "photo0/00.png", "k": 2})
+        assert r.status_code == 200 and r.json()["generation"] == 1  # the served index goes on
+        (out / "index" / "index.json").write_text(meta.replace('"count"', '"rewritten": true, "count"'))
+        while client.get("/info").json()["search"]["watch"]["switched_at"] is None:  # a new version: loaded at once
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert client.get("/info").json()["search"]["watch"]["last_error"] is None
