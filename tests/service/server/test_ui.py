@@ -236,7 +236,8 @@ def test_the_leaks_tab_shows_pairs_side_by_side_and_stale_results_say_so(leaky, 
     curation = httpx.get(f"{leaky}/curation", headers=AUTH).json()
     assert curation["leaks"] and curation["generation"] == 2 and set(curation["stale"]) == {"duplicates"}
     assert "made from generation 1" in curation["stale"]["duplicates"]
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda err: errors.append(str(err)))
     page.goto(f"{leaky}/ui")
@@ -257,4 +258,4 @@ def test_the_leaks_tab_shows_pairs_side_by_side_and_stale_results_say_so(leaky, 
     page.click('[data-tab="duplicates"]')
     expect(page.locator("#stale")).to_contain_text("made from generation 1")
     assert not errors, errors
-    page.close()
+    context.close()
