@@ -140,14 +140,18 @@ def has_index(folder: Store) -> bool:
     return folder.exists(f"{INDEX_DIR}/{META_FILE}")
 
 
+def _is_ivf(index: Any) -> bool:
+    try:
+        faiss_module().extract_index_ivf(index)
+    except RuntimeError:
+        return False
+    return True
+
+
 def _rebuild_reason(meta: dict[str, Any], index: Any, count: int) -> str | None:
     """Why the index cannot follow the folder in place (None: it can)."""
     faiss = faiss_module()
-    try:
-        faiss.extract_index_ivf(index)
-        ivf = True
-    except RuntimeError:
-        ivf = False
+    ivf = _is_ivf(index)
     if not ivf and not isinstance(faiss.downcast_index(index), faiss.IndexFlatCodes):
         return f"{meta['factory']} cannot remove vectors"
     trained = meta.get("trained_count")
@@ -198,7 +202,7 @@ def update_index(folder: str | Path | Store, *, storage_options: dict[str, Any] 
         k = now.get(item_id)
         keep[j] = k is not None and digest is not None and new_sha[k] == digest
     kept_ids = {i for i, k in zip(ids, keep) if k}
-    add = [k for i, k in now.items() if i not in kept_ids]
+    add = sorted(k for i, k in now.items() if i not in kept_ids)  # rows of the new generation, in its order
     known = set(meta["shards"])
     parts = [p["name"] for p in manifest.parts]
     part_of, row_of = columns.column("part").to_numpy(), columns.column("row").to_numpy()
@@ -208,19 +212,14 @@ def update_index(folder: str | Path | Store, *, storage_options: dict[str, Any] 
     removed = int((~keep).sum())
     if removed:
         index.remove_ids(faiss.IDSelectorBatch(labels[~keep]))
-    vectors = _vectors_of(folder, manifest, meta["layer"], [(parts[part_of[k]], int(row_of[k])) for k in sorted(add)])
-    ivf = True
-    try:
-        faiss.extract_index_ivf(index)
-    except RuntimeError:
-        ivf = False
+    vectors = _vectors_of(folder, manifest, meta["layer"], [(parts[part_of[k]], int(row_of[k])) for k in add])
+    ivf = _is_ivf(index)
     new_labels = np.arange(meta["next_label"], meta["next_label"] + len(add), dtype=np.int64)
     if len(add):
         if ivf:
             index.add_with_ids(vectors, new_labels)
         else:
             index.add(vectors)
-    add = sorted(add)
     ids = [i for i, k in zip(ids, keep) if k] + [new_ids[k] for k in add]
     paths = [p for p, k in zip(paths, keep) if k] + columns.column("path").take(add).to_pylist()
     digests = [s for s, k in zip(sha, keep) if k] + [new_sha[k] for k in add]

@@ -39,6 +39,7 @@ from storage.folder import (
     ShardRows,
     clear_outputs,
     commit_generation,
+    done_name,
     mark_done,
     plan_shards,
     prepare_folder,
@@ -345,7 +346,7 @@ def _run_job(settings: EmbedSettings, runtime: RuntimeSettings, resolved: Resolv
     fresh = build_manifest(settings, resolved, source, outputs)
     summary = JobSummary(output=str(out), engine=settings.engine, dry_run=settings.dry_run)
     if settings.dry_run:  # reads only: no lock, nothing written
-        committed = _committed_for_dry_run(out, fresh)
+        committed = _committed(out, fresh, overwrite=False)  # refuses as the run would; never writes
         return _dry_run(out, fresh, committed, source, settings, summary)
     with folder_lock(out, break_lock=settings.break_lock, ttl_s=settings.lock_ttl_s), StopFlag() as stop:
         committed = _committed(out, fresh, settings.overwrite)
@@ -412,7 +413,7 @@ def _rewrite(out: Store, pending: Manifest, committed: Manifest | None) -> None:
     done = set(out.names("part-*.done"))
     rows = {p["name"]: int(p["rows"]) for p in committed.parts}
     for rewrite in pending.work["rewrites"]:
-        if rewrite["name"][:-len(".parquet")] + ".done" in done:
+        if done_name(rewrite["name"]) in done:
             continue
         drop = set(rewrite["drop"])
         rewrite_shard(out, rewrite["from"], rewrite["name"], [r for r in range(rows[rewrite["from"]]) if r not in drop])
@@ -430,18 +431,6 @@ def _follow_index(out: Store, committed: Manifest, settings: EmbedSettings) -> s
     except (EmbedJobError, FolderError) as err:  # the generation is committed; the index stays where it was
         logger.warning("the index was left at its generation: %s; run `byol-embed index %s` once fixed", err, out)
         return f"left behind ({err})"
-
-
-def _committed_for_dry_run(out: Store, fresh: Manifest) -> Manifest | None:
-    try:
-        committed = Manifest.load(out)
-    except FolderError:
-        return None
-    diffs = committed.differences(fresh, SETTINGS_FIELDS)
-    if diffs:
-        raise FolderError(f"{out} holds embeddings made with other settings (" + "; ".join(diffs) + "); a run "
-                          "would be refused (--overwrite starts over)")
-    return committed
 
 
 def _dry_run(out: Store, fresh: Manifest, committed: Manifest | None, source: ImageSource, settings: EmbedSettings,

@@ -16,7 +16,9 @@ from typing import Any
 
 from hub.preprocess import decode_image
 from service.embed.errors import EmbedJobError
+from storage.folder import Manifest
 from storage.sources import open_source
+from storage.store import Store
 
 THUMB_SIDE = 256
 CACHE_ENTRIES = 2048  # ~10-20 KB each
@@ -105,9 +107,6 @@ class Thumbnails:
         return self._render(key, source, position)
 
     def _other_source(self, folder: str):
-        from storage.folder import Manifest
-        from storage.store import Store
-
         with self._lock:
             cached = self._others.get(folder)
         if cached is None:
