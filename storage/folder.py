@@ -242,15 +242,15 @@ def commit_generation(folder: Path | Store, pending: Manifest, keep: int = KEEP_
     committed.save(store, generation_name(committed.generation))  # the record first: the manifest is the commit
     committed.save(store)
     store.remove(PENDING)
-    collect_garbage(store, keep)
+    collect_garbage(store, keep, committed)
     return committed
 
 
-def collect_garbage(folder: Path | Store, keep: int = KEEP_GENERATIONS) -> list[str]:
+def collect_garbage(folder: Path | Store, keep: int = KEEP_GENERATIONS, current: Manifest | None = None) -> list[str]:
     """Remove the shards and markers that none of the last ``keep`` generations lists (nor a pending run plans);
-    returns their names."""
+    returns their names. ``current``: the committed manifest, when the caller has it."""
     store = as_store(folder)
-    current = Manifest.load(store)
+    current = current or Manifest.load(store)
     listed = {p["name"] for p in current.parts}
     for number in range(max(1, current.generation - keep + 1), current.generation):
         try:

@@ -39,19 +39,30 @@ class Thumbnails:
         self._lock = threading.Lock()
         self._others: dict[str, tuple[Any, dict[str, int]]] = {}  # another folder's input (leaks): source, positions
 
+    @property
+    def _options(self) -> dict | None:
+        return self.index.store.options if self.index.store is not None else None
+
+    def _input_of(self, manifest: Any) -> tuple[Any, dict[str, int]]:
+        """A folder's input as its ``byol-embed run`` read it, and each id's position in it."""
+        source = open_source(manifest.input, **manifest.source_options, storage_options=self._options)
+        return source, source.positions()
+
     @cached_property
     def _source(self):
-        store = self.index.store
-        source = open_source(self.index.manifest.input, **self.index.manifest.source_options,
-                             storage_options=store.options if store is not None else None)
-        return source, source.positions()
+        return self._input_of(self.index.manifest)
+
+    def _cached(self, key: str) -> bytes | None:
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        return None
 
     def get(self, item_id: str) -> bytes:
         """A JPEG of at most ``side`` px a side; raises :class:`ThumbnailError` (404 for an id not in the index)."""
-        with self._lock:
-            if item_id in self._cache:
-                self._cache.move_to_end(item_id)
-                return self._cache[item_id]
+        if (data := self._cached(item_id)) is not None:
+            return data
         try:
             self.index.row_of(item_id)
         except EmbedJobError:
@@ -88,9 +99,8 @@ class Thumbnails:
         read through A's own manifest and input, by the id ``byol-embed leaks`` recorded (never a path from the
         request)."""
         key = f"\0leak\0{item_id}"
-        with self._lock:
-            if key in self._cache:
-                return self._cache[key]
+        if (data := self._cached(key)) is not None:
+            return data
         try:
             partner = leaks["id_a"][leaks["id"].index(item_id)]
         except ValueError:
@@ -110,10 +120,7 @@ class Thumbnails:
         with self._lock:
             cached = self._others.get(folder)
         if cached is None:
-            options = self.index.store.options if self.index.store is not None else None
-            manifest = Manifest.load(Store(folder, options))
-            source = open_source(manifest.input, **manifest.source_options, storage_options=options)
-            cached = (source, source.positions())
+            cached = self._input_of(Manifest.load(Store(folder, self._options)))
             with self._lock:
                 self._others[folder] = cached
         return cached
