@@ -5,7 +5,9 @@ the server read it.
                                    normalize, dtype, preprocessing, the input and its fingerprint, the generation's
                                    number, its shard files (``parts``) and what it changed
     emb/part-00000.parquet         one shard: id, path, error, sha256 (of the image's bytes), version (what the
-                                   input's listing said of the file), one fixed-size-list column per layer
+                                   input's listing said of the file), one fixed-size-list column per layer, and
+                                   quality_<stat> (float32: size, brightness, contrast, blur, ... measured from the
+                                   decoded pixels; null in error rows and in shards written before they existed)
     emb/part-g0002-00000.parquet   a later generation's shards: the new and changed images, and the shards that
                                    lost rows (``-r``), written again without them
     emb/part-00000.done            written after the shard: the shard is complete (a rerun keeps it)
@@ -48,6 +50,10 @@ MANIFEST = "manifest.json"
 PENDING = "pending.json"
 GENERATIONS = "generations"
 FORMAT = "byol-embeddings/2"
+# image statistics per row (service/embed/image_stats.py computes them), stored as quality_<name> float32 columns
+QUALITY_STATS = ("width", "height", "brightness", "contrast", "blur", "entropy", "noise", "sharpness", "shadows",
+                 "highlights")
+QUALITY_COLUMNS = tuple("quality_" + name for name in QUALITY_STATS)
 FORMAT_1 = "byol-embeddings/1"  # one run, no generations: read as generation 1 once every shard is done
 KEEP_GENERATIONS = 2  # the shards of the current and the previous generation stay (readers one behind)
 # what every generation of a folder shares (the settings that change the vectors, and where the input is): another
@@ -282,6 +288,7 @@ class ShardRows:
     sha256: list[str | None] = field(default_factory=list)  # of each image's bytes; empty: not recorded
     versions: list[str | None] = field(default_factory=list)  # the listing's word on each file; empty: none
     name: str = ""  # the shard's file name (default: the first generation's name of ``index``)
+    quality: np.ndarray | None = None  # (rows, len(QUALITY_STATS)) float32, NaN where not measured; None: none
 
     def __post_init__(self) -> None:
         self.name = self.name or shard_name(self.index)
@@ -298,6 +305,7 @@ def arrow_schema(manifest: Manifest):
     fields = [pa.field("id", pa.string(), nullable=False), pa.field("path", pa.string(), nullable=False),
               pa.field("error", pa.string()), pa.field("sha256", pa.string()), pa.field("version", pa.string())]
     fields += [pa.field(layer, pa.list_(value, manifest.dims[layer])) for layer in manifest.layers]
+    fields += [pa.field(name, pa.float32()) for name in QUALITY_COLUMNS]
     return pa.schema(fields, metadata=manifest.schema_metadata())
 
 
@@ -322,6 +330,10 @@ def write_shard(folder: Path | Store, manifest: Manifest, rows: ShardRows, *, ma
         # a fixed-size list with nulls where the image failed: the child values there are never read
         mask = pa.array(~ok) if not ok.all() else None
         columns.append(pa.FixedSizeListArray.from_arrays(flat, dim, mask=mask))
+    quality = rows.quality if rows.quality is not None else np.full((len(rows.ids), len(QUALITY_COLUMNS)), np.nan)
+    for c in range(len(QUALITY_COLUMNS)):
+        values = np.asarray(quality[:, c], np.float32)
+        columns.append(pa.array(values, pa.float32(), mask=np.isnan(values)))
     table = pa.Table.from_arrays(columns, schema=schema)
     # durable before its done marker is written
     store.write_with(rows.name, lambda tmp: pq.write_table(table, tmp, compression="zstd"))

@@ -6,9 +6,14 @@
     byol-embed index emb/ --layer avgpool [--factory "IVF4096,PQ64"]
     byol-embed search emb/ --image query.jpg -k 10 [--json]
     byol-embed search emb/ --id cats/001.jpg -k 10                            # near-duplicates of a set image
-    byol-embed dedup emb/ [--threshold 0.86] [--write-lists]                  # exact + near-duplicate groups
+    byol-embed calibrate emb/ [--precision 0.95]                              # this model's duplicate threshold
+    byol-embed dedup emb/ [--threshold T] [--write-lists]                     # exact + near-duplicate groups
     byol-embed outliers emb/ [--k 10]                                         # the most unusual and broken images
-    byol-embed leaks emb_train/ emb_test/ [--threshold 0.86]                  # test images that are in train
+    byol-embed leaks emb_train/ emb_test/ [--threshold T]                     # test images that are in train
+    byol-embed quality emb/                                                   # dark, blurry, low-information, ...
+    byol-embed labels emb/ --labels folders|column:NAME|labels.csv            # likely wrong labels
+    byol-embed select emb/ -n 1000 --strategy diverse|typical|balanced        # a subset worth labelling
+    byol-embed map emb/ [--clusters 32]                                       # 2-D map + k-means clusters
 
 Inputs and outputs may be fsspec URLs (s3://, gs://, az://, hf://datasets/...): credentials come the provider's
 standard way (AWS_* variables, ~/.aws, an instance role), other options with --storage-option KEY=VALUE.
@@ -29,17 +34,20 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from hub.errors import HubError
-from hub.layers import output_name
-from hub.preprocess import decode_image, preprocess_one
+from hub.preprocess import decode_image
+from service.embed.calibrate import DEFAULT_PRECISION, DEFAULT_SAMPLE, calibrate
 from service.embed.curate import DEFAULT_THRESHOLD, EXACT_LIMIT, dedup, format_histogram, outliers
 from service.embed.errors import EmbedJobError
 from service.embed.index import GROWTH_LIMIT, LoadedIndex, build_index, has_index, update_index
 from service.embed.job import EmbedSettings, run_job
+from service.embed.labels import labels as score_labels
+from service.embed.labels import parse_spec, save_spec
 from service.embed.leaks import leaks
-from service.runtime.factory import build_backend, resolve_for_backend
+from service.embed.projection import LANDMARKS, build_map
+from service.embed.quality import DEFAULT_THRESHOLDS as DEFAULT_QUALITY
+from service.embed.quality import quality
+from service.embed.select import STRATEGIES, select
 from service.runtime.settings import RuntimeSettings
 from storage.errors import DataLayerError
 from storage.folder import KEEP_GENERATIONS
@@ -104,6 +112,10 @@ def _add_run(sub) -> None:
     p.add_argument("--no-index-update", action="store_true",
                    help="leave the folder's index (if any) at its generation; by default it follows the new "
                         "generation (in place where its type allows, else rebuilt)")
+    p.add_argument("--labels", default=None, metavar="SOURCE",
+                   help="record the images' labels with the folder, for `byol-embed labels`, `select --strategy "
+                        "balanced` and the map: folders (each id's parent folder), column:NAME (a column of the "
+                        "Parquet input) or FILE.csv (id,label; kept in the folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -166,10 +178,11 @@ def _add_curation(sub) -> None:
                        description="Exact duplicates (same bytes) and near-duplicate groups (a kNN graph at cosine "
                        ">= --threshold, every member >= the threshold to its group's representative) into "
                        "FOLDER/curation/duplicates.parquet; prints a summary and the nearest-neighbour histogram.")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                   help=f"cosine at or above which two images are near duplicates (default {DEFAULT_THRESHOLD}: "
-                        "measured on re-encoded, halved, cropped and brightened copies of real photos, see the README; "
-                        "the printed histogram helps to pick one for your data)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="cosine at or above which two images are near duplicates (default: the folder's calibration, "
+                        "curation/calibration.json, measured now if there is none: see `byol-embed calibrate`; "
+                        f"{DEFAULT_THRESHOLD} where the model or the input cannot be read again)")
+    add_calibration_options(p)
     p.add_argument("--k", type=int, default=16, help="neighbours per image in the kNN graph (default 16)")
     p.add_argument("--write-lists", action="store_true",
                    help="also write curation/keep.txt (representatives and unique images) and remove.txt (the rest "
@@ -179,8 +192,88 @@ def _add_curation(sub) -> None:
                        "duplicates left out) with its percentile, into FOLDER/curation/outliers.parquet, most "
                        "unusual first; error rows are listed as broken images.")
     p.add_argument("--k", type=int, default=10, help="neighbours averaged (default 10)")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                   help=f"neighbours at or above this cosine are duplicates and left out (default {DEFAULT_THRESHOLD})")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="neighbours at or above this cosine are duplicates and left out (default: the folder's "
+                        f"calibrated threshold, else {DEFAULT_THRESHOLD})")
+    p = sub.add_parser("calibrate", parents=[common], help="measure this folder's near-duplicate threshold",
+                       description=calibrate_doc())
+    add_calibration_options(p)
+    p.add_argument("--k", type=int, default=16, help="nearest images of the folder compared with each copy "
+                                                     "(default 16)")
+    p = sub.add_parser("labels", parents=[common], help="images whose neighbours disagree with their label",
+                       description="Scores every labelled image by how strongly its k nearest neighbours disagree "
+                       "with its label, with the label they suggest; the class pairs the embedding confuses; each "
+                       "class's outliers. Writes FOLDER/curation/labels.parquet and labels.json.")
+    p.add_argument("--labels", default=None, metavar="SOURCE",
+                   help="folders | column:NAME | FILE.csv (default: the source recorded by `run --labels`)")
+    p.add_argument("--k", type=int, default=20, help="neighbours voting (default 20)")
+    p = sub.add_parser("select", parents=[common], help="a subset worth labelling: diverse, typical or balanced",
+                       description=select_doc(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-n", type=int, required=True, dest="count", help="images to select")
+    p.add_argument("--strategy", default="diverse", choices=STRATEGIES,
+                   help="diverse: k-center greedy (covers the set); typical: the densest images; balanced: diverse "
+                        "within each label or map cluster (default diverse)")
+    p.add_argument("--min-distance", type=float, default=0.0, metavar="D",
+                   help="diverse: stop once every image is within D of the selection; typical: picks at least D "
+                        "apart (euclidean between unit vectors, sqrt(2 - 2 cos); default 0: off)")
+    p.add_argument("--labels", default=None, metavar="SOURCE",
+                   help="balanced: the groups (folders | column:NAME | FILE.csv; default: the folder's labels, else "
+                        "the map's clusters)")
+    p.add_argument("--k", type=int, default=10, help="typical: neighbours of the density (default 10)")
+    p = sub.add_parser("map", parents=[common], help="2-D coordinates and k-means clusters, for the /ui Map tab",
+                       description=map_doc(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--clusters", type=int, default=None,
+                   help="k-means clusters (default: about sqrt(n / 4), between 2 and 64)")
+    p.add_argument("--landmarks", type=int, default=LANDMARKS,
+                   help=f"points laid out by t-SNE; the rest placed by their nearest ones (default {LANDMARKS})")
+    p.add_argument("--labels", default=None, metavar="SOURCE",
+                   help="labels to score the clusters against (NMI; default: the folder's, if any)")
+    p = sub.add_parser("quality", parents=[common], help="dark, overexposed, blurry, low-information, noisy, odd-size "
+                                                         "and odd-aspect images",
+                       description="Flags each image's quality extremes with a reason, from the statistics `run` "
+                       "stored (or measured now by reading the images of an older folder). Writes "
+                       "FOLDER/curation/quality.parquet and quality.json. --layer is not used.")
+    for name, value in DEFAULT_QUALITY.items():
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=None, dest="q_" + name,
+                       help=f"threshold (default {value}): " + QUALITY_HELP[name])
+    p.add_argument("--no-recompute", action="store_true",
+                   help="leave rows without statistics unflagged instead of reading their images again")
+
+
+QUALITY_HELP = {
+    "dark": "brightness (mean grey, 0..1) below it is dark",
+    "overexposed": "a fraction of pixels clipped to white above it (or brightness above 0.9) is overexposed",
+    "blurry": "sharpness (fine over coarse Laplacian energy) below it is blurry",
+    "low_information": "grey-histogram entropy (bits) below it is low information (as is contrast below 0.02)",
+    "noise": "noise (Laplacian over 20 x grey variance; white noise is 1) above it is noise",
+    "odd_size": "an area this many times above or below the set's median (or a side under 32 px) is an odd size",
+    "odd_aspect": "a longer side over shorter side above it is an odd aspect",
+}
+
+
+def add_calibration_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", type=float, default=DEFAULT_PRECISION,
+                   help=f"the pair precision the calibrated threshold is chosen for (default {DEFAULT_PRECISION})")
+    p.add_argument("--sample", type=int, default=DEFAULT_SAMPLE,
+                   help=f"images sampled and copied for the calibration (default {DEFAULT_SAMPLE})")
+
+
+def calibrate_doc() -> str:
+    from service.embed import calibrate
+
+    return calibrate.__doc__.split("\n\n", 1)[1].split("Written to")[0].strip()
+
+
+def select_doc() -> str:
+    from service.embed import select
+
+    return select.__doc__
+
+
+def map_doc() -> str:
+    from service.embed import projection
+
+    return projection.__doc__
 
 
 def _add_leaks(sub) -> None:
@@ -194,9 +287,9 @@ def _add_leaks(sub) -> None:
     p.add_argument("folder_b", metavar="EMB_B", help="the folder checked, and where the results go (e.g. the test "
                                                      "split)")
     p.add_argument("--layer", default="avgpool", help="the embedded layer to compare on (default avgpool)")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                   help=f"cosine at or above which an image of B is a near duplicate of one of A (default "
-                        f"{DEFAULT_THRESHOLD}, dedup's measured threshold)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="cosine at or above which an image of B is a near duplicate of one of A (default: B's "
+                        "calibrated threshold, measured now if there is none; both share the model)")
     p.add_argument("--k", type=int, default=4, help="neighbours in A fetched per image of B (default 4)")
     p.add_argument("--exact-limit", type=int, default=EXACT_LIMIT,
                    help=f"exact kNN over A up to this many vectors, an IVF index beyond (default {EXACT_LIMIT})")
@@ -233,7 +326,13 @@ def _run(args: argparse.Namespace) -> int:
         break_lock=args.break_lock, lock_ttl_s=args.lock_ttl, overwrite=args.overwrite, dry_run=args.dry_run,
         keep_generations=args.keep_generations, update_index=not args.no_index_update,
         progress=not args.no_progress)
+    if args.labels:
+        parse_spec(args.labels)
     summary = run_job(settings)
+    if args.labels and not args.dry_run and not summary.interrupted:
+        with _locked(argparse.Namespace(folder=args.output, storage_options=args.storage_options,
+                                        break_lock=False, lock_ttl=args.lock_ttl)) as folder:
+            save_spec(folder, args.labels)
     print(summary.line())
     for kind, ids in summary.changed_ids.items():
         if ids:
@@ -271,17 +370,9 @@ def _index(args: argparse.Namespace) -> int:
 
 def embed_query(manifest, image: bytes, layer: str):
     """Embed one image exactly as the manifest's run did (model, revision, preprocessing, pooling)."""
-    settings = RuntimeSettings(model=manifest.model_id, revision=None if manifest.revision.startswith("sha256:")
-                               else manifest.revision)
-    resolved = resolve_for_backend(settings)
-    if manifest.made_with_other_weights(resolved.config):
-        raise EmbedJobError(f"the model at {manifest.model_id} now has other weights (sha256 "
-                            f"{str(resolved.config.weights_sha256)[:12]}) than the set was embedded with "
-                            f"({manifest.weights_sha256[:12]})")
-    backend = build_backend(resolved, settings)
-    pixels = preprocess_one(decode_image(image), resolved.config.preprocessing)[None]
-    out = backend.run(np.ascontiguousarray(pixels))
-    return out[output_name(layer, manifest.pooling)].reshape(1, -1)
+    from service.embed.model import FolderModel
+
+    return FolderModel(manifest).embed([decode_image(image)], layer)
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -303,7 +394,8 @@ def _search(args: argparse.Namespace) -> int:
 def _dedup(args: argparse.Namespace) -> int:
     with _locked(args) as folder:
         summary = dedup(folder, layer=args.layer, threshold=args.threshold, k=args.k, write_lists=args.write_lists,
-                        exact_limit=args.exact_limit, nprobe=args.nprobe, progress=not args.no_progress)
+                        exact_limit=args.exact_limit, nprobe=args.nprobe, precision=args.precision,
+                        sample=args.sample, progress=not args.no_progress)
     if args.json:
         print(json.dumps(summary))
         return 0
@@ -312,10 +404,109 @@ def _dedup(args: argparse.Namespace) -> int:
           f"images ({summary['exact_copies']} exact copies); {summary['removable']} could go, keeping one per "
           f"group (cosine >= {summary['threshold']} on {summary['layer']}, {summary['search']['index']}, "
           f"{summary['seconds']} s) -> {join(out, 'duplicates.parquet')}")
+    print(_threshold_line(summary))
     print("nearest-neighbour cosine (each image's closest other image):")
     print(format_histogram(summary["histogram"]))
     if args.write_lists:
         print(f"lists: {join(out, 'keep.txt')}, {join(out, 'remove.txt')}")
+    return 0
+
+
+def _threshold_line(summary: dict) -> str:
+    chosen = summary["threshold_from"]
+    if chosen["source"] == "--threshold":
+        return f"threshold {summary['threshold']} (--threshold)"
+    if chosen["source"] == "default":
+        return f"threshold {summary['threshold']} (the fixed default: {chosen['why']})"
+    line = (f"threshold {summary['threshold']} ({chosen['source']}: on copies of this folder's images, precision "
+            f"{chosen['precision']}, recall {chosen['recall']})")
+    return line + ("\nwarning: " + chosen["warning"] if "warning" in chosen else "")
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from storage.folder import Manifest, load_rows
+
+    with _locked(args) as folder:
+        manifest = Manifest.load(folder)
+        rows = load_rows(folder, manifest, args.layer)
+        entry = calibrate(folder, manifest, rows, layer=args.layer, precision=args.precision, sample=args.sample,
+                          k=args.k)
+    if args.json:
+        print(json.dumps(entry))
+        return 0
+    print(f"threshold {entry['threshold']} on {entry['layer']}: precision {entry['precision']}, recall "
+          f"{entry['recall']} on {entry['copies']} copies of {entry['sample']} images ({entry['seconds']} s) -> "
+          f"{join(args.folder, 'curation/calibration.json')}")
+    print(f"  copies' cosine to their original: {entry['positives']}")
+    print(f"  nearest distinct images' cosine:   {entry['negatives']}")
+    print("  recall by copy: " + ", ".join(f"{k} {v}" for k, v in entry["recall_by_transform"].items()))
+    if "warning" in entry:
+        print("warning: " + entry["warning"])
+    return 0
+
+
+def _quality(args: argparse.Namespace) -> int:
+    thresholds = {name: getattr(args, "q_" + name) for name in DEFAULT_QUALITY
+                  if getattr(args, "q_" + name) is not None}
+    with _locked(args) as folder:
+        summary = quality(folder, thresholds=thresholds, recompute=not args.no_recompute,
+                          progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"{summary['flagged']} of {summary['images']} images flagged ({summary['measured']} measured, "
+          f"{summary['recomputed']} read again) -> {join(args.folder, 'curation/quality.parquet')}")
+    for reason, count in summary["reasons"].items():
+        examples = ", ".join(summary["examples"][reason][:3])
+        print(f"  {reason:<16} {count:>8}" + (f"   e.g. {examples}" if examples else ""))
+    return 0
+
+
+def _labels(args: argparse.Namespace) -> int:
+    with _locked(args) as folder:
+        summary = score_labels(folder, spec=args.labels, layer=args.layer, k=args.k, exact_limit=args.exact_limit,
+                               nprobe=args.nprobe, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"{summary['labelled']} labelled images in {summary['classes']} classes ({summary['labels']}); "
+          f"{summary['disagreeing']} whose neighbours suggest another label ({summary['seconds']} s) -> "
+          f"{join(args.folder, 'curation/labels.parquet')}")
+    print("most likely mislabelled:")
+    for item in summary["top"]:
+        print(f"  {item['score']:.3f}  {item['id']}  {item['label']} -> {item['suggested']}")
+    print("classes most confused:")
+    for pair in summary["confused_pairs"][:5]:
+        print(f"  {pair['a']} / {pair['b']}: {100 * pair['share']:.1f} % of their neighbours' votes cross")
+    return 0
+
+
+def _select(args: argparse.Namespace) -> int:
+    with _locked(args) as folder:
+        summary = select(folder, count=args.count, strategy=args.strategy, layer=args.layer,
+                         min_distance=args.min_distance, labels_spec=args.labels, k=args.k,
+                         progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    radius = f", coverage radius {summary['coverage_radius']}" if summary["coverage_radius"] is not None else ""
+    print(f"{summary['selected']} of {summary['embedded']} images selected ({summary['strategy']}{radius}, "
+          f"{summary['seconds']} s) -> {join(args.folder, 'curation/selection.parquet')}")
+    if "stopped" in summary:
+        print(f"  stopped early: {summary['stopped']}")
+    return 0
+
+
+def _map(args: argparse.Namespace) -> int:
+    with _locked(args) as folder:
+        summary = build_map(folder, layer=args.layer, clusters=args.clusters, landmarks=args.landmarks,
+                            labels_spec=args.labels, progress=not args.no_progress)
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    nmi = f"; NMI against the labels {summary['nmi']['value']}" if "nmi" in summary else ""
+    print(f"map of {summary['embedded']} images, {summary['clusters']} clusters ({summary['method']}, "
+          f"{summary['seconds']} s){nmi} -> {join(args.folder, 'curation/map.parquet')}")
     return 0
 
 
@@ -352,7 +543,8 @@ def _leaks(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _run, "index": _index, "search": _search, "dedup": _dedup, "outliers": _outliers, "leaks": _leaks}
+COMMANDS = {"run": _run, "index": _index, "search": _search, "dedup": _dedup, "outliers": _outliers, "leaks": _leaks,
+            "calibrate": _calibrate, "quality": _quality, "labels": _labels, "select": _select, "map": _map}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

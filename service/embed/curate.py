@@ -3,7 +3,10 @@
     emb/curation/duplicates.parquet     group, id, path, representative, similarity (to it), kind: exact (the same
                                         bytes as another member of the group) or near
     emb/curation/outliers.parquet       id, path, score (1 - mean cosine to the k nearest non-duplicates),
-                                        percentile, rank, kind embedded|broken, error
+                                        percentile, rank, kind embedded|no content|broken,
+                                        reasons (the quality flags that say "no picture"), error
+    emb/curation/calibration.json       the near-duplicate threshold measured on the folder's own images
+                                        (service/embed/calibrate.py): dedup's and leaks' default
     emb/curation/nn_similarity.json     the histogram of nearest-neighbour cosines (to choose a threshold)
     emb/curation/duplicates.json, outliers.json   each result's summary, with the folder's generation it was made
                                         from (a later generation makes it stale: the page and the API say so)
@@ -12,11 +15,10 @@
 Near duplicates come from a kNN graph over one layer (cosine on L2-normalized vectors; FAISS: exact
 ``IndexFlatIP`` up to ``EXACT_LIMIT`` vectors, an ``IVF,SQ8`` index beyond whose candidates are re-ranked by their
 exact cosines),
-queried in blocks, so nothing n x n is ever built. Edges with cosine >= T are joined by union-find; then the guard
-against chaining (fastdup#302: pairs at 0.82 inside a 0.97 component): every group has a representative (the
-member with the most edges in it, then the first in the folder's order) and every member is >= T to it, or the
-members that are not are split off and grouped again among themselves. The result is deterministic for the same
-folder and settings.
+queried in blocks, so nothing n x n is ever built. Edges with cosine >= T (T: the folder's calibrated threshold,
+or --threshold) are joined by union-find; then no chaining (fastdup#302: pairs at 0.82 inside a 0.97 component):
+each component is cut into groups whose members are all >= T to each other (:func:`near_groups`). The result is
+deterministic for the same folder and settings.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from service.embed.calibrate import DEFAULT_PRECISION, DEFAULT_SAMPLE, calibration_for, resolve_threshold
 from service.embed.errors import EmbedJobError
 from service.embed.index import DEFAULT_THRESHOLD, TRAIN_PER_LIST, faiss_module
 from storage.folder import Manifest, Rows, load_rows, write_table
@@ -174,8 +177,13 @@ def _split_by_component(edges: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]
 
 
 def near_groups(vectors: np.ndarray, sims: np.ndarray, rows: np.ndarray, threshold: float) -> list[tuple[int, np.ndarray]]:
-    """Groups of rows, each ``(representative, members)`` with every member >= ``threshold`` to the
-    representative (the guard against chaining), from the kNN graph's edges at ``threshold``."""
+    """Groups of rows, each ``(representative, members)``, from the kNN graph's edges at ``threshold``: every two
+    members of a group are >= ``threshold`` to each other (no chaining, whatever the model).
+
+    Each connected component is cut into cliques, greedily: its representative is the member with the most edges
+    (then the first in the folder's order); the members >= ``threshold`` to it join in order of their cosine to it,
+    each only if it is >= ``threshold`` to every member already in; the rest are split into components by their own
+    edges and grouped again the same way."""
     q, j = np.nonzero((sims >= threshold) & (rows >= 0))
     if len(q) == 0:
         return []
@@ -188,16 +196,52 @@ def near_groups(vectors: np.ndarray, sims: np.ndarray, rows: np.ndarray, thresho
         members, inside = pending.pop()
         degree = np.bincount(np.searchsorted(members, inside.ravel()), minlength=len(members))
         rep = int(members[np.lexsort((members, -degree))[0]])  # most edges, then the first in the folder
-        to_rep = vectors[members] @ vectors[rep]
-        close = (to_rep >= threshold) | (members == rep)
-        if close.sum() > 1:
-            result.append((rep, members[close]))
-        rest = members[~close]
+        group = _clique_around(vectors, members, rep, threshold)
+        if len(group) > 1:
+            result.append((rep, group))
+        rest = np.setdiff1d(members, group, assume_unique=True)
         if len(rest) > 1:
             sub = inside[np.isin(inside[:, 0], rest) & np.isin(inside[:, 1], rest)]
             if len(sub):
                 pending += _split_by_component(sub)
     return sorted(result, key=lambda g: int(g[1][0]))
+
+
+def _clique_around(vectors: np.ndarray, members: np.ndarray, rep: int, threshold: float) -> np.ndarray:
+    """``rep`` and the members that are, greedily in order of their cosine to it, >= ``threshold`` to every member
+    taken before them (sorted rows)."""
+    to_rep = vectors[members] @ vectors[rep]
+    candidates = members[(to_rep >= threshold) & (members != rep)]
+    if len(candidates) == 0:
+        return np.asarray([rep])
+    cand_sims = vectors[candidates] @ vectors[rep]
+    order = np.lexsort((candidates, -cand_sims))
+    candidates = candidates[order]
+    cand_vectors = vectors[candidates]
+    still = np.ones(len(candidates), bool)  # >= threshold to every member taken so far
+    taken = [rep]
+    for pos in range(len(candidates)):
+        if not still[pos]:
+            continue
+        taken.append(int(candidates[pos]))
+        still[pos] = False
+        still[pos + 1:] &= cand_vectors[pos + 1:] @ cand_vectors[pos] >= threshold
+    return np.sort(np.asarray(taken))
+
+
+def knn_of(base: np.ndarray, queries: np.ndarray, k: int, block: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` cosines of a few ``queries`` against every row of ``base`` (both L2-normalized), through
+    ``base`` in blocks: ``(q, k)`` similarities (descending) and rows (-1 where ``base`` is shorter)."""
+    k = min(k, len(base))
+    best_s = np.full((len(queries), k), -np.inf, np.float32)
+    best_i = np.full((len(queries), k), -1, np.int64)
+    for start in range(0, len(base), block):
+        s = queries @ base[start:start + block].T
+        i = np.broadcast_to(np.arange(start, start + s.shape[1]), s.shape)
+        s, i = np.concatenate([best_s, s], axis=1), np.concatenate([best_i, i], axis=1)
+        top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        best_s, best_i = np.take_along_axis(s, top, axis=1), np.take_along_axis(i, top, axis=1)
+    return best_s, best_i
 
 
 def histogram(nearest: np.ndarray, bins: int = 50) -> dict[str, Any]:
@@ -226,13 +270,19 @@ def format_histogram(hist: dict[str, Any], lo: float = 0.5, width: int = 40) -> 
     return "\n".join(lines)
 
 
-def dedup(folder: str | Path, *, layer: str = "avgpool", threshold: float = DEFAULT_THRESHOLD, k: int = 16,
-          write_lists: bool = False, exact_limit: int = EXACT_LIMIT, nprobe: int | None = None,
-          progress: bool = False, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Find exact and near-duplicate groups in ``folder``; write ``curation/duplicates.parquet``; returns the
-    summary (also written into ``curation/duplicates.json``)."""
-    if not -1.0 <= threshold <= 1.0:
+def check_threshold(threshold: float | None) -> None:
+    if threshold is not None and not -1.0 <= threshold <= 1.0:
         raise EmbedJobError(f"--threshold is a cosine similarity in [-1, 1], got {threshold}")
+
+
+def dedup(folder: str | Path, *, layer: str = "avgpool", threshold: float | None = None, k: int = 16,
+          write_lists: bool = False, exact_limit: int = EXACT_LIMIT, nprobe: int | None = None,
+          precision: float = DEFAULT_PRECISION, sample: int = DEFAULT_SAMPLE, progress: bool = False,
+          storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Find exact and near-duplicate groups in ``folder``; write ``curation/duplicates.parquet``; returns the
+    summary (also written into ``curation/duplicates.json``). ``threshold`` None: the folder's calibrated one
+    (:mod:`service.embed.calibrate`, measured now where there is none)."""
+    check_threshold(threshold)
     if k < 1:
         raise EmbedJobError(f"--k must be >= 1, got {k}")
     folder = as_store(folder, storage_options)
@@ -240,6 +290,8 @@ def dedup(folder: str | Path, *, layer: str = "avgpool", threshold: float = DEFA
     started = time.perf_counter()
     rows = load_rows(folder, manifest, layer)
     recomputed = fill_missing_hashes(rows, manifest, folder.options)
+    threshold, chosen = resolve_threshold(folder, manifest, rows, layer, threshold, precision=precision, sample=sample,
+                                          fallback=DEFAULT_THRESHOLD)
     n = len(rows.vectors)
     sims, nn, info = knn(rows.vectors, k, exact_limit=exact_limit, nprobe=nprobe, progress=progress)
     groups = near_groups(rows.vectors, sims, nn, threshold) if n > 1 else []
@@ -294,8 +346,8 @@ def dedup(folder: str | Path, *, layer: str = "avgpool", threshold: float = DEFA
     nearest = sims[:, 0] if n > 1 else np.zeros(0, np.float32)
     hist = histogram(nearest)
     remove = {r["row"] for r in records if r["row"] != r["representative"]}  # all but each group's representative
-    summary = {"layer": layer, "threshold": threshold, "k": k, "generation": manifest.generation,
-               "images": len(rows.ids), "embedded": n,
+    summary = {"layer": layer, "threshold": threshold, "threshold_from": chosen, "k": k,
+               "generation": manifest.generation, "images": len(rows.ids), "embedded": n,
                "groups": group_no, "in_groups": len(records), "removable": len(remove),
                "exact_copies": sum(1 for r in records if r["kind"] == "exact" and r["row"] in remove),
                "hashes_recomputed": recomputed, "search": info, "seconds": round(time.perf_counter() - started, 2)}
@@ -308,17 +360,25 @@ def dedup(folder: str | Path, *, layer: str = "avgpool", threshold: float = DEFA
     return summary
 
 
-def outliers(folder: str | Path, *, layer: str = "avgpool", k: int = 10, threshold: float = DEFAULT_THRESHOLD,
+def outliers(folder: str | Path, *, layer: str = "avgpool", k: int = 10, threshold: float | None = None,
              exact_limit: int = EXACT_LIMIT, nprobe: int | None = None, progress: bool = False,
              storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score every embedded image: 1 - mean cosine to its ``k`` nearest neighbours that are not its own
-    duplicates (cosine >= ``threshold``); error rows are listed as broken. Writes ``curation/outliers.parquet``
-    ordered from the most outlying."""
+    duplicates (cosine >= ``threshold``, default the folder's calibrated one). A weak model can put an image with
+    no picture in it (a flat field, noise, text) among the most typical; so images whose pixels say so (the quality
+    flags ``low information`` and ``noise``, measured from the pixels, whatever the model) come first, with their
+    reason. Error rows are listed as broken. Writes ``curation/outliers.parquet``, most outlying first."""
+    from service.embed.quality import content_flags
+
+    check_threshold(threshold)
     if k < 1:
         raise EmbedJobError(f"--k must be >= 1, got {k}")
     folder = as_store(folder, storage_options)
     manifest = Manifest.load(folder)
     rows = load_rows(folder, manifest, layer)
+    if threshold is None:
+        entry = calibration_for(folder, manifest, layer)
+        threshold = float(entry["threshold"]) if entry else DEFAULT_THRESHOLD
     n = len(rows.vectors)
     slack = 8  # neighbours fetched beyond k, to leave duplicates out and still have k
     sims, nn, info = knn(rows.vectors, k + slack, exact_limit=exact_limit, nprobe=nprobe, progress=progress)
@@ -329,26 +389,35 @@ def outliers(folder: str | Path, *, layer: str = "avgpool", k: int = 10, thresho
     counts = take.sum(axis=1)
     mean = np.where(counts > 0, (sims * take).sum(axis=1) / np.maximum(counts, 1), np.nan)
     score = (1.0 - mean).astype(np.float32)
-    ranking = np.argsort(-np.nan_to_num(score, nan=-np.inf), kind="stable")
+    embedded_ids = [rows.ids[int(r)] for r in rows.embedded]
+    flags = content_flags(folder, manifest, embedded_ids)
+    flagged = np.array([i in flags for i in embedded_ids], bool)
+    ranking = np.lexsort((np.arange(n), -np.nan_to_num(score, nan=-np.inf), ~flagged))
     percentile = np.empty(n, np.float32)
-    percentile[ranking] = 100.0 * (1.0 - np.arange(n) / max(n, 1))
+    by_score = np.argsort(-np.nan_to_num(score, nan=-np.inf), kind="stable")
+    percentile[by_score] = 100.0 * (1.0 - np.arange(n) / max(n, 1))
     broken = [i for i, e in enumerate(rows.errors) if e is not None]
     table = pa.table({
-        "id": pa.array([rows.ids[int(rows.embedded[i])] for i in ranking] + [rows.ids[i] for i in broken], pa.string()),
+        "id": pa.array([embedded_ids[i] for i in ranking] + [rows.ids[i] for i in broken], pa.string()),
         "path": pa.array([rows.paths[int(rows.embedded[i])] for i in ranking] + [rows.paths[i] for i in broken],
                          pa.string()),
         "score": pa.array(np.concatenate([score[ranking], np.full(len(broken), np.nan, np.float32)]), pa.float32()),
         "percentile": pa.array(np.concatenate([percentile[ranking], np.full(len(broken), np.nan, np.float32)]),
                                pa.float32()),
         "rank": pa.array(list(range(1, n + 1)) + [None] * len(broken), pa.int64()),
-        "kind": pa.array(["embedded"] * n + ["broken"] * len(broken), pa.string()),
+        "kind": pa.array(["no content" if flagged[i] else "embedded" for i in ranking] + ["broken"] * len(broken),
+                         pa.string()),
+        "reasons": pa.array([flags.get(embedded_ids[i], []) for i in ranking] + [[]] * len(broken),
+                            pa.list_(pa.string())),
         "error": pa.array([None] * n + [rows.errors[i] for i in broken], pa.string()),
     })
     out = folder.child(CURATION_DIR)
     write_table(out, OUTLIERS_FILE, table)
-    top = [{"id": rows.ids[int(rows.embedded[i])], "score": round(float(score[i]), 4)} for i in ranking[:10]]
+    top = [{"id": embedded_ids[i], "score": round(float(score[i]), 4), "reasons": flags.get(embedded_ids[i], [])}
+           for i in ranking[:10]]
     summary = {"layer": layer, "k": k, "threshold": threshold, "generation": manifest.generation,
-               "images": len(rows.ids), "embedded": n, "broken": len(broken), "search": info}
+               "images": len(rows.ids), "embedded": n, "no_content": int(flagged.sum()), "broken": len(broken),
+               "scoring": "no-content quality flags first, then 1 - mean cosine to the k nearest non-duplicates", "search": info}
     out.write_text("outliers.json", json.dumps(summary, indent=1) + "\n")
     return {**summary, "top": top, "broken_ids": [rows.ids[i] for i in broken][:10]}
 

@@ -22,7 +22,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from service.embed.curate import BLOCK, CURATION_DIR, EXACT_LIMIT, _bar, fill_missing_hashes, search_index
+from service.embed.calibrate import resolve_threshold
+from service.embed.curate import (
+    BLOCK,
+    CURATION_DIR,
+    EXACT_LIMIT,
+    _bar,
+    check_threshold,
+    fill_missing_hashes,
+    search_index,
+)
 from service.embed.errors import EmbedJobError
 from service.embed.index import DEFAULT_THRESHOLD
 from storage.folder import Manifest, load_rows, write_table
@@ -45,11 +54,12 @@ def check_comparable(a: Manifest, b: Manifest, layer: str, shown_a: str, shown_b
 
 
 def leaks(folder_a: str | Path | Store, folder_b: str | Path | Store, *, layer: str = "avgpool",
-          threshold: float = DEFAULT_THRESHOLD, k: int = 4, exact_limit: int = EXACT_LIMIT, nprobe: int | None = None,
+          threshold: float | None = None, k: int = 4, exact_limit: int = EXACT_LIMIT, nprobe: int | None = None,
           progress: bool = False, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Find B's exact and near duplicates in A; write them into B's ``curation/``; returns the summary."""
-    if not -1.0 <= threshold <= 1.0:
-        raise EmbedJobError(f"--threshold is a cosine similarity in [-1, 1], got {threshold}")
+    """Find B's exact and near duplicates in A; write them into B's ``curation/``; returns the summary.
+    ``threshold`` None: B's calibrated threshold (measured now on B's images where there is none; the two
+    folders share the model, so it holds for the pair)."""
+    check_threshold(threshold)
     if k < 1:
         raise EmbedJobError(f"--k must be >= 1, got {k}")
     a, b = as_store(folder_a, storage_options), as_store(folder_b, storage_options)
@@ -61,6 +71,7 @@ def leaks(folder_a: str | Path | Store, folder_b: str | Path | Store, *, layer: 
     rows_a, rows_b = load_rows(a, manifest_a, layer), load_rows(b, manifest_b, layer)
     fill_missing_hashes(rows_a, manifest_a, a.options)
     fill_missing_hashes(rows_b, manifest_b, b.options)
+    threshold, chosen = resolve_threshold(b, manifest_b, rows_b, layer, threshold, fallback=DEFAULT_THRESHOLD)
     found: dict[int, tuple[int, float, str]] = {}  # row in B -> (row in A, similarity, kind)
     if len(rows_a.vectors) and len(rows_b.vectors):
         index, info = search_index(rows_a.vectors, exact_limit=exact_limit, nprobe=nprobe)
@@ -103,8 +114,8 @@ def leaks(folder_a: str | Path | Store, folder_b: str | Path | Store, *, layer: 
     write_table(out, LEAKS_FILE, table)
     out.write_text(CLEAN_FILE, "".join(i + "\n" for r, i in enumerate(rows_b.ids) if r not in found))
     exact = sum(1 for v in found.values() if v[2] == "exact")
-    summary = {"a": str(a), "b": str(b), "layer": layer, "threshold": threshold, "k": k,
-               "generation": manifest_b.generation, "generation_a": manifest_a.generation,
+    summary = {"a": str(a), "b": str(b), "layer": layer, "threshold": threshold, "threshold_from": chosen,
+               "k": k, "generation": manifest_b.generation, "generation_a": manifest_a.generation,
                "images_a": len(rows_a.ids), "images_b": len(rows_b.ids), "leaks": len(found), "exact": exact,
                "near": len(found) - exact, "clean": len(rows_b.ids) - len(found),
                "leaked_fraction": round(len(found) / max(1, len(rows_b.ids)), 4), "search": info,

@@ -21,8 +21,9 @@ from hub.config import ModelConfig
 from hub.errors import ImageDecodeError
 from hub.layers import output_name
 from hub.preprocess import decode_image, preprocess_one
+from service.embed.image_stats import image_stats
 from service.runtime.backend import Backend
-from storage.folder import Manifest, ShardRows
+from storage.folder import QUALITY_STATS, Manifest, ShardRows
 from storage.sources import ImageSource
 from storage.store import StorageError
 
@@ -36,6 +37,7 @@ class Decoded:
     pixels: np.ndarray | None
     error: str | None
     sha256: str | None = None  # of the image's bytes as read (exact duplicates), None when unreadable
+    stats: tuple[float, ...] | None = None  # image_stats of the decoded pixels (quality columns)
 
 
 def read_items(source: ImageSource, indices: list[int]) -> list[bytes | Decoded]:
@@ -58,7 +60,8 @@ def decode_item(source: ImageSource, index: int, config: ModelConfig, max_pixels
 def decode_blob(blob: bytes, config: ModelConfig, max_pixels: int) -> Decoded:
     digest = hashlib.sha256(blob).hexdigest()
     try:
-        return Decoded(preprocess_one(decode_image(blob, max_pixels=max_pixels), config.preprocessing), None, digest)
+        img = decode_image(blob, max_pixels=max_pixels)
+        return Decoded(preprocess_one(img, config.preprocessing), None, digest, image_stats(img))
     except ImageDecodeError as err:
         return Decoded(None, str(err), digest)
     except Exception as err:  # a decoder bug on one hostile file costs that row, not the job
@@ -155,6 +158,7 @@ def embed_shard(source: ImageSource, manifest: Manifest, config: ModelConfig, ba
     vectors = {layer: np.zeros((count, manifest.dims[layer]), np.float32) for layer in manifest.layers}
     errors: list[str | None] = [None] * count
     digests: list[str | None] = [None] * count
+    quality = np.full((count, len(QUALITY_STATS)), np.nan, np.float32)
     batch: list[np.ndarray] = []
     rows: list[int] = []
 
@@ -177,6 +181,8 @@ def embed_shard(source: ImageSource, manifest: Manifest, config: ModelConfig, ba
         decoded = read_ahead(source, config, pool, range(start, stop), batch_size=batch_size, max_pixels=max_pixels)
     for row, item in enumerate(itertools.islice(decoded, count)):
         digests[row] = item.sha256
+        if item.stats is not None:
+            quality[row] = item.stats
         if item.error is not None:
             errors[row] = item.error
             if on_images:
@@ -189,4 +195,4 @@ def embed_shard(source: ImageSource, manifest: Manifest, config: ModelConfig, ba
     flush()
     return ShardRows(shard["index"], [source.item_id(i) for i in range(start, stop)],
                      [source.item_path(i) for i in range(start, stop)], errors, vectors, digests,
-                     [source.item_version(i) for i in range(start, stop)], shard.get("name", ""))
+                     [source.item_version(i) for i in range(start, stop)], shard.get("name", ""), quality)

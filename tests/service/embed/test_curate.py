@@ -68,14 +68,58 @@ def _table(path: Path) -> dict:
     return pq.read_table(path).to_pydict()
 
 
-def test_dedup_finds_the_copies_at_the_default_threshold(curation_set, capsys):
+def test_dedup_calibrates_its_threshold_on_the_folder_and_says_what_the_model_can_do(curation_set, capsys):
     folder = curation_set["folder"]
-    assert embed_main(["dedup", str(folder), "--write-lists", "--no-progress"]) == 0
+    assert embed_main(["dedup", str(folder), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "duplicate groups" in printed and "nearest-neighbour cosine" in printed
+    calibration = json.loads((folder / "curation" / "calibration.json").read_text())["avgpool"]
+    summary = json.loads((folder / "curation" / "duplicates.json").read_text())
+    assert summary["threshold"] == calibration["threshold"] and summary["threshold_from"]["source"] == "calibrated now"
+    assert calibration["sample"] >= 2 and calibration["copies"] == 5 * calibration["sample"]
+    assert set(calibration["recall_by_transform"]) == {"jpeg_q20", "half", "crop_90", "brighter_10", "darker_10"}
+    assert f"threshold {calibration['threshold']}" in printed
+    # this 3-epoch 64-px model cannot reach 0.95 at a useful recall: the calibration says so and errs on precision
+    if not calibration["separable"]:
+        assert "cannot tell near-duplicate copies" in printed and "warning" in calibration
+    precision, _ = pair_scores(folder / "curation" / "duplicates.parquet", curation_set["sources"])
+    assert precision >= 0.9, precision
+    # measured once: the next dedup reads it (the same weights); a calibration of other weights is never used
+    assert embed_main(["dedup", str(folder), "--no-progress", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["threshold_from"]["source"] == "curation/calibration.json"
+
+
+def test_groups_never_chain_on_a_weak_model(curation_set):
+    """At a threshold too low for this weak model (a tenth of all pairs above it), the kNN graph chains much of the
+    set together: every group is still a clique (each two members >= the threshold)."""
+    from service.embed.curate import dedup
+    from storage.folder import Manifest, load_rows
+
+    folder = curation_set["outliers"]
+    rows = load_rows(folder, Manifest.load(folder), "avgpool")
+    all_pairs = rows.vectors @ rows.vectors.T
+    threshold = float(np.quantile(all_pairs[np.triu_indices(len(all_pairs), 1)], 0.9))
+    summary = dedup(folder, threshold=threshold)
+    vector = {rows.ids[int(r)]: rows.vectors[i] for i, r in enumerate(rows.embedded)}
+    table = _table(folder / "curation" / "duplicates.parquet")
+    groups: dict[int, list[str]] = {}
+    for g, i in zip(table["group"], table["id"]):
+        groups.setdefault(g, []).append(i)
+    assert summary["groups"] >= 2 and max(len(m) for m in groups.values()) >= 3
+    for members in groups.values():
+        vs = np.stack([vector[i] for i in members])
+        sims = vs @ vs.T
+        assert sims.min() >= threshold - 1e-5, (members, sims.min())
+
+
+def test_dedup_finds_the_copies_at_a_given_threshold(curation_set, capsys):
+    folder = curation_set["folder"]
+    assert embed_main(["dedup", str(folder), "--write-lists", "--no-progress", "--threshold", str(DEFAULT_THRESHOLD)]) == 0
+    printed = capsys.readouterr().out
+    assert "duplicate groups" in printed and "nearest-neighbour cosine" in printed and "(--threshold)" in printed
     duplicates = folder / "curation" / "duplicates.parquet"
     precision, recall = pair_scores(duplicates, curation_set["sources"])
-    assert precision >= 0.95 and recall >= 0.9, (precision, recall)
+    # groups are cliques: a copy within T of the photo but not of its other copies is left out of the group
+    assert precision >= 0.95 and recall >= 0.8, (precision, recall)
     table = _table(duplicates)
     assert set(table) == {"group", "id", "path", "representative", "similarity", "kind"}
     rows = list(zip(table["id"], table["kind"], table["representative"], table["similarity"]))
@@ -95,7 +139,8 @@ def test_dedup_finds_the_copies_at_the_default_threshold(curation_set, capsys):
     hist = json.loads((folder / "curation" / "nn_similarity.json").read_text())
     assert sum(hist["counts"]) == summary["embedded"] and len(hist["bins"]) == len(hist["counts"]) + 1
     # deterministic: the same folder and settings give the same groups
-    assert embed_main(["dedup", str(folder), "--write-lists", "--no-progress", "--json"]) == 0
+    assert embed_main(["dedup", str(folder), "--write-lists", "--no-progress", "--json", "--threshold",
+                       str(DEFAULT_THRESHOLD)]) == 0
     assert _table(duplicates) == table
 
 
@@ -104,9 +149,15 @@ def test_outliers_rank_the_planted_images_first_and_list_the_broken_one(curation
     assert embed_main(["outliers", str(folder), "--json", "--no-progress"]) == 0
     summary = json.loads(capsys.readouterr().out)
     table = _table(folder / "curation" / "outliers.parquet")
-    embedded = [i for i, kind in zip(table["id"], table["kind"]) if kind == "embedded"]
+    embedded = [i for i, kind in zip(table["id"], table["kind"]) if kind != "broken"]
     top = embedded[:len(OUT_OF_DISTRIBUTION) + 2]
     assert set(OUT_OF_DISTRIBUTION) <= set(top), top
+    # the flat fields and the text hold no picture: first, with the reason, whatever the model says
+    reasons = dict(zip(table["id"], table["reasons"]))
+    kinds = dict(zip(table["id"], table["kind"]))
+    for flat in ("ood_flat_green.png", "ood_flat_blue.png", "ood_text.png"):
+        assert kinds[flat] == "no content" and "low information" in reasons[flat], (flat, reasons[flat])
+    assert summary["no_content"] == sum(k == "no content" for k in table["kind"])
     scores = [s for s, kind in zip(table["score"], table["kind"]) if kind == "embedded"]
     assert scores == sorted(scores, reverse=True) and table["rank"][:3] == [1, 2, 3]
     assert table["percentile"][0] == pytest.approx(100.0)
@@ -121,13 +172,13 @@ def test_a_folder_written_before_hashes_still_finds_exact_copies(curation_set, t
     for shard in old.glob("part-*.parquet"):
         table = pq.read_table(shard)
         pq.write_table(table.drop(["sha256"]), shard)
-    assert embed_main(["dedup", str(old), "--json", "--no-progress"]) == 0
+    assert embed_main(["dedup", str(old), "--json", "--no-progress", "--threshold", "0.86"]) == 0
     table = _table(old / "curation" / "duplicates.parquet")
     kinds = dict(zip(table["id"], table["kind"]))
     assert kinds.get("exact_copy_of_00.jpg") == "exact" or kinds.get("orig_00.jpg") == "exact"
 
 
-def test_chains_are_split_so_every_member_is_close_to_its_representative():
+def test_chains_are_split_so_every_two_members_are_close():
     # a chain at 18 degree steps: neighbours at cosine 0.951, the ends of the chain at 0.588
     angles = np.radians([0, 18, 36, 54])
     vectors = np.stack([np.cos(angles), np.sin(angles), np.zeros(4)], axis=1).astype(np.float32)
@@ -135,11 +186,12 @@ def test_chains_are_split_so_every_member_is_close_to_its_representative():
     np.fill_diagonal(sims, -2)
     order = np.argsort(-sims, axis=1)[:, :3]
     groups = near_groups(vectors, np.take_along_axis(sims, order, axis=1), order, threshold=0.9)
-    # union-find alone would make one group of all four; the guard keeps each member >= 0.9 to its representative
-    # (0 and 3 are at 0.588); the representative is the member with the most edges, the first of those: 1
-    assert [(rep, members.tolist()) for rep, members in groups] == [(1, [0, 1, 2])]
+    # union-find alone would make one group of all four; the representative is the member with the most edges, the
+    # first of those: 1; 0 and 2 are both >= 0.9 to it but at 0.81 to each other: only the closer joins it (0 is
+    # first in order at equal cosine); 2 and 3 make their own group
+    assert [(rep, members.tolist()) for rep, members in groups] == [(1, [0, 1]), (2, [2, 3])]
     for rep, members in groups:
-        assert all(vectors[m] @ vectors[rep] >= 0.9 for m in members)
+        assert all(vectors[a] @ vectors[b] >= 0.9 for a in members for b in members)
 
 
 @pytest.mark.parametrize("argv, message", [
