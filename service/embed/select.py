@@ -49,8 +49,8 @@ def pca(vectors: np.ndarray, dims: int, *, sample: int = 100_000, seed: int = 0)
     fit = vectors[np.sort(rng.choice(n, size=min(n, sample), replace=False))]
     mean = fit.mean(axis=0)
     _, _, vt = np.linalg.svd(fit - mean, full_matrices=False)
-    basis = vt[:dims].T.astype(np.float32)
-    out = np.empty((n, dims), np.float32)
+    basis = vt[:dims].T.astype(np.float32)  # fewer than dims where the sample has fewer rows
+    out = np.empty((n, basis.shape[1]), np.float32)
     for start in range(0, n, 65536):
         out[start:start + 65536] = (vectors[start:start + 65536] - mean) @ basis
     return out

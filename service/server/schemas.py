@@ -114,6 +114,7 @@ class CurationAvailable(BaseModel):
     duplicates: bool = Field(description="the index folder has curation/duplicates.parquet (byol-embed dedup)")
     outliers: bool = Field(description="the index folder has curation/outliers.parquet (byol-embed outliers)")
     leaks: bool = Field(False, description="the index folder has curation/leaks.parquet (byol-embed leaks)")
+    map: bool = Field(False, description="the index folder has curation/map.parquet (byol-embed map)")
     generation: int = Field(0, description="the generation of the embedding folder being served")
     stale: dict[str, str] = Field(default_factory=dict, description="results made from an older generation than "
                                   "the one served: name -> what to run again")
@@ -159,6 +160,18 @@ class OutlierRow(BaseModel):
     score: float | None = Field(description="1 - mean cosine to the k nearest non-duplicates")
     percentile: float | None
     error: str | None = Field(description="why a broken image could not be embedded")
+
+
+class MapPoints(BaseModel):
+    total: int = Field(description="points in the map")
+    shown: int = Field(description="points sent: all up to the limit, else an even sample of them")
+    ids: list[str]
+    x: list[float] = Field(description="in [-1, 1]")
+    y: list[float] = Field(description="in [-1, 1]")
+    cluster: list[int] = Field(description="k-means cluster (byol-embed map)")
+    label: list[str | None] | None = Field(None, description="the folder's labels (byol-embed labels), if any")
+    flag: list[str | None] | None = Field(None, description="quality reasons (byol-embed quality), comma-separated")
+    nmi: float | None = Field(None, description="the clusters' NMI against the labels, where there are labels")
 
 
 class OutliersPage(BaseModel):

@@ -20,6 +20,6 @@ def emb(tmp_path_factory, trained_model) -> Path:
     (images / "broken.jpg").write_bytes(b"not an image")
     out = root / "emb"
     for argv in (["run", "--model", str(trained_model), "--input", str(images), "--output", str(out), "--no-progress"],
-                 ["index", str(out)], ["dedup", str(out), "--no-progress"], ["outliers", str(out), "--no-progress"]):
+                 ["index", str(out)], ["dedup", str(out), "--no-progress", "--threshold", "0.86"], ["outliers", str(out), "--no-progress"]):
         assert embed_main(argv) == 0, argv
     return out

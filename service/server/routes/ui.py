@@ -1,7 +1,7 @@
 """The pages: ``GET /`` (the model, its card's summary, layers, links), ``GET /ui`` (search by upload or id,
 "more like this", the curation results of ``byol-embed dedup`` / ``outliers`` / ``leaks``, each marked stale when
 made from an older generation than the one served), and what they read: ``GET /thumb?id=`` (and ``/thumb/{id}``),
-``GET /curation``, ``/curation/duplicates``, ``/curation/outliers``, ``/curation/leaks`` (and
+``GET /curation``, ``/curation/duplicates``, ``/curation/outliers``, ``/curation/map``, ``/curation/leaks`` (and
 ``/curation/leaks/thumb?id=``, the other folder's image), ``/ui/card``.
 
 Plain HTML, CSS and JavaScript shipped in the package (``service/server/static``): no CDN, no web fonts, no request to
@@ -20,14 +20,21 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from service.server.errors import ServiceError
 from service.server.pipeline import in_lookup_pool
-from service.server.schemas import CurationAvailable, DuplicatesPage, LeaksPage, OutliersPage, error_responses
+from service.server.schemas import (
+    CurationAvailable,
+    DuplicatesPage,
+    LeaksPage,
+    MapPoints,
+    OutliersPage,
+    error_responses,
+)
 from service.server.state import Auth, State
 from service.server.thumbs import ThumbnailError
 
 router = APIRouter()
 STATIC = Path(__file__).parents[1] / "static"  # service/server/static
 ASSETS = {"style.css": "text/css", "common.js": "text/javascript", "ui.js": "text/javascript",
-          "index.js": "text/javascript"}
+          "map.js": "text/javascript", "index.js": "text/javascript"}
 # the pages may load only what this server sends (no CDN, no inline script, no other origin)
 CSP = ("default-src 'self'; img-src 'self' blob:; style-src 'self'; script-src 'self'; connect-src 'self'; "
        "frame-ancestors 'none'")
@@ -127,7 +134,8 @@ def _table(state, name: str) -> dict[str, list]:
     return _read_table(str(path), path.stat().st_mtime)
 
 
-COMMANDS = {"duplicates": "dedup", "outliers": "outliers", "leaks": "leaks"}
+COMMANDS = {"duplicates": "dedup", "outliers": "outliers", "leaks": "leaks", "map": "map"}
+MAP_POINTS = 100_000  # sent to the page at most: beyond, an even sample (the canvas draws 100 k smoothly)
 
 
 @router.get("/curation", summary="which curation results the index folder has, and which are stale",
@@ -199,3 +207,33 @@ async def outlier_rows(request: Request, state: State, _: Auth, offset: int = Qu
                      "percentile": None if pct is None or pct != pct else round(float(pct), 2),
                      "error": table["error"][j]})
     return {"total": n, "offset": offset, "rows": rows}
+
+
+@router.get("/curation/map", summary="the map's points (byol-embed map): coordinates, clusters, and the labels and "
+            "quality flags where the folder has them", response_model=MapPoints,
+            responses=error_responses(401, 404, 422))
+async def map_points(request: Request, state: State, _: Auth,
+                     limit: int = Query(MAP_POINTS, ge=1, le=MAP_POINTS)) -> dict:
+    return await in_lookup_pool(state, request, _map_points, state, limit)
+
+
+def _map_points(state, limit: int) -> dict:
+    table = _table(state, "map.parquet")
+    n = len(table["id"])
+    step = max(1, -(-n // limit))
+    rows = range(0, n, step)
+    ids = [table["id"][j] for j in rows]
+    out: dict[str, Any] = {"total": n, "shown": len(ids), "ids": ids,
+                           "x": [round(float(table["x"][j]), 5) for j in rows],
+                           "y": [round(float(table["y"][j]), 5) for j in rows],
+                           "cluster": [int(table["cluster"][j]) for j in rows],
+                           "nmi": (_index(state).curation_summary("map.json").get("nmi") or {}).get("value")}
+    for name, column, value in (("labels.parquet", "label", lambda t, j: t["label"][j]),
+                                ("quality.parquet", "flag", lambda t, j: ", ".join(t["reasons"][j] or []) or None)):
+        path = _curation_file(state, name)
+        if path is None:
+            continue
+        other = _read_table(str(path), path.stat().st_mtime)
+        at = {i: j for j, i in enumerate(other["id"])}
+        out[column] = [value(other, at[i]) if i in at else None for i in ids]
+    return out

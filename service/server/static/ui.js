@@ -157,7 +157,7 @@ function selectTab(name) {
   }
   for (const panel of document.querySelectorAll(".panel")) panel.hidden = panel.id !== "panel-" + name;
   showStale(name);
-  const load = { duplicates: showDuplicates, outliers: showOutliers, leaks: showLeaks }[name];
+  const load = { duplicates: showDuplicates, outliers: showOutliers, leaks: showLeaks, map: () => showMap() }[name];
   if (load) load().catch((err) => { if (err.message !== "unauthorized") showMessage(err.message, true); });
 }
 
@@ -168,6 +168,7 @@ async function start() {
     document.querySelector('[data-tab="duplicates"]').hidden = !curation.duplicates;
     document.querySelector('[data-tab="outliers"]').hidden = !curation.outliers;
     document.querySelector('[data-tab="leaks"]').hidden = !curation.leaks;
+    document.querySelector('[data-tab="map"]').hidden = !curation.map;
     state.stale = curation.stale || {};
     for (const name of Object.keys(state.stale)) {
       document.querySelector(`[data-tab="${name}"]`).textContent += " (stale)";

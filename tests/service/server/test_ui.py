@@ -62,7 +62,7 @@ def test_pages_and_curation_routes(server):
         assert "default-src 'self'" in r.headers["content-security-policy"]
     assert httpx.get(f"{server}/ui/static/../app.py").status_code == 404
     assert httpx.get(f"{server}/curation").status_code == 401
-    assert httpx.get(f"{server}/curation", headers=AUTH).json() == {"duplicates": True, "outliers": True, "leaks": False,
+    assert httpx.get(f"{server}/curation", headers=AUTH).json() == {"duplicates": True, "outliers": True, "leaks": False, "map": False,
                                                                       "generation": 1, "stale": {}}
     dup = httpx.get(f"{server}/curation/duplicates?limit=2", headers=AUTH).json()
     assert dup["total"] >= 3 and len(dup["groups"]) == 2
@@ -257,5 +257,92 @@ def test_the_leaks_tab_shows_pairs_side_by_side_and_stale_results_say_so(leaky, 
     page.screenshot(path=str(shots / "ui-leaks.png"), full_page=True)
     page.click('[data-tab="duplicates"]')
     expect(page.locator("#stale")).to_contain_text("made from generation 1")
+    assert not errors, errors
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def mapped(trained_model, emb, tmp_path_factory):
+    """The photos' copies plus a planted cluster (a dozen slight variants of one checkerboard, like nothing else in
+    the set), embedded, labelled by name, scored for quality and mapped; served with keys on."""
+    from service.embed.cli import main as embed_main
+
+    root = tmp_path_factory.mktemp("mapped")
+    images, out = root / "images", root / "emb"
+    shutil.copytree(emb.parent / "images", images / "photos", ignore=shutil.ignore_patterns("broken.jpg"))
+    board = Image.new("RGB", (96, 96), "white")
+    for i in range(0, 96, 12):
+        for j in range(0, 96, 12):
+            if (i + j) // 12 % 2:
+                board.paste((0, 0, 0), (i, j, i + 12, j + 12))
+    planted = []
+    for k in range(12):
+        name = f"planted/board_{k:02d}.png"
+        (images / "planted").mkdir(exist_ok=True)
+        board.rotate(k * 0.5, fillcolor="white").save(images / name)
+        planted.append(name)
+    for argv in (["run", "--model", str(trained_model), "--input", str(images), "--output", str(out), "--no-progress",
+                  "--labels", "folders"], ["index", str(out)], ["quality", str(out), "--no-progress"],
+                 ["map", str(out), "--no-progress", "--clusters", "3"]):
+        assert embed_main(argv) == 0, argv
+    proc, url = start_server(trained_model, "--index", str(out), "--api-keys", KEY)
+    yield {"url": url, "emb": out, "planted": planted}
+    processes.stop(proc, timeout=30)
+
+
+@pytest.mark.slow
+def test_the_map_tab_selects_a_planted_cluster_and_exports_exactly_its_ids(mapped, browser, tmp_path):
+    import pyarrow.parquet as pq
+    from playwright.sync_api import expect
+
+    url, planted = mapped["url"], set(mapped["planted"])
+    points = httpx.get(f"{url}/curation/map", headers=AUTH).json()
+    assert points["total"] == points["shown"] == len(points["ids"]) and len(points["flag"]) == points["total"]
+    table = pq.read_table(mapped["emb"] / "curation" / "map.parquet").to_pydict()
+    xy = {i: (x, y) for i, x, y in zip(table["id"], table["x"], table["y"])}
+    xs, ys = [xy[i][0] for i in planted], [xy[i][1] for i in planted]
+    box = (min(xs), max(xs), min(ys), max(ys))
+    # the map keeps the planted images together, apart from the rest: no other point inside their box
+    others = [i for i in xy if i not in planted and box[0] <= xy[i][0] <= box[1] and box[2] <= xy[i][1] <= box[3]]
+    assert not others, (others, box)
+    context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(f"{url}/ui")
+    page.fill("#key", KEY)
+    page.click("#keysave")
+    expect(page.locator('[data-tab="map"]')).to_be_visible()
+    page.click('[data-tab="map"]')
+    expect(page.locator("#map-info")).to_contain_text(f"{points['total']} images")
+    rect = page.locator("#map-canvas").bounding_box()
+
+    def screen(x: float, y: float) -> tuple[float, float]:
+        sx, sy = page.evaluate(f"mapToScreen({x}, {y}, {rect['width']}, {rect['height']})")
+        return rect["x"] + sx, rect["y"] + sy
+
+    # a box a few pixels around the planted points, dragged with the mouse
+    (x0, y0), (x1, y1) = screen(box[0], box[3]), screen(box[1], box[2])
+    page.mouse.move(x0 - 4, y0 - 4)
+    page.mouse.down()
+    page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=3)
+    page.mouse.move(x1 + 4, y1 + 4, steps=3)
+    page.mouse.up()
+    expect(page.locator("#map-selected")).to_have_text(f"{len(planted)} selected")
+    with page.expect_download() as download:
+        page.click("#map-export")
+    exported = [line.strip('"') for line in Path(download.value.path()).read_text().splitlines()[1:]]
+    assert set(exported) == planted and len(exported) == len(planted)
+    # colour by quality flag, hover shows a thumbnail, a click searches for more like it
+    page.select_option("#map-colour", "flag")
+    hx, hy = screen(*xy[sorted(planted)[0]])
+    page.mouse.move(hx, hy)
+    expect(page.locator("#map-tip")).to_be_visible()
+    _until(page, "document.querySelector('#map-tip img') && document.querySelector('#map-tip img').naturalWidth > 0")
+    shots = Path(os.environ.get("BYOL_SCREENSHOTS") or tmp_path)
+    page.screenshot(path=str(shots / "ui-map.png"), full_page=True)
+    page.mouse.click(hx, hy)
+    expect(page.locator("#query-info")).to_contain_text("more like")
+    assert page.input_value("#qid") in planted
     assert not errors, errors
     context.close()
