@@ -52,7 +52,7 @@ GENERATIONS = "generations"
 FORMAT = "byol-embeddings/2"
 # image statistics per row (service/embed/image_stats.py computes them), stored as quality_<name> float32 columns
 QUALITY_STATS = ("width", "height", "brightness", "contrast", "blur", "entropy", "noise", "sharpness", "shadows",
-                 "highlights")
+                 "highlights", "p1", "p99")
 QUALITY_COLUMNS = tuple("quality_" + name for name in QUALITY_STATS)
 FORMAT_1 = "byol-embeddings/1"  # one run, no generations: read as generation 1 once every shard is done
 KEEP_GENERATIONS = 2  # the shards of the current and the previous generation stay (readers one behind)

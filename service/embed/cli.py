@@ -241,7 +241,7 @@ def _add_curation(sub) -> None:
 
 
 QUALITY_HELP = {
-    "dark": "brightness (mean grey, 0..1) below it is dark",
+    "dark": "brightness (mean grey, 0..1) below it, with the 99th percentile of grey below 0.5, is dark",
     "overexposed": "a fraction of pixels clipped to white above it (or brightness above 0.9) is overexposed",
     "blurry": "sharpness (fine over coarse Laplacian energy) below it is blurry",
     "low_information": "grey-histogram entropy (bits) below it is low information (as is contrast below 0.02)",

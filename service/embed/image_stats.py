@@ -1,8 +1,8 @@
 """Image statistics for quality flags, computed from pixels already decoded (during ``byol-embed run``, beside the
 embedding; for older folders by ``byol-embed quality`` reading the images again).
 
-All on one grey view of the image: box-reduced by an integer factor to a shorter side of ``VIEW_SIDE`` to
-``2 x VIEW_SIDE - 1`` pixels (a large photo and its thumbnail give close values; reducing costs less than the
+All on one grey view of the image: box-reduced by the integer factor that brings its shorter side nearest to
+``VIEW_SIDE`` pixels (a large photo and its thumbnail give close values; reducing costs less than the
 grey conversion of the full image). Per image:
 
     width, height   the decoded image's size (odd size, odd aspect)
@@ -17,6 +17,8 @@ grey conversion of the full image). Per image:
                     of the longer side gives 0.1 .. 0.25): what the blur flag uses
     shadows         the fraction of pixels at grey level <= 10 (crushed to black)
     highlights      the fraction of pixels at grey level >= 245 (clipped to white)
+    p1, p99         the 1st and 99th percentiles of the grey levels, 0 .. 1 (a night sky is dark but its stars are
+                    bright: p99 tells it from an underexposed photo)
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ STATS = QUALITY_STATS  # the shards' quality_<name> columns, in this order
 
 def grey_view(img: Image.Image) -> np.ndarray:
     short = min(img.size)
-    factor = max(1, short // VIEW_SIDE)
+    factor = max(1, round(short / VIEW_SIDE))
     if factor > 1:
         img = img.reduce(factor)
     return np.asarray(img.convert("L"), np.float32)
@@ -45,6 +47,9 @@ def image_stats(img: Image.Image) -> tuple[float, ...]:
     hist = np.bincount(grey.astype(np.uint8).ravel(), minlength=256).astype(np.float64)
     shadows = float(hist[:11].sum()) / grey.size
     highlights = float(hist[245:].sum()) / grey.size
+    cumulative = np.cumsum(hist) / grey.size
+    p1 = float(np.searchsorted(cumulative, 0.01)) / 255.0
+    p99 = float(np.searchsorted(cumulative, 0.99)) / 255.0
     p = hist[hist > 0] / grey.size
     entropy = max(0.0, float(-(p * np.log2(p)).sum()))
     variance = float(grey.var())
@@ -55,7 +60,7 @@ def image_stats(img: Image.Image) -> tuple[float, ...]:
     sharpness = blur / coarse if coarse > 1e-6 else 0.0
     noise = blur / (20.0 * variance) if variance > 1e-6 else 0.0
     return (float(width), float(height), float(grey.mean()) / 255.0, float(np.sqrt(variance)) / 255.0, blur,
-            entropy, noise, sharpness, shadows, highlights)
+            entropy, noise, sharpness, shadows, highlights, p1, p99)
 
 
 def _laplacian_variance(grey: np.ndarray) -> float:

@@ -36,7 +36,7 @@ REASONS = ("dark", "overexposed", "blurry", "low information", "noise", "odd siz
 # reasons that say the image holds no picture at all: they make an image an outlier whatever the model says
 CONTENT_REASONS = ("low information", "noise")
 DEFAULT_THRESHOLDS: dict[str, float] = {
-    "dark": 0.13,            # brightness below (mean grey, 0..1)
+    "dark": 0.13,            # brightness below (mean grey, 0..1), with the 99th percentile below 0.5
     "overexposed": 0.3,      # highlights above (fraction of pixels clipped to white), or brightness above 0.9
     "blurry": 0.3,           # sharpness below (fine over coarse Laplacian energy)
     "low_information": 3.0,  # entropy below (bits of the grey histogram), or contrast below 0.02
@@ -55,7 +55,7 @@ def flag_reasons(stats: np.ndarray, thresholds: dict[str, float]) -> list[list[s
         median_area = float(np.nanmedian(area)) if np.isfinite(area).any() else np.nan
         short = np.minimum(s["width"], s["height"])
         masks = {
-            "dark": s["brightness"] < t["dark"],
+            "dark": (s["brightness"] < t["dark"]) & (s["p99"] < 0.5),  # a night sky's stars are bright
             "overexposed": (s["highlights"] > t["overexposed"]) | (s["brightness"] > 0.9),
             "blurry": (s["sharpness"] < t["blurry"]) & (s["contrast"] >= 0.02),  # a flat image is not blurred
             "low information": (s["entropy"] < t["low_information"]) | (s["contrast"] < 0.02),

@@ -190,7 +190,7 @@ def test_chains_are_split_so_every_two_members_are_close():
     # first of those: 1; 0 and 2 are both >= 0.9 to it but at 0.81 to each other: only the closer joins it (0 is
     # first in order at equal cosine); 2 and 3 make their own group
     assert [(rep, members.tolist()) for rep, members in groups] == [(1, [0, 1]), (2, [2, 3])]
-    for rep, members in groups:
+    for _, members in groups:
         assert all(vectors[a] @ vectors[b] >= 0.9 for a in members for b in members)
 
 
