@@ -215,7 +215,8 @@ def _add_curation(sub) -> None:
                         "within each label or map cluster (default diverse)")
     p.add_argument("--min-distance", type=float, default=0.0, metavar="D",
                    help="diverse: stop once every image is within D of the selection; typical: picks at least D "
-                        "apart (euclidean between unit vectors, sqrt(2 - 2 cos); default 0: off)")
+                        "apart (euclidean between unit vectors, sqrt(2 - 2 cos); diverse measures it on their first 64 "
+                        "principal components; default 0: off)")
     p.add_argument("--labels", default=None, metavar="SOURCE",
                    help="balanced: the groups (folders | column:NAME | FILE.csv; default: the folder's labels, else "
                         "the map's clusters)")

@@ -16,7 +16,8 @@ typical    by kNN density: the images with the highest mean cosine to their ``k`
 balanced   diverse within each group, the groups being the labels (``--labels``, or the folder's) or else the map's
            k-means clusters (``byol-embed map``): N split evenly, a small group's unused share going to the others.
 
-``--min-distance D`` (euclidean on the unit vectors, sqrt(2 - 2 cos)) stops a diverse selection once every image is
+``--min-distance D`` (euclidean between the unit vectors, sqrt(2 - 2 cos); diverse measures it, and the coverage
+radius, on their first 64 principal components) stops a diverse selection once every image is
 within D of it, and keeps typical picks at least D apart. The same folder and arguments give the same selection.
 """
 

@@ -23,6 +23,7 @@ pytest.importorskip("faiss")
 
 from service.embed.cli import main  # noqa: E402
 from service.embed.index import LoadedIndex  # noqa: E402
+from storage.folder import QUALITY_COLUMNS  # noqa: E402
 from storage.lock import folder_lock  # noqa: E402
 from tests.support import REPO  # noqa: E402
 from tests.support.images import image_bytes, write_images  # noqa: E402
@@ -69,7 +70,10 @@ def test_every_file_has_one_row_in_plan_order_with_exact_columns(embedded, datas
     assert [p.name for p in shards] == [f"part-{i:05d}.parquet" for i in range(6)]
     assert all((embedded / f"part-{i:05d}.done").exists() for i in range(6))
     table = read_all(embedded)
-    assert table.column_names == ["id", "path", "error", "sha256", "version", "avgpool", "feature3"]
+    assert table.column_names == ["id", "path", "error", "sha256", "version", "avgpool", "feature3", *QUALITY_COLUMNS]
+    # the image statistics, measured from the decoded pixels: none where the image failed
+    width = table.column("quality_width").to_pylist()
+    assert all((w is None) == bool(e) for w, e in zip(width, table.column("error").to_pylist()))
     assert table.schema.field("avgpool").type == pa.list_(pa.float32(), 512)
     assert table.column("id").to_pylist() == listed  # sorted, relative, unique
     assert table.column("path").to_pylist() == [str((dataset / i).resolve()) for i in listed]
@@ -87,7 +91,7 @@ def test_pandas_and_duckdb_read_the_shards_as_they_are(embedded):
     duckdb = pytest.importorskip("duckdb")
     shards = sorted(str(p) for p in embedded.glob("*.parquet"))  # emb/*.parquet: the shards and nothing else
     frame = pd.read_parquet(shards)
-    assert len(frame) == 27 and len(pd.read_parquet(shards[0])) == 5 and list(frame.columns) == ["id", "path", "error", "sha256", "version", "avgpool", "feature3"]
+    assert len(frame) == 27 and len(pd.read_parquet(shards[0])) == 5 and list(frame.columns) == ["id", "path", "error", "sha256", "version", "avgpool", "feature3", *QUALITY_COLUMNS]
     with duckdb.connect() as con:
         rows = con.execute(f"SELECT count(*), count(error), max(len(avgpool)) FROM '{embedded}/*.parquet'").fetchall()
     assert rows == [(27, 3, 512)]
