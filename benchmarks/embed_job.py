@@ -128,7 +128,8 @@ def main() -> int:
     threads = os.cpu_count() or 2
     print(f"CPU: {cpu_summary()}", flush=True)
     try:
-        with processes.interruptible(), tempfile.TemporaryDirectory() as tmp:
+        # ignore_cleanup_errors: a signal mid-job can leave a job thread adding a file while the folder is removed
+        with processes.interruptible(), tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
             measure(args, Path(tmp), threads)
     except KeyboardInterrupt:
         print("interrupted: the job and any Ray cluster it started have been stopped", flush=True)

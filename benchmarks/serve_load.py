@@ -17,10 +17,12 @@ import argparse
 import asyncio
 import io
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -265,10 +267,23 @@ def main() -> int:
     if args.serve:
         {"naive": serve_naive, "litserve": serve_litserve}[args.serve](args.model, args.port)
         return 0
+    # Ctrl-C is remembered as well as raised: one that lands inside asyncio.run (which would turn it into a
+    # cancellation the load loop may finish through) or during a server's stop still ends the run as interrupted
+    interrupted = threading.Event()
+
+    def on_sigint(signum, frame):
+        interrupted.set()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
         with processes.interruptible(), tempfile.TemporaryDirectory() as tmp:
             measure(args, Path(tmp))
     except KeyboardInterrupt:
+        interrupted.set()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if interrupted.is_set():
         print("interrupted: every server this benchmark started has been stopped", flush=True)
         return 130
     return 0
