@@ -384,7 +384,7 @@ def bench_stats_overhead(model: str, tmp: Path) -> dict:
 
 
 # ---------------------------------------------------------------- scale
-def bench_scale(n: int, dim: int) -> dict:
+def bench_scale(n: int, dim: int, only: set[str] | None = None) -> dict:
     from benchmarks.curate import planted_vectors, write_folder
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -405,13 +405,17 @@ def bench_scale(n: int, dim: int) -> dict:
                            ("labels", ["labels", str(folder), "--labels", str(Path(tmp) / "labels.csv")]),
                            ("select diverse 10%", ["select", str(folder), "-n", str(n // 10)]),
                            ("map", ["map", str(folder)])):
+            if only and name.split()[0] not in only:
+                continue
             start = time.perf_counter()
             subprocess.run([sys.executable, "-m", "service.embed", *argv, "--no-progress", "--json"], check=True,
                            capture_output=True, cwd=REPO)
             times[name] = round(time.perf_counter() - start, 1)
             print(f"  {name}: {times[name]} s", flush=True)
-        return {"n": n, "dim": dim, "seconds": times,
-                "labels_vs_dedup": round(times["labels"] / times["dedup"], 3)}
+        out = {"n": n, "dim": dim, "seconds": times}
+        if "labels" in times and "dedup" in times:
+            out["labels_vs_dedup"] = round(times["labels"] / times["dedup"], 3)
+        return out
 
 
 def main() -> int:
@@ -421,6 +425,8 @@ def main() -> int:
     parser.add_argument("--labels", action="store_true", help="mislabel AUROC vs cleanlab; then select and map")
     parser.add_argument("--quality", action="store_true", help="quality flags vs CleanVision; statistics' cost")
     parser.add_argument("--scale", type=int, default=0, metavar="N", help="labels/select/map time at N x 512")
+    parser.add_argument("--scale-only", default=None, metavar="NAMES",
+                        help="--scale: only these, comma-separated (dedup, labels, select, map)")
     parser.add_argument("--model", default=None, help="model folder (default: the demo model)")
     args = parser.parse_args()
     from hub.hardware import cpu_summary
@@ -449,7 +455,7 @@ def main() -> int:
             print(json.dumps({"quality": results["quality"], "stats_overhead": results["stats_overhead"]}, indent=1),
                   flush=True)
     if args.scale:
-        results["scale"] = bench_scale(args.scale, 512)
+        results["scale"] = bench_scale(args.scale, 512, set(args.scale_only.split(",")) if args.scale_only else None)
         print(json.dumps({"scale": results["scale"]}, indent=1), flush=True)
     return 0
 

@@ -206,7 +206,7 @@ def _add_curation(sub) -> None:
                        "class's outliers. Writes FOLDER/curation/labels.parquet and labels.json.")
     p.add_argument("--labels", default=None, metavar="SOURCE",
                    help="folders | column:NAME | FILE.csv (default: the source recorded by `run --labels`)")
-    p.add_argument("--k", type=int, default=20, help="neighbours voting (default 20)")
+    p.add_argument("--k", type=int, default=16, help="neighbours voting (default 16, dedup's kNN graph)")
     p = sub.add_parser("select", parents=[common], help="a subset worth labelling: diverse, typical or balanced",
                        description=select_doc(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-n", type=int, required=True, dest="count", help="images to select")

@@ -104,19 +104,22 @@ def search_index(vectors: np.ndarray, *, exact_limit: int = EXACT_LIMIT, nprobe:
 
 
 def knn(vectors: np.ndarray, k: int, *, exact_limit: int = EXACT_LIMIT, nprobe: int | None = None, seed: int = 0,
-        progress: bool = False) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        rerank: bool = True, progress: bool = False) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """The ``k`` nearest neighbours of every row, itself left out: cosines ``(n, k)`` float32 (descending) and
     rows ``(n, k)`` int64 (-1 where there are fewer). Queries go in blocks.
 
     Up to ``exact_limit`` rows: exact (``IndexFlatIP``, which holds a copy of the matrix). Beyond: candidates from
     an ``IVF<4·sqrt(n)>,SQ8`` index (one byte a dimension, a quarter of the matrix), then every candidate's cosine
     computed again exactly from the float32 vectors and the lists re-sorted, so the similarities written are
-    exact and the peak memory stays near the matrix itself."""
+    exact and the peak memory stays near the matrix itself. ``rerank=False`` keeps the index's own cosines (one
+    byte a dimension: about 0.01 off), for uses that weigh neighbours rather than compare them with a threshold
+    (the label vote): it skips gathering every candidate's vector again, most of the time beyond ``exact_limit``."""
     n = len(vectors)
     k = max(1, min(k, n - 1)) if n > 1 else 1
     index, info = search_index(vectors, exact_limit=exact_limit, nprobe=nprobe, seed=seed)
     approximate = "nprobe" in info
-    fetch = k + 1 + (4 if approximate else 0)  # a few spare candidates for the re-ranking
+    rerank = rerank and approximate
+    fetch = k + 1 + (4 if rerank else 0)  # a few spare candidates for the re-ranking
     sims = np.empty((n, k), np.float32)
     rows = np.empty((n, k), np.int64)
     bar = _bar(n, "kNN graph", progress)
@@ -124,7 +127,7 @@ def knn(vectors: np.ndarray, k: int, *, exact_limit: int = EXACT_LIMIT, nprobe: 
         stop = min(n, start + BLOCK)
         d, i = index.search(vectors[start:stop], fetch)
         i = np.where(i == np.arange(start, stop)[:, None], -1, i)  # each query's own row is no neighbour
-        if approximate:  # exact cosines of the candidates, from the float32 vectors
+        if rerank:  # exact cosines of the candidates, from the float32 vectors
             d = np.einsum("qd,qkd->qk", vectors[start:stop], vectors[np.maximum(i, 0)])
         d = np.where(i < 0, -np.inf, d)
         order = np.argsort(-d, axis=1, kind="stable")[:, :k]
@@ -230,16 +233,21 @@ def _clique_around(vectors: np.ndarray, members: np.ndarray, rep: int, threshold
 
 
 def knn_of(base: np.ndarray, queries: np.ndarray, k: int, block: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` cosines of a few ``queries`` against every row of ``base`` (both L2-normalized), through
-    ``base`` in blocks: ``(q, k)`` similarities (descending) and rows (-1 where ``base`` is shorter)."""
+    """Exact top-``k`` cosines of ``queries`` against every row of ``base`` (both L2-normalized), through ``base``
+    in blocks (each block's best ``k`` by a partial sort, then merged): ``(q, k)`` similarities (descending) and
+    rows."""
     k = min(k, len(base))
     best_s = np.full((len(queries), k), -np.inf, np.float32)
     best_i = np.full((len(queries), k), -1, np.int64)
     for start in range(0, len(base), block):
         s = queries @ base[start:start + block].T
-        i = np.broadcast_to(np.arange(start, start + s.shape[1]), s.shape)
+        if s.shape[1] > k:
+            part = np.argpartition(-s, k - 1, axis=1)[:, :k]
+            s, i = np.take_along_axis(s, part, axis=1), part + start
+        else:
+            i = np.broadcast_to(np.arange(start, start + s.shape[1]), s.shape)
         s, i = np.concatenate([best_s, s], axis=1), np.concatenate([best_i, i], axis=1)
-        top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+        top = np.lexsort((i, -s), axis=1)[:, :k]  # by cosine, then by row: deterministic
         best_s, best_i = np.take_along_axis(s, top, axis=1), np.take_along_axis(i, top, axis=1)
     return best_s, best_i
 

@@ -66,7 +66,7 @@ class ServiceSettings(RuntimeSettings):
                                 "served one and switched to in one step (0: never)")
     duplicate_threshold: float | None = Field(
         None, ge=-1.0, le=1.0, description="the cosine at which /search duplicates=true calls an image a duplicate "
-        "(default: the threshold of the folder's `byol-embed dedup`, else the measured 0.86)")
+        "(default: the threshold of the folder's `byol-embed dedup`, else its calibration, else 0.86)")
 
     @field_validator("api_keys")
     @classmethod

@@ -183,10 +183,14 @@ async def search(request: Request, state: ReadyState, _: Auth,
 
 def duplicate_threshold(index: LoadedIndex, settings: ServiceSettings) -> float:
     """The cosine at which /search calls two images duplicates: the server's setting, else the threshold the
-    folder's own ``byol-embed dedup`` used, else the measured default."""
+    folder's own ``byol-embed dedup`` used, else the folder's calibration of the indexed layer, else the fixed
+    default."""
     if settings.duplicate_threshold is not None:
         return settings.duplicate_threshold
-    return float(index.curation_summary("duplicates.json").get("threshold", DEFAULT_THRESHOLD))
+    used = index.curation_summary("duplicates.json").get("threshold")
+    if used is None:
+        used = index.curation_summary("calibration.json").get(index.meta.get("layer"), {}).get("threshold")
+    return float(used if used is not None else DEFAULT_THRESHOLD)
 
 
 def _with_kinds(index: LoadedIndex, results: list[dict[str, Any]], digest: str | None, item_id: str | None,

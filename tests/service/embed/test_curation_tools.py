@@ -127,6 +127,17 @@ def test_labels_from_the_run_and_bad_sources_are_clear(labelled, tmp_path, capsy
     folder = labelled["emb"]
     assert main(["labels", str(folder), "--json", "--no-progress"]) == 0  # `run --labels folders`, recorded
     assert json.loads(capsys.readouterr().out)["labels"] == "folders"
+    # a CSV given to `run --labels` is kept in the folder: it scores without the file it came from
+    from service.embed.labels import save_spec
+    from storage.store import as_store
+
+    copy, given = tmp_path / "copy", tmp_path / "given.csv"
+    shutil.copytree(folder, copy)
+    shutil.copyfile(labelled["csv"], given)
+    save_spec(as_store(copy), str(given))
+    given.unlink()
+    assert main(["labels", str(copy), "--json", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["labels"] == str(given)
     for spec, message in (("nonsense", "not a label source"), (str(tmp_path / "none.csv"), "no such file"),
                           ("column:label", "needs a Parquet input")):
         assert main(["labels", str(folder), "--labels", spec, "--no-progress"]) == 2
