@@ -71,11 +71,9 @@ def saved_spec(store: Store) -> str | None:
 
 
 def _read_csv_text(spec: str) -> str:
-    from storage.store import as_store as _store
-
     parent, _, name = spec.replace("\\", "/").rpartition("/")
     try:
-        return _store(parent or ".").read_text(name)
+        return as_store(parent or ".").read_text(name)
     except FileNotFoundError:
         raise EmbedJobError(f"--labels {spec}: no such file") from None
 
