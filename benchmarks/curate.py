@@ -103,7 +103,7 @@ def recall_of(folder: Path, pairs: list[tuple[int, int]]) -> float:
 
 
 def scale(sizes: list[int], dim: int, subset: int) -> None:
-    from service.embed.curate import dedup
+    from curation.dedup import dedup
 
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
@@ -144,7 +144,7 @@ def scale(sizes: list[int], dim: int, subset: int) -> None:
 def quality(model: str) -> None:
     import skimage
 
-    from service.embed.curate import dedup
+    from curation.dedup import dedup
 
     photos = photos_for_quality(Path(skimage.__file__).parent / "data")
     with tempfile.TemporaryDirectory() as tmp:

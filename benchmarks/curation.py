@@ -77,7 +77,10 @@ def planted_content_free(folder: Path) -> list[str]:
 
 
 def bench_dedup(model: str, tmp: Path) -> dict:
-    from service.embed.curate import dedup, outliers
+    from curation.dedup import dedup
+    from curation.outliers import outliers
+    from service.embed.model import FolderModel
+    from storage.folder import Manifest
 
     images = tmp / "dups"
     photos = photos_for_quality(skimage_data_dir())
@@ -95,7 +98,7 @@ def bench_dedup(model: str, tmp: Path) -> dict:
     fixed = dedup(out, threshold=0.86)
     fp, fr = pair_scores(out / "curation" / "duplicates.parquet", sources)
     fixed_largest = _largest_group(out)
-    calibrated = dedup(out)
+    calibrated = dedup(out, model=FolderModel(Manifest.load(out)))  # calibrated with the folder's own model
     cp, cr = pair_scores(out / "curation" / "duplicates.parquet", sources)
     entry = json.loads((out / "curation" / "calibration.json").read_text())["avgpool"]
     result = {"images": fixed["embedded"], "fixed_0.86": {"precision": round(fp, 3), "recall": round(fr, 3),
@@ -182,7 +185,7 @@ def bench_labels(model: str, tmp: Path) -> dict:
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_predict
 
-    from service.embed.labels import labels as score_labels
+    from curation.labels import labels as score_labels
 
     out: dict = {"cleanlab": cleanlab.__version__}
     for name, make in (("digits (1797, 10 classes)", digits_set), ("photo crops (320, 8 classes)", photo_crops_set)):
@@ -244,8 +247,8 @@ def bench_select(digits) -> dict:
     import pyarrow.parquet as pq
     from sklearn.linear_model import LogisticRegression
 
-    from service.embed.projection import build_map
-    from service.embed.select import select
+    from curation.map import build_map
+    from curation.select import select
 
     emb, ids, vectors, truth = digits
     y = np.array([int(truth[i]) for i in ids])
@@ -288,7 +291,7 @@ def bench_select(digits) -> dict:
 def bench_quality(model: str, tmp: Path) -> dict:
     from PIL import Image, ImageEnhance, ImageFilter
 
-    from service.embed.quality import quality
+    from curation.quality import quality
 
     images = tmp / "quality"
     images.mkdir()

@@ -5,7 +5,9 @@ the server read it.
                                    normalize, dtype, preprocessing, the input and its fingerprint, the generation's
                                    number, its shard files (``parts``) and what it changed
     emb/part-00000.parquet         one shard: id, path, error, sha256 (of the image's bytes), version (what the
-                                   input's listing said of the file), one fixed-size-list column per layer, and
+                                   input's listing said of the file), locator (where its bytes are, to read them
+                                   again with one read: ``storage.sources.read_located``; null in shards written
+                                   before it existed), one fixed-size-list column per layer, and
                                    quality_<stat> (float32: size, brightness, contrast, blur, ... measured from the
                                    decoded pixels; null in error rows and in shards written before they existed)
     emb/part-g0002-00000.parquet   a later generation's shards: the new and changed images, and the shards that
@@ -42,13 +44,17 @@ from typing import Any
 import numpy as np
 
 from storage.errors import FolderError
+from storage.sources import ImageSource, open_source
 from storage.store import Store, as_store
+from storage.vectors import l2_normalize
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 PENDING = "pending.json"
 GENERATIONS = "generations"
+CURATION = "curation"  # the curation results' folder (declared one by one in curation/results.py)
+INDEX = "index"  # the FAISS index and its id table
 FORMAT = "byol-embeddings/2"
 # image statistics per row (service/embed/image_stats.py computes them), stored as quality_<name> float32 columns
 QUALITY_STATS = ("width", "height", "brightness", "contrast", "blur", "entropy", "noise", "sharpness", "shadows",
@@ -154,6 +160,17 @@ class Manifest:
         except FileNotFoundError:
             return None
 
+    def pick_layer(self, asked: str | None) -> str:
+        """The layer a command works on: ``asked`` (checked), else ``avgpool``, else the folder's only layer."""
+        if asked is None:
+            if "avgpool" in self.layers or len(self.layers) != 1:
+                asked = "avgpool"
+            else:
+                asked = self.layers[0]
+        if asked not in self.layers:
+            raise FolderError(f"layer {asked!r} was not embedded; this folder has {', '.join(self.layers)} (--layer)")
+        return asked
+
     def differences(self, other: Manifest, fields: tuple[str, ...] = IDENTITY_FIELDS) -> list[str]:
         return [f"{name}: {getattr(self, name)!r} -> {getattr(other, name)!r}" for name in fields
                 if getattr(self, name) != getattr(other, name)]
@@ -225,8 +242,8 @@ def clear_outputs(folder: Path | Store) -> None:
     for pattern in ("part-*.done", "part-*.parquet", ".part-*"):
         for name in store.names(pattern):
             store.remove(name)
-    store.remove_tree("index")
-    store.remove_tree("curation")
+    store.remove_tree(INDEX)
+    store.remove_tree(CURATION)
     store.remove_tree(GENERATIONS)
     store.remove(PENDING)
     store.remove(MANIFEST)
@@ -289,6 +306,7 @@ class ShardRows:
     versions: list[str | None] = field(default_factory=list)  # the listing's word on each file; empty: none
     name: str = ""  # the shard's file name (default: the first generation's name of ``index``)
     quality: np.ndarray | None = None  # (rows, len(QUALITY_STATS)) float32, NaN where not measured; None: none
+    locators: list[str | None] = field(default_factory=list)  # where each image's bytes are; empty: not recorded
 
     def __post_init__(self) -> None:
         self.name = self.name or shard_name(self.index)
@@ -303,7 +321,8 @@ def arrow_schema(manifest: Manifest):
 
     value = pa.float16() if manifest.dtype == "float16" else pa.float32()
     fields = [pa.field("id", pa.string(), nullable=False), pa.field("path", pa.string(), nullable=False),
-              pa.field("error", pa.string()), pa.field("sha256", pa.string()), pa.field("version", pa.string())]
+              pa.field("error", pa.string()), pa.field("sha256", pa.string()), pa.field("version", pa.string()),
+              pa.field("locator", pa.string())]
     fields += [pa.field(layer, pa.list_(value, manifest.dims[layer])) for layer in manifest.layers]
     fields += [pa.field(name, pa.float32()) for name in QUALITY_COLUMNS]
     return pa.schema(fields, metadata=manifest.schema_metadata())
@@ -321,8 +340,9 @@ def write_shard(folder: Path | Store, manifest: Manifest, rows: ShardRows, *, ma
     ok = np.array([e is None for e in rows.errors])
     digests = rows.sha256 or [None] * len(rows.ids)
     versions = rows.versions or [None] * len(rows.ids)
+    locators = rows.locators or [None] * len(rows.ids)
     columns = [pa.array(rows.ids, pa.string()), pa.array(rows.paths, pa.string()), pa.array(rows.errors, pa.string()),
-               pa.array(digests, pa.string()), pa.array(versions, pa.string())]
+               pa.array(digests, pa.string()), pa.array(versions, pa.string()), pa.array(locators, pa.string())]
     for layer in manifest.layers:
         dim = manifest.dims[layer]
         vectors = rows.vectors[layer].astype(np.float16 if manifest.dtype == "float16" else np.float32, copy=False)
@@ -466,8 +486,7 @@ def load_rows(folder: Path | Store, manifest: Manifest, layer: str) -> Rows:
             block = batch.column(layer).flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
             out = vectors[filled:filled + len(block)]
             out[:] = block
-            norms = np.linalg.norm(out, axis=1, keepdims=True)
-            out /= np.where(norms > 0, norms, 1.0)
+            l2_normalize(out, out=out)
             embedded.append(len(ids) + np.flatnonzero(ok))
             filled += len(block)
             ids += batch.column("id").to_pylist()
@@ -477,3 +496,13 @@ def load_rows(folder: Path | Store, manifest: Manifest, layer: str) -> Rows:
     return Rows(ids, paths, errors, digests, vectors[:filled],
                 np.concatenate(embedded) if embedded else np.zeros(0, np.int64),
                 [path.rsplit("/", 1)[-1] for path in shard_paths], [s.metadata.num_rows for s in shards])
+
+
+def open_input(store: Store, manifest: Manifest) -> tuple[ImageSource, dict[str, int]]:
+    """The folder's input as its ``byol-embed run`` read it, and each id's position in it (a listing: for a million
+    objects on object storage, seconds to minutes). A folder made from vectors alone has none: said so."""
+    if not manifest.input:
+        raise FolderError(f"{store} was made from vectors (`byol-embed import`) without --input: its images cannot "
+                          "be read; import it again with --input naming where the images are")
+    source = open_source(manifest.input, **manifest.source_options, storage_options=store.options)
+    return source, source.positions()

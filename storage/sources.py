@@ -82,6 +82,12 @@ class ImageSource:
         listing says nothing (a list of paths is not stat'ed), and the bytes' hash decides."""
         return None
 
+    def item_locator(self, index: int) -> str | None:
+        """Where item ``index``'s bytes are, to read them again with one read and no listing
+        (:func:`read_located`): the object, the tar member's offset and size, or the Parquet file's row group and
+        row. None: not locatable."""
+        return None
+
     def positions(self) -> dict[str, int]:
         """id -> index: to read items again by the ids a job recorded."""
         return {self.item_id(i): i for i in range(len(self))}
@@ -174,6 +180,9 @@ class FileSource(_Reader, ImageSource):
     def item_version(self, index: int) -> str | None:
         return self.versions[index] if self.versions is not None else None
 
+    def item_locator(self, index: int) -> str | None:
+        return f"o|{self._url(self.paths[index])}"
+
     def fingerprint(self) -> str:
         return self._fingerprint
 
@@ -238,6 +247,10 @@ class TarSource(_Reader, ImageSource):
     def item_version(self, index: int) -> str | None:
         shard, offset, size = self.index[index]
         return f"{_version(self.infos[shard])}@{offset}+{size}"
+
+    def item_locator(self, index: int) -> str | None:
+        shard, offset, size = self.index[index]
+        return f"t|{offset}|{size}|{self._url(self.shards[shard])}"
 
     def fingerprint(self) -> str:
         return _info_digest([_name(s) for s in self.shards], self.infos) + f":{len(self)}"
@@ -401,6 +414,17 @@ class ParquetImageSource(_Reader, ImageSource):
             return column.field("bytes").to_pylist(), paths
         return column.to_pylist(), None
 
+    def column_values(self, column: str) -> list[str | None]:
+        """Another column's values beside the images (labels, say), as text, in the source's order."""
+        values: list[str | None] = []
+        for f in range(len(self.files)):
+            parquet = self._parquet(f)
+            if column not in parquet.schema_arrow.names:
+                raise DataError(f"{_name(self.files[f])} has no column {column!r}; its columns: "
+                                f"{parquet.schema_arrow.names}")
+            values += [None if v is None else str(v) for v in parquet.read(columns=[column]).column(column).to_pylist()]
+        return values
+
     def item_id(self, index: int) -> str:
         return self.ids[index]
 
@@ -411,6 +435,10 @@ class ParquetImageSource(_Reader, ImageSource):
     def item_version(self, index: int) -> str | None:
         f, _, _, row = self.index[index]
         return f"{_version(self.infos[f])}#{row}"
+
+    def item_locator(self, index: int) -> str | None:
+        f, group, row, _ = self.index[index]
+        return f"p|{group}|{row}|{self.how}|{self.column}|{self._url(self.files[f])}"
 
     def fingerprint(self) -> str:
         return _info_digest([_name(p) for p in self.files], self.infos) + f":{self.column}:{len(self)}"
@@ -452,6 +480,9 @@ class SubsetSource(ImageSource):
 
     def item_version(self, index: int) -> str | None:
         return self.source.item_version(self.indices[index])
+
+    def item_locator(self, index: int) -> str | None:
+        return self.source.item_locator(self.indices[index])
 
     def fingerprint(self) -> str:
         return self.source.fingerprint()
@@ -625,3 +656,47 @@ def open_source(spec: str | Path, *, path_column: str | None = None, image_colum
         raise
     except Exception as err:
         raise_explained(err, spec)
+
+
+def read_located(locator: str, storage_options: dict | None = None) -> bytes:
+    """The bytes an :meth:`ImageSource.item_locator` points at, with one read (a ranged one for a tar member; one
+    row group's image column for a Parquet row), never a listing. Raises ``OSError`` (``FileNotFoundError`` where
+    the object is gone) or :class:`DataError` for a locator this version cannot read."""
+    kind, _, rest = locator.partition("|")
+    if kind == "o":
+        fs, path = filesystem(rest, storage_options)
+        return _Located(fs)._cat(path)
+    if kind == "t":
+        offset, size, url = rest.split("|", 2)
+        fs, path = filesystem(url, storage_options)
+        return _Located(fs)._cat(path, int(offset), int(offset) + int(size))
+    if kind == "p":
+        import pyarrow.parquet as pq
+
+        group, row, how, column, url = rest.split("|", 4)
+        fs, path = filesystem(url, storage_options)
+        try:
+            chunk = pq.ParquetFile(path, filesystem=fs).read_row_group(int(group), columns=[column]).column(0)
+        except FileNotFoundError:
+            raise
+        except Exception as err:
+            raise _Located(fs)._read_error(err, url) from None
+        value = chunk[int(row)]
+        if how == "struct":
+            data = value["bytes"].as_py()
+            if data is None and value.type.get_field_index("path") >= 0 and value["path"].as_py():
+                beside = inside(path.rsplit("/", 1)[0], value["path"].as_py())
+                return _Located(fs)._cat(beside)
+        else:
+            data = value.as_py()
+        if data is None:
+            raise OSError(f"row {row} of row group {group} of {_name(path)} has no image bytes")
+        return data
+    raise DataError(f"unknown image locator {locator[:40]!r}")
+
+
+class _Located(_Reader):
+    """A reader over one filesystem, for :func:`read_located`."""
+
+    def __init__(self, fs) -> None:
+        self.fs = fs

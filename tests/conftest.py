@@ -16,7 +16,14 @@ from PIL import Image
 from hub import BYOLModel, ModelConfig
 from hub.config import PreprocessConfig
 from hub.preprocess import preprocess
-from tests.support.images import PHOTOS, image_bytes, skimage_data_dir
+from service.embed.cli import main as embed_main
+from tests.support.images import (
+    PHOTOS,
+    image_bytes,
+    make_near_duplicate_fixture,
+    photos_for_quality,
+    skimage_data_dir,
+)
 from tests.support.models import randomize_bn, train_test_model
 from tests.support.s3 import S3, S3_ENV
 from tests.support.server import make_client
@@ -72,6 +79,21 @@ def trained_model(tmp_path_factory, photo_paths) -> Path:
     return train_test_model(tmp_path_factory.mktemp("trained"), photo_paths)
 
 
+@pytest.fixture(scope="session")
+def emb(tmp_path_factory, trained_model) -> Path:
+    """Copies of real photos embedded, indexed, deduplicated and scored: what a user serves with --index (made
+    once for the page tests and the fuzzing)."""
+    root = tmp_path_factory.mktemp("ui")
+    images = root / "images"
+    make_near_duplicate_fixture(photos_for_quality(skimage_data_dir())[:5], images)
+    (images / "broken.jpg").write_bytes(b"not an image")
+    out = root / "emb"
+    for argv in (["run", "--model", str(trained_model), "--input", str(images), "--output", str(out), "--no-progress"],
+                 ["index", str(out)], ["dedup", str(out), "--no-progress", "--threshold", "0.86"], ["outliers", str(out), "--no-progress"]):
+        assert embed_main(argv) == 0, argv
+    return out
+
+
 @pytest.fixture(scope="module")
 def onnx_client(trained_model):
     with make_client(trained_model, backend="onnx", max_wait_ms=2) as client:
@@ -105,6 +127,15 @@ def s3():
     finally:
         server.stop()
         _restore(saved)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless chromium (Debian's, driven by Playwright) for every page test; skipped where none is installed."""
+    from tests.support.browser import chromium
+
+    with chromium() as launched:
+        yield launched
 
 
 @dataclass

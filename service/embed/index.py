@@ -32,52 +32,34 @@ from typing import Any
 
 import numpy as np
 
+from curation.neighbours import TRAIN_PER_LIST, faiss_module
+from curation.results import RESULTS, ResultReader
 from service.embed.errors import EmbedJobError
 from storage.errors import FolderError
-from storage.folder import Manifest, finished_shards, load_rows, open_parquet, read_columns
+from storage.folder import CURATION, INDEX, Manifest, finished_shards, load_rows, open_parquet, read_columns
 from storage.store import Store, as_store
+from storage.vectors import l2_normalize
 
 logger = logging.getLogger(__name__)
-INDEX_DIR = "index"
+INDEX_DIR = INDEX
 INDEX_FILE = "faiss.index"
 IDS_FILE = "ids.arrow"
 META_FILE = "index.json"
-TRAIN_PER_LIST = 39  # FAISS warns below ~39 training points per IVF list
 # an IVF index is rebuilt once its set has grown past this many times the vectors its quantizer was trained on:
 # the lists were placed for the old distribution and grow unbalanced (longer scans, lower recall at one nprobe)
 GROWTH_LIMIT = 2.0
-# The cosine at or above which two images are near duplicates (dedup, leaks, /search's duplicate check): measured on
-# the README's fixture (copies of real photos re-encoded at JPEG quality 20, halved, cropped to 90 %, brightness
-# +-10 %, mixed with distinct photos), see the README.
-DEFAULT_THRESHOLD = 0.86
-
-
-def faiss_module():
-    """FAISS, imported where it is needed (search and curation), with the extra to install where it is missing."""
-    try:
-        import faiss
-    except ImportError:
-        raise EmbedJobError("search and curation need faiss-cpu (pip install 'byol[search]')") from None
-    return faiss
-
-
-def _l2_normalize(x: np.ndarray) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms > 0, norms, 1.0)
-
-
 def nlist_of(factory: str) -> int | None:
     match = re.search(r"IVF(\d+)", factory)
     return int(match.group(1)) if match else None
 
 
-def build_index(folder: str | Path | Store, *, layer: str = "avgpool", factory: str = "Flat", train_size: int = 0,
+def build_index(folder: str | Path | Store, *, layer: str | None = None, factory: str = "Flat", train_size: int = 0,
                 seed: int = 0, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the index of ``layer`` into ``folder/index/`` atomically; returns its description."""
     faiss = faiss_module()
     folder = as_store(folder, storage_options)
     manifest = Manifest.load(folder)
+    layer = manifest.pick_layer(layer)
     started = time.perf_counter()
     rows = load_rows(folder, manifest, layer)  # the embedded rows, L2-normalized
     if len(rows.vectors) == 0:
@@ -86,6 +68,7 @@ def build_index(folder: str | Path | Store, *, layer: str = "avgpool", factory: 
     ids, paths = [rows.ids[i] for i in rows.embedded], [rows.paths[i] for i in rows.embedded]
     digests = [rows.sha256[i] for i in rows.embedded]
     shard_of, row_in_shard = rows.locations(rows.embedded)  # a query by id reads one row group, never all shards
+    locators = read_columns(folder, manifest, ("locator",)).column("locator").take(rows.embedded)
     dim = x.shape[1]
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
@@ -114,12 +97,14 @@ def build_index(folder: str | Path | Store, *, layer: str = "avgpool", factory: 
             "manifest_normalize": manifest.normalize, "input_fingerprint": manifest.input_fingerprint,
             "generation": manifest.generation, "trained_count": len(x) if trained_on else None,
             "next_label": len(ids), "built_s": round(time.perf_counter() - started, 2), "shards": rows.shards}
-    _publish(folder, index, meta, ids, paths, digests, shard_of, row_in_shard, np.arange(len(ids), dtype=np.int64))
+    _publish(folder, index, meta, ids, paths, digests, shard_of, row_in_shard, np.arange(len(ids), dtype=np.int64),
+             locators)
     return meta
 
 
 def _publish(folder: Store, index: Any, meta: dict[str, Any], ids: list[str], paths: list[str],
-             digests: list[str | None], shard_of: np.ndarray, row_in_shard: np.ndarray, labels: np.ndarray) -> None:
+             digests: list[str | None], shard_of: np.ndarray, row_in_shard: np.ndarray, labels: np.ndarray,
+             locators: Any) -> None:
     import pyarrow as pa  # the search extra: a server without it serves no index, and imports this module
     import pyarrow.feather as feather
 
@@ -129,7 +114,8 @@ def _publish(folder: Store, index: Any, meta: dict[str, Any], ids: list[str], pa
         faiss.write_index(index, str(built / INDEX_FILE))
         feather.write_feather(pa.table({"id": pa.array(ids, pa.string()), "path": pa.array(paths, pa.string()),
                                         "sha256": pa.array(digests, pa.string()), "shard": pa.array(shard_of),
-                                        "row": pa.array(row_in_shard), "label": pa.array(labels)}),
+                                        "row": pa.array(row_in_shard), "label": pa.array(labels),
+                                        "locator": pa.array(locators, pa.string())}),
                               built / IDS_FILE, compression="uncompressed")
         (built / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -180,7 +166,7 @@ def update_index(folder: str | Path | Store, *, storage_options: dict[str, Any] 
     if meta.get("generation") == manifest.generation:
         return {**meta, "action": f"already at generation {manifest.generation}"}
     started = time.perf_counter()
-    columns = read_columns(folder, manifest, ("id", "path", "sha256", "error"))
+    columns = read_columns(folder, manifest, ("id", "path", "sha256", "error", "locator"))
     ok = columns.column("error").is_null().to_numpy(zero_copy_only=False)
     new_ids = columns.column("id").to_pylist()
     new_sha = columns.column("sha256").to_pylist()
@@ -223,12 +209,14 @@ def update_index(folder: str | Path | Store, *, storage_options: dict[str, Any] 
     ids = [i for i, k in zip(ids, keep) if k] + [new_ids[k] for k in add]
     paths = [p for p, k in zip(paths, keep) if k] + columns.column("path").take(add).to_pylist()
     digests = [s for s, k in zip(sha, keep) if k] + [new_sha[k] for k in add]
+    located = columns.column("locator").take(np.array([now[i] for i in ids], np.int64)) if ids else []
     labels = np.concatenate([labels[keep], new_labels]) if ivf else np.arange(len(ids), dtype=np.int64)
     where = np.array([now[i] for i in ids], np.int64) if ids else np.zeros(0, np.int64)
     meta = {**meta, "count": len(ids), "generation": manifest.generation, "input_fingerprint": manifest.input_fingerprint,
             "next_label": int(meta["next_label"] + len(add)), "shards": parts,
             "updated_s": round(time.perf_counter() - started, 2)}
-    _publish(folder, index, meta, ids, paths, digests, part_of[where].astype(np.int32), row_of[where], labels)
+    _publish(folder, index, meta, ids, paths, digests, part_of[where].astype(np.int32), row_of[where], labels,
+             located)
     return {**meta, "action": f"updated in place to generation {manifest.generation} ({len(add)} added, {removed} "
                               f"removed)", "added": len(add), "removed": removed}
 
@@ -244,7 +232,7 @@ def _vectors_of(folder: Store, manifest: Manifest, layer: str, rows: list[tuple[
         column = open_parquet(folder, folder.path(name)).read(columns=[layer]).column(layer)
         taken = column.take([r for _, r in wanted]).combine_chunks()
         out[[at for at, _ in wanted]] = taken.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
-    return _l2_normalize(out)
+    return l2_normalize(out, out=out)
 
 
 def local_folder(store: Store) -> Path:
@@ -255,7 +243,7 @@ def local_folder(store: Store) -> Path:
         described = store.read_bytes(f"{INDEX_DIR}/{META_FILE}")
     except FileNotFoundError:
         raise FolderError(f"{store} has no index; build one with `byol-embed index {store}`") from None
-    curation = [f"curation/{n}" for n in store.child("curation").names("*")]  # none: an empty listing
+    curation = [f"{CURATION}/{n}" for n in store.child(CURATION).names("*")]  # none: an empty listing
     names = [f"{INDEX_DIR}/{INDEX_FILE}", f"{INDEX_DIR}/{IDS_FILE}", f"{INDEX_DIR}/{META_FILE}"] + curation
     key = [described]
     for name in names:
@@ -279,6 +267,7 @@ class LoadedIndex:
     row_in_shard: np.ndarray | None = None
     sha256: list[str | None] | None = None  # each row's image bytes' hash (exact duplicates of a query)
     labels: np.ndarray | None = None  # each row's FAISS label, where they are not the positions (an updated IVF)
+    locators: Any = None  # pyarrow string array: where each row's image bytes are (None: an older index)
 
     @property
     def generation(self) -> int:
@@ -319,15 +308,16 @@ class LoadedIndex:
         return cls(folder, manifest, meta, index, table.column("id").to_pylist(), table.column("path").to_pylist(),
                    store, table.column("shard").to_numpy() if located else None,
                    table.column("row").to_numpy() if located else None,
-                   table.column("sha256").to_pylist() if "sha256" in names else None, labels)
+                   table.column("sha256").to_pylist() if "sha256" in names else None, labels,
+                   table.column("locator").combine_chunks() if "locator" in names else None)
 
-    def curation_summary(self, name: str) -> dict[str, Any]:
-        """A curation result's summary (``curation/duplicates.json``...) beside the served index; {} if none."""
-        path = self.folder / "curation" / name
-        try:
-            return json.loads(path.read_text())
-        except (FileNotFoundError, ValueError):
-            return {}
+    def result_summary(self, name: str) -> dict[str, Any]:
+        """A curation result's summary (:data:`curation.results.RESULTS`) beside the served index; {} if none."""
+        return ResultReader(self.folder, RESULTS[name]).summary()
+
+    def locator_of(self, row: int) -> str | None:
+        """Where the image of index row ``row`` is (None: an index built before locators, or not locatable)."""
+        return None if self.locators is None else self.locators[row].as_py()
 
     @cached_property
     def _label_order(self) -> np.ndarray:
@@ -400,7 +390,7 @@ class LoadedIndex:
                min_score: float | None = None) -> list[dict[str, Any]]:
         """Top ``k`` by cosine; ``exclude`` drops that id (a query by id does not find itself); ``min_score``
         keeps only results at or above it."""
-        x = _l2_normalize(vector.reshape(1, -1))
+        x = l2_normalize(vector.reshape(1, -1))
         scores, labels = self.index.search(x, k + (1 if exclude is not None else 0))
         results = []
         for score, row in zip(scores[0], self.rows_of_labels(labels[0])):

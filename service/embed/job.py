@@ -21,9 +21,11 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from curation.errors import CurationError
 from hub.hub_io import ResolvedModel
 from hub.layers import check_layers, output_name, serving_outputs
 from service.embed.errors import EmbedJobError
+from service.embed.index import has_index, update_index
 from service.embed.local_engine import run_local
 from service.embed.ray_engine import run_ray
 from service.runtime.factory import build_streamed_backend, resolve_for_backend
@@ -422,13 +424,11 @@ def _rewrite(out: Store, pending: Manifest, committed: Manifest | None) -> None:
 def _follow_index(out: Store, committed: Manifest, settings: EmbedSettings) -> str:
     """Bring the folder's index (if it has one) to the committed generation: in place where the index type
     allows, else rebuilt; what was done, in words."""
-    from service.embed.index import has_index, update_index
-
     if not settings.update_index or not has_index(out):
         return ""
     try:
         return update_index(out)["action"]
-    except (EmbedJobError, FolderError) as err:  # the generation is committed; the index stays where it was
+    except (EmbedJobError, CurationError, FolderError) as err:  # the generation is committed; the index stays
         logger.warning("the index was left at its generation: %s; run `byol-embed index %s` once fixed", err, out)
         return f"left behind ({err})"
 

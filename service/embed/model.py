@@ -1,9 +1,11 @@
 """The model a folder was embedded with, loaded again to embed more images exactly as its run did (a query image,
-the calibration's synthetic copies): the same weights, preprocessing, layer and pooling."""
+the calibration's synthetic copies): the same weights, preprocessing, layer and pooling. ``byol-embed`` passes
+it to the curation commands that need one (:class:`curation.calibration.Embedder`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 
 import numpy as np
 from PIL import Image
@@ -14,12 +16,22 @@ from service.embed.errors import EmbedJobError
 from service.runtime.factory import build_backend, resolve_for_backend
 from service.runtime.settings import RuntimeSettings
 from storage.folder import Manifest
+from storage.vectors import l2_normalize
 
 
 class FolderModel:
-    """``FolderModel(manifest).embed(images, layer)``: L2-normalized ``(n, dim)`` float32 vectors of PIL images."""
+    """``FolderModel(manifest).embed(images, layer)``: L2-normalized ``(n, dim)`` float32 vectors of PIL images.
+    The model is loaded at the first ``embed`` (a command that finds a calibration never loads it)."""
 
     def __init__(self, manifest: Manifest, *, batch_size: int = 32) -> None:
+        self.manifest, self.batch_size = manifest, batch_size
+
+    @cached_property
+    def _loaded(self):
+        manifest = self.manifest
+        if not manifest.model_id or manifest.weights_sha256 is None and manifest.architecture == "imported":
+            raise EmbedJobError("the folder's vectors were imported (`byol-embed import`): no model made them, so "
+                                "no more images can be embedded like them")
         settings = RuntimeSettings(model=manifest.model_id, revision=None if manifest.revision.startswith("sha256:")
                                    else manifest.revision)
         resolved = resolve_for_backend(settings)
@@ -27,17 +39,14 @@ class FolderModel:
             raise EmbedJobError(f"the model at {manifest.model_id} now has other weights (sha256 "
                                 f"{str(resolved.config.weights_sha256)[:12]}) than the set was embedded with "
                                 f"({manifest.weights_sha256[:12]})")
-        self.manifest = manifest
-        self.preprocessing = resolved.config.preprocessing
-        self.backend = build_backend(resolved, settings)
-        self.batch_size = batch_size
+        return resolved.config.preprocessing, build_backend(resolved, settings)
 
     def embed(self, images: Sequence[Image.Image], layer: str) -> np.ndarray:
+        preprocessing, backend = self._loaded
         name = output_name(layer, self.manifest.pooling)
         out = np.zeros((len(images), self.manifest.dims[layer]), np.float32)
         for start in range(0, len(images), self.batch_size):
             chunk = images[start:start + self.batch_size]
-            pixels = np.stack([preprocess_one(img, self.preprocessing) for img in chunk])
-            out[start:start + len(chunk)] = self.backend.run(pixels)[name].reshape(len(chunk), -1)
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        return out / np.where(norms > 0, norms, 1.0)
+            pixels = np.stack([preprocess_one(img, preprocessing) for img in chunk])
+            out[start:start + len(chunk)] = backend.run(pixels)[name].reshape(len(chunk), -1)
+        return l2_normalize(out, out=out)

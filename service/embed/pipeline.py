@@ -17,15 +17,16 @@ from typing import Any
 
 import numpy as np
 
+from curation.image_stats import image_stats
 from hub.config import ModelConfig
 from hub.errors import ImageDecodeError
 from hub.layers import output_name
 from hub.preprocess import decode_image, preprocess_one
-from service.embed.image_stats import image_stats
 from service.runtime.backend import Backend
 from storage.folder import QUALITY_STATS, Manifest, ShardRows
 from storage.sources import ImageSource
 from storage.store import StorageError
+from storage.vectors import l2_normalize
 
 logger = logging.getLogger(__name__)
 IO_THREADS = 8  # read tasks in flight per reader on object storage
@@ -169,8 +170,7 @@ def embed_shard(source: ImageSource, manifest: Manifest, config: ModelConfig, ba
         for layer, name in names.items():
             values = out[name].reshape(len(batch), -1).astype(np.float32, copy=False)
             if manifest.normalize:
-                norms = np.linalg.norm(values, axis=1, keepdims=True)
-                values = values / np.where(norms > 0, norms, 1.0)
+                values = l2_normalize(values)
             vectors[layer][rows] = values
         if on_images:
             on_images(len(batch))
@@ -195,4 +195,5 @@ def embed_shard(source: ImageSource, manifest: Manifest, config: ModelConfig, ba
     flush()
     return ShardRows(shard["index"], [source.item_id(i) for i in range(start, stop)],
                      [source.item_path(i) for i in range(start, stop)], errors, vectors, digests,
-                     [source.item_version(i) for i in range(start, stop)], shard.get("name", ""), quality)
+                     [source.item_version(i) for i in range(start, stop)], shard.get("name", ""), quality,
+                     [source.item_locator(i) for i in range(start, stop)])

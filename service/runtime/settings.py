@@ -3,6 +3,7 @@ environment variables, ``byol-serve`` options, or ``byol-embed run`` options."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -60,3 +61,30 @@ class RuntimeSettings(BaseSettings):
             if values.get(key) and "://" not in values[key] and Path(values[key]).exists():
                 values[key] = str(Path(values[key]).resolve())
         return values
+
+
+def add_settings_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, settings: type[BaseSettings], *,
+                         skip: tuple[str, ...] = (), many: tuple[str, ...] = (),
+                         defaults: dict[str, Any] | None = None) -> None:
+    """One option per field of ``settings`` (``--max-pixels`` for ``max_pixels``), its help the field's
+    description with its ``BYOL_*`` variable and default: the settings model is the one place an option is
+    declared. Unset options parse as None, so the settings' own defaults and environment apply
+    (:func:`settings_overrides`); ``defaults`` overrides a default for this program (said in the help)."""
+    defaults = defaults or {}
+    for name, field in settings.model_fields.items():
+        if name in skip:
+            continue
+        flag = "--" + name.replace("_", "-")
+        default = defaults.get(name, field.default if field.default_factory is None else field.default_factory())
+        text = f"{field.description} [env BYOL_{name.upper()}; default {default!r}]"
+        if field.annotation is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif name in many:
+            parser.add_argument(flag, dest=name, nargs="*", default=None, help=text)
+        else:
+            parser.add_argument(flag, dest=name, default=defaults.get(name), help=text)
+
+
+def settings_overrides(args: argparse.Namespace, settings: type[BaseSettings]) -> dict[str, Any]:
+    """The options given on the command line (and program defaults), for ``settings(**overrides)``."""
+    return {k: v for k, v in vars(args).items() if v is not None and k in settings.model_fields}

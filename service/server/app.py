@@ -145,6 +145,7 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
         await state.batcher.stop()
         state.decode_pool.shutdown(wait=False)
         state.lookup_pool.shutdown(wait=False)
+        state.thumb_pool.shutdown(wait=False)
         logger.info("stopped after draining the queue")
 
     # /docs and /redoc from assets installed with the package (fastapi-offline ships swagger-ui-dist and redoc):

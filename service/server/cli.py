@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import uvicorn
 from pydantic import ValidationError
 
+from service.runtime.settings import add_settings_options, settings_overrides
 from service.server.app import create_app
 from service.server.settings import ServiceSettings
 from storage.location import add_storage_option
@@ -29,21 +30,9 @@ from storage.location import add_storage_option
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="byol-serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name, field in ServiceSettings.model_fields.items():
-        if name == "storage_options":
-            add_storage_option(parser, "an --index on object storage (and its images)")
-            parser.set_defaults(storage_options=None)  # unset: BYOL_STORAGE_OPTIONS or the default
-            continue
-        flag = "--" + name.replace("_", "-")
-        env = f"BYOL_{name.upper()}"
-        default = field.default if field.default_factory is None else field.default_factory()
-        text = f"{field.description} [env {env}; default {default!r}]"
-        if field.annotation is bool:
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
-        elif name in ("api_keys", "cors_origins"):
-            parser.add_argument(flag, dest=name, nargs="*", default=None, help=text)
-        else:
-            parser.add_argument(flag, dest=name, default=None, help=text)
+    add_storage_option(parser, "an --index on object storage (and its images)")
+    parser.set_defaults(storage_options=None)  # unset: BYOL_STORAGE_OPTIONS or the default
+    add_settings_options(parser, ServiceSettings, skip=("storage_options",), many=("api_keys", "cors_origins"))
     ray = parser.add_argument_group(
         "engine", "where the app runs: one uvicorn process (default), or Ray Serve replicas (pip install "
         "'byol[ray-serve]'; each replica loads the model once and batches on its own)")
@@ -187,7 +176,7 @@ def _draining_server(config, state, timeout: float):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if v is not None and k in ServiceSettings.model_fields}
+    overrides = settings_overrides(args, ServiceSettings)
     try:
         settings = ServiceSettings(**overrides)
     except ValidationError as err:

@@ -290,14 +290,21 @@ async def run_images(batcher: Batcher, pixels: np.ndarray, timeout: float,
             gathered.cancel()
 
 
-async def in_lookup_pool(state: ServiceState, request: Request, fn, *args):
-    """Index and thumbnail work (a FAISS search, a vector read by id, a thumbnail, a curation table): on the
-    server's small lookup pool, so at most its few threads run at once whatever arrives, within the request's
-    deadline, and dropped from the pool's queue when the client is gone first."""
+async def in_pool(state: ServiceState, request: Request, pool, fn, *args, limit_s: float | None = None):
+    """Blocking work on one of the server's small pools, so at most its few threads run at once whatever arrives:
+    within the request's deadline (and ``limit_s``, where given), dropped from the pool's queue when the client is
+    gone first."""
     started = request_started(request)
-    work = asyncio.get_running_loop().run_in_executor(state.lookup_pool, fn, *args)
-    return await wait_for_client(work, state.deadline(started) - time.monotonic(), request.is_disconnected,
-                                 on_stop=work.cancel)
+    remaining = state.deadline(started) - time.monotonic()
+    if limit_s is not None:
+        remaining = min(remaining, limit_s)
+    work = asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+    return await wait_for_client(work, remaining, request.is_disconnected, on_stop=work.cancel)
+
+
+async def in_lookup_pool(state: ServiceState, request: Request, fn, *args):
+    """Index work (a FAISS search, a vector read by id, a page of a curation result) on the lookup pool."""
+    return await in_pool(state, request, state.lookup_pool, fn, *args)
 
 
 # --- 4. responses ---------------------------------------------------------------------------------------

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from curation.results import RESULTS
 
 # ---------------------------------------------------------------------------------------------------------------
 # Requests
@@ -110,21 +112,24 @@ class SearchResponse(BaseModel):
     duplicate: bool | None = Field(None, description="with duplicates: whether the image is already in the set")
 
 
-class CurationAvailable(BaseModel):
-    duplicates: bool = Field(description="the index folder has curation/duplicates.parquet (byol-embed dedup)")
-    outliers: bool = Field(description="the index folder has curation/outliers.parquet (byol-embed outliers)")
-    leaks: bool = Field(False, description="the index folder has curation/leaks.parquet (byol-embed leaks)")
-    map: bool = Field(False, description="the index folder has curation/map.parquet (byol-embed map)")
-    generation: int = Field(0, description="the generation of the embedding folder being served")
-    stale: dict[str, str] = Field(default_factory=dict, description="results made from an older generation than "
-                                  "the one served: name -> what to run again")
+# The curation API's models: the kinds and files come from the results contract (curation/results.py)
+PAGED = ("duplicates", "outliers", "leaks", "map")  # the results the page has a tab for
+
+CurationAvailable = create_model(
+    "CurationAvailable",
+    **{name: (bool, Field(False, description=f"the index folder has curation/{RESULTS[name].table} (byol-embed "
+                                            f"{RESULTS[name].command})")) for name in PAGED},
+    generation=(int, Field(0, description="the generation of the embedding folder being served")),
+    stale=(dict[str, str], Field(default_factory=dict, description="results made from an older generation than the "
+                                 "one served: name -> what to run again")),
+)
 
 
 class LeakRow(BaseModel):
     id: str = Field(description="the image in this folder")
     id_a: str = Field(description="its copy in the other folder")
     similarity: float = Field(description="cosine between the two")
-    kind: Literal["exact", "near"]
+    kind: Literal[RESULTS["leaks"].kinds]
 
 
 class LeaksPage(BaseModel):
@@ -138,27 +143,33 @@ class LeaksPage(BaseModel):
 class DuplicateMember(BaseModel):
     id: str
     similarity: float = Field(description="cosine to the group's representative")
-    kind: Literal["exact", "near"]
+    kind: Literal[RESULTS["duplicates"].kinds]
+    remove: bool | None = Field(None, description="true: a copy that can go (all but the kept one); null: a dedup "
+                                "made before the rule was recorded")
 
 
 class DuplicateGroup(BaseModel):
     group: int
     representative: str
+    kept: str | None = Field(None, description="the member kept by dedup's --keep rule")
+    size: int = Field(description="members in all (at most `members` of them are listed)")
     members: list[DuplicateMember]
 
 
 class DuplicatesPage(BaseModel):
     total: int = Field(description="groups in all")
     offset: int
+    keep: str | None = Field(None, description="the rule that chose the member kept (dedup --keep)")
     groups: list[DuplicateGroup]
 
 
 class OutlierRow(BaseModel):
     id: str
     rank: int | None = Field(description="1: the most unusual; null for broken images")
-    kind: Literal["embedded", "broken"]
+    kind: Literal[RESULTS["outliers"].kinds]
     score: float | None = Field(description="1 - mean cosine to the k nearest non-duplicates")
     percentile: float | None
+    reasons: list[str] = Field(default_factory=list, description="no content: the quality flags that say so")
     error: str | None = Field(description="why a broken image could not be embedded")
 
 
@@ -169,9 +180,10 @@ class MapPoints(BaseModel):
     x: list[float] = Field(description="in [-1, 1]")
     y: list[float] = Field(description="in [-1, 1]")
     cluster: list[int] = Field(description="k-means cluster (byol-embed map)")
-    label: list[str | None] | None = Field(None, description="the folder's labels (byol-embed labels), if any")
+    label: list[str | None] | None = Field(None, description="the folder's labels, if any")
     flag: list[str | None] | None = Field(None, description="quality reasons (byol-embed quality), comma-separated")
     nmi: float | None = Field(None, description="the clusters' NMI against the labels, where there are labels")
+    note: str | None = Field(None, description="what an older map lacks, and how to make it again")
 
 
 class OutliersPage(BaseModel):

@@ -46,10 +46,14 @@ class ServiceState:
     # sized from the CPUs this process may use (a container's quota), not the host's count
     decode_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=max(2, usable_cpus()), thread_name_prefix="byol-decode"))
-    # /search's index work and /thumb, /curation/*: two at a time (they read files and search; the cores are the
+    # /search's index work and /curation/*: two at a time (they read files and search; the cores are the
     # batcher's), queued behind the request admission, each within its request's deadline
     lookup_pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="byol-lookup"))
+    # /thumb and the leaks' thumbnails: a pool of their own (a slow store or an older index's listing never holds
+    # /search), each within a deadline
+    thumb_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="byol-thumb"))
 
     def __post_init__(self) -> None:
         if self.admission is None:

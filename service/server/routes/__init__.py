@@ -4,16 +4,17 @@
   Ray Serve replica dropped is replayed on another one (they are pure functions of the request);
 - probes (``/health``, ``/ready``, ``/metrics``): never refused, never counted in flight, not access-logged;
 - info (``/info``, ``/v1/models``): what is served, the same on every replica (replayable too);
-- the page (``/``, ``/ui``, ``/thumb``, ``/curation``...): everything else.
+- the pages (``/``, ``/ui``, ``/thumb``) and the curation API they read (``/curation/...``): everything else.
 """
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.server.routes import embed, ops, search, ui
+from service.server.routes import curation, embed, ops, pages, search
 
-ROUTERS: tuple[APIRouter, ...] = (ops.probe_routes, ops.info_routes, embed.router, search.router, ui.router)
+ROUTERS: tuple[APIRouter, ...] = (ops.probe_routes, ops.info_routes, embed.router, search.router, pages.router,
+                                  curation.router)
 
 
 def _paths(*routers: APIRouter) -> frozenset[str]:

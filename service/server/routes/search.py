@@ -14,10 +14,12 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 from starlette.datastructures import UploadFile
 
+from curation.calibration import DEFAULT_THRESHOLD, calibration_of
+from curation.errors import CurationError
 from hub.hub_io import ResolvedModel
 from hub.layers import output_name
 from service.embed.errors import EmbedJobError
-from service.embed.index import DEFAULT_THRESHOLD, LoadedIndex
+from service.embed.index import LoadedIndex
 from service.server.errors import ServiceError
 from service.server.pipeline import (
     NumpyJSONResponse,
@@ -53,7 +55,7 @@ class SearchIndexError(RuntimeError):
 def open_search_index(settings: ServiceSettings, resolved: ResolvedModel, outputs: list[str]):
     try:
         index = LoadedIndex.open(settings.index, nprobe=settings.search_nprobe, storage_options=settings.storage_options)
-    except (EmbedJobError, FolderError) as err:
+    except (EmbedJobError, CurationError, FolderError) as err:
         raise SearchIndexError(f"--index {settings.index}: {err}") from None
     manifest, meta = index.manifest, index.meta
     if manifest.made_with_other_weights(resolved.config):
@@ -183,13 +185,14 @@ async def search(request: Request, state: ReadyState, _: Auth,
 
 def duplicate_threshold(index: LoadedIndex, settings: ServiceSettings) -> float:
     """The cosine at which /search calls two images duplicates: the server's setting, else the threshold the
-    folder's own ``byol-embed dedup`` used, else the folder's calibration of the indexed layer, else the fixed
-    default."""
+    folder's own ``byol-embed dedup`` used, else the folder's calibration of the indexed layer (measured with the
+    served model's weights: another model's is never used), else the fixed default."""
     if settings.duplicate_threshold is not None:
         return settings.duplicate_threshold
-    used = index.curation_summary("duplicates.json").get("threshold")
+    used = index.result_summary("duplicates").get("threshold")
     if used is None:
-        used = index.curation_summary("calibration.json").get(index.meta.get("layer"), {}).get("threshold")
+        entry = calibration_of(index.result_summary("calibration"), index.manifest, index.meta.get("layer"))
+        used = entry["threshold"] if entry else None
     return float(used if used is not None else DEFAULT_THRESHOLD)
 
 

@@ -78,9 +78,12 @@ function csvCell(value) {
 }
 
 function downloadCSV(name, ids) {
-  const text = "id\n" + ids.map(csvCell).join("\n") + "\n";
+  download(name, new Blob(["id\n" + ids.map(csvCell).join("\n") + "\n"], { type: "text/csv" }));
+}
+
+function download(name, blob) {
   const link = document.createElement("a");
-  link.href = URL.createObjectURL(new Blob([text], { type: "text/csv" }));
+  link.href = URL.createObjectURL(blob);
   link.download = name;
   document.body.appendChild(link);
   link.click();

@@ -127,7 +127,7 @@ async function showMap() {
     mapState.data = d;
     const nmi = d.nmi === null || d.nmi === undefined ? "" : ` · clusters vs labels: NMI ${d.nmi}`;
     document.getElementById("map-info").textContent = `${d.total} images, ${Math.max(...d.cluster) + 1} clusters` +
-      (d.shown < d.total ? ` (an even sample of ${d.shown} drawn)` : "") + nmi;
+      (d.shown < d.total ? ` (an even sample of ${d.shown} drawn)` : "") + nmi + (d.note ? ` · ${d.note}` : "");
     document.querySelector('#map-colour option[value="label"]').disabled = !d.label;
     document.querySelector('#map-colour option[value="flag"]').disabled = !d.flag;
   }

@@ -67,13 +67,16 @@ async function showDuplicates() {
     div.className = "group";
     div.dataset.group = g.group;
     const title = document.createElement("div");
-    title.textContent = `group ${g.group}: ${g.members.length} images, representative ${g.representative}`;
+    const listed = g.members.length < g.size ? ` (the first ${g.members.length} shown)` : "";
+    title.textContent = `group ${g.group}: ${g.size} images${listed}, keeping ${g.kept ?? g.representative}`;
     const members = document.createElement("div");
     members.className = "members";
     for (const m of g.members) {
       const c = card(m.id, m.similarity);
+      const kept = m.id === (g.kept ?? g.representative);
+      if (kept) c.classList.add("kept");
       const label = document.createElement("label");
-      label.append(checkbox("duplicates", m.id), ` ${m.kind}${m.id === g.representative ? " (representative)" : ""}`);
+      label.append(checkbox("duplicates", m.id), ` ${m.kind}${kept ? " · kept" : m.remove ? " · to remove" : ""}`);
       c.append(label);
       members.append(c);
     }
@@ -82,7 +85,8 @@ async function showDuplicates() {
   });
   document.getElementById("groups").replaceChildren(...groups);
   const last = Math.min(body.total, state.dupOffset + body.groups.length);
-  document.getElementById("dup-page").textContent = `groups ${state.dupOffset + 1}-${last} of ${body.total}`;
+  document.getElementById("dup-page").textContent =
+    `groups ${state.dupOffset + 1}-${last} of ${body.total}` + (body.keep ? ` · kept by --keep ${body.keep}` : "");
   document.getElementById("dup-prev").disabled = state.dupOffset === 0;
   document.getElementById("dup-next").disabled = last >= body.total;
 }
@@ -204,6 +208,13 @@ document.getElementById("leak-prev").addEventListener("click", () => { state.lea
 document.getElementById("leak-next").addEventListener("click", () => { state.leakOffset += PAGE.leaks; showLeaks(); });
 document.getElementById("leak-export").addEventListener("click", () => downloadCSV("leaks-selected.csv", [...state.selected.leaks]));
 document.getElementById("dup-export").addEventListener("click", () => downloadCSV("duplicates-selected.csv", [...state.selected.duplicates]));
+document.getElementById("dup-remove").addEventListener("click", async () => {
+  try {
+    const response = await api("/curation/duplicates/remove");
+    if (!response.ok) throw new Error((await response.json().catch(() => ({}))).error?.message || response.statusText);
+    download("remove.txt", await response.blob());
+  } catch (err) { if (err.message !== "unauthorized") showMessage("Could not export: " + err.message, true); }
+});
 document.getElementById("out-export").addEventListener("click", () => downloadCSV("outliers-selected.csv", [...state.selected.outliers]));
 setupKeyBar(start);
 start();

@@ -25,6 +25,7 @@ from service.embed.cli import main  # noqa: E402
 from service.embed.index import LoadedIndex  # noqa: E402
 from storage.folder import QUALITY_COLUMNS  # noqa: E402
 from storage.lock import folder_lock  # noqa: E402
+from storage.sources import read_located  # noqa: E402
 from tests.support import REPO  # noqa: E402
 from tests.support.images import image_bytes, write_images  # noqa: E402
 from tests.support.server import float32_from_json_text, make_client  # noqa: E402
@@ -70,7 +71,11 @@ def test_every_file_has_one_row_in_plan_order_with_exact_columns(embedded, datas
     assert [p.name for p in shards] == [f"part-{i:05d}.parquet" for i in range(6)]
     assert all((embedded / f"part-{i:05d}.done").exists() for i in range(6))
     table = read_all(embedded)
-    assert table.column_names == ["id", "path", "error", "sha256", "version", "avgpool", "feature3", *QUALITY_COLUMNS]
+    assert table.column_names == ["id", "path", "error", "sha256", "version", "locator", "avgpool", "feature3",
+                                  *QUALITY_COLUMNS]
+    # where each image's bytes are: read again with one read, no listing, they are the bytes that were embedded
+    for item_id, locator in zip(table.column("id").to_pylist()[:4], table.column("locator").to_pylist()[:4]):
+        assert read_located(locator) == (dataset / item_id).read_bytes()
     # the image statistics, measured from the decoded pixels: none where the image failed
     width = table.column("quality_width").to_pylist()
     assert all((w is None) == bool(e) for w, e in zip(width, table.column("error").to_pylist()))
@@ -91,7 +96,7 @@ def test_pandas_and_duckdb_read_the_shards_as_they_are(embedded):
     duckdb = pytest.importorskip("duckdb")
     shards = sorted(str(p) for p in embedded.glob("*.parquet"))  # emb/*.parquet: the shards and nothing else
     frame = pd.read_parquet(shards)
-    assert len(frame) == 27 and len(pd.read_parquet(shards[0])) == 5 and list(frame.columns) == ["id", "path", "error", "sha256", "version", "avgpool", "feature3", *QUALITY_COLUMNS]
+    assert len(frame) == 27 and len(pd.read_parquet(shards[0])) == 5 and list(frame.columns) == ["id", "path", "error", "sha256", "version", "locator", "avgpool", "feature3", *QUALITY_COLUMNS]
     with duckdb.connect() as con:
         rows = con.execute(f"SELECT count(*), count(error), max(len(avgpool)) FROM '{embedded}/*.parquet'").fetchall()
     assert rows == [(27, 3, 512)]

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from tests.support import REPO, processes
+from tests.support.browser import until
 from tests.support.server import start_server
 
 KEY = "ui-test-key"
@@ -79,31 +80,6 @@ def test_static_assets_reach_no_other_origin():
         assert "<script>" not in text and " style=" not in text  # the CSP allows no inline script or style
 
 
-@pytest.fixture(scope="module")
-def browser():
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        # new headless; no background networking, component updates or other traffic of the browser's own
-        browser = p.chromium.launch(executable_path=chromium, args=[
-            "--no-sandbox", "--headless=new", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--disable-default-apps", "--no-first-run", "--metrics-recording-only"])
-        yield browser
-        browser.close()
-
-
-def _until(page, js: str, timeout: float = 20) -> None:
-    """Poll an expression through page.evaluate (the pages' CSP forbids the eval that wait_for_function uses)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not page.evaluate(f"() => {js}"):
-        assert time.monotonic() < deadline, js
-        time.sleep(0.1)
-
-
 @pytest.mark.slow
 def test_the_page_in_a_real_browser(server, browser, emb, tmp_path):
     from playwright.sync_api import expect
@@ -145,7 +121,7 @@ def test_the_page_in_a_real_browser(server, browser, emb, tmp_path):
     assert len(cards) == 20  # the k selector's default
     first = [c.get_attribute("data-id") for c in cards[:5]]
     assert first[0] == "orig_02.jpg" and all(i.startswith("copy_02") for i in first[1:]), first
-    _until(page, "[...document.querySelectorAll('#results img')].every(i => i.naturalWidth > 0)")
+    until(page, "[...document.querySelectorAll('#results img')].every(i => i.naturalWidth > 0)")
     page.screenshot(path=str(shots / "ui-search.png"), full_page=True)
     # "more like this": a click searches by that id
     cards[1].click()
@@ -172,7 +148,7 @@ def test_the_page_in_a_real_browser(server, browser, emb, tmp_path):
     assert "groups 1-" in page.inner_text("#dup-page")
     planted = page.locator("#groups .group").filter(has=page.locator('.card[data-id="copy_00_q20.jpg"]'))
     expect(planted.locator('.card[data-id="orig_00.jpg"]')).to_have_count(1)  # the photo with its copy, side by side
-    _until(page, "[...document.querySelectorAll('#groups img')].every(i => i.naturalWidth > 0)")
+    until(page, "[...document.querySelectorAll('#groups img')].every(i => i.naturalWidth > 0)")
     page.screenshot(path=str(shots / "ui-duplicates.png"), full_page=True)
     boxes = page.query_selector_all("#groups input[type=checkbox]")
     chosen = [b.get_attribute("data-id") for b in boxes[:3]]
@@ -250,99 +226,12 @@ def test_the_leaks_tab_shows_pairs_side_by_side_and_stale_results_say_so(leaky, 
     rows = {tr.get_attribute("data-id"): tr.inner_text() for tr in page.query_selector_all("#leak-rows tr")}
     assert "orig_02.jpg" in rows and "exact" in rows["orig_02.jpg"] and "near" in rows["reencoded_00.jpg"]
     assert "unseen.png" not in rows and "arrival.png" not in rows
-    _until(page, "[...document.querySelectorAll('#leak-rows img')].every(i => i.naturalWidth > 0)")
+    until(page, "[...document.querySelectorAll('#leak-rows img')].every(i => i.naturalWidth > 0)")
     assert len(page.query_selector_all("#leak-rows img")) == 2 * len(rows)  # both sides of every pair
     assert page.is_hidden("#stale")
     shots = Path(os.environ.get("BYOL_SCREENSHOTS") or tmp_path)
     page.screenshot(path=str(shots / "ui-leaks.png"), full_page=True)
     page.click('[data-tab="duplicates"]')
     expect(page.locator("#stale")).to_contain_text("made from generation 1")
-    assert not errors, errors
-    context.close()
-
-
-@pytest.fixture(scope="module")
-def mapped(trained_model, emb, tmp_path_factory):
-    """The photos' copies plus a planted cluster (a dozen slight variants of one checkerboard, like nothing else in
-    the set), embedded, labelled by name, scored for quality and mapped; served with keys on."""
-    from service.embed.cli import main as embed_main
-
-    root = tmp_path_factory.mktemp("mapped")
-    images, out = root / "images", root / "emb"
-    shutil.copytree(emb.parent / "images", images / "photos", ignore=shutil.ignore_patterns("broken.jpg"))
-    board = Image.new("RGB", (96, 96), "white")
-    for i in range(0, 96, 12):
-        for j in range(0, 96, 12):
-            if (i + j) // 12 % 2:
-                board.paste((0, 0, 0), (i, j, i + 12, j + 12))
-    planted = []
-    for k in range(12):
-        name = f"planted/board_{k:02d}.png"
-        (images / "planted").mkdir(exist_ok=True)
-        board.rotate(k * 0.5, fillcolor="white").save(images / name)
-        planted.append(name)
-    for argv in (["run", "--model", str(trained_model), "--input", str(images), "--output", str(out), "--no-progress",
-                  "--labels", "folders"], ["index", str(out)], ["quality", str(out), "--no-progress"],
-                 ["map", str(out), "--no-progress", "--clusters", "3"]):
-        assert embed_main(argv) == 0, argv
-    proc, url = start_server(trained_model, "--index", str(out), "--api-keys", KEY)
-    yield {"url": url, "emb": out, "planted": planted}
-    processes.stop(proc, timeout=30)
-
-
-@pytest.mark.slow
-def test_the_map_tab_selects_a_planted_cluster_and_exports_exactly_its_ids(mapped, browser, tmp_path):
-    import pyarrow.parquet as pq
-    from playwright.sync_api import expect
-
-    url, planted = mapped["url"], set(mapped["planted"])
-    points = httpx.get(f"{url}/curation/map", headers=AUTH).json()
-    assert points["total"] == points["shown"] == len(points["ids"]) and len(points["flag"]) == points["total"]
-    table = pq.read_table(mapped["emb"] / "curation" / "map.parquet").to_pydict()
-    xy = {i: (x, y) for i, x, y in zip(table["id"], table["x"], table["y"])}
-    xs, ys = [xy[i][0] for i in planted], [xy[i][1] for i in planted]
-    box = (min(xs), max(xs), min(ys), max(ys))
-    # the map keeps the planted images together, apart from the rest: no other point inside their box
-    others = [i for i in xy if i not in planted and box[0] <= xy[i][0] <= box[1] and box[2] <= xy[i][1] <= box[3]]
-    assert not others, (others, box)
-    context = browser.new_context(accept_downloads=True, viewport={"width": 1280, "height": 1000})
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda err: errors.append(str(err)))
-    page.goto(f"{url}/ui")
-    page.fill("#key", KEY)
-    page.click("#keysave")
-    expect(page.locator('[data-tab="map"]')).to_be_visible()
-    page.click('[data-tab="map"]')
-    expect(page.locator("#map-info")).to_contain_text(f"{points['total']} images")
-    rect = page.locator("#map-canvas").bounding_box()
-
-    def screen(x: float, y: float) -> tuple[float, float]:
-        sx, sy = page.evaluate(f"mapToScreen({x}, {y}, {rect['width']}, {rect['height']})")
-        return rect["x"] + sx, rect["y"] + sy
-
-    # a box a few pixels around the planted points, dragged with the mouse
-    (x0, y0), (x1, y1) = screen(box[0], box[3]), screen(box[1], box[2])
-    page.mouse.move(x0 - 4, y0 - 4)
-    page.mouse.down()
-    page.mouse.move((x0 + x1) / 2, (y0 + y1) / 2, steps=3)
-    page.mouse.move(x1 + 4, y1 + 4, steps=3)
-    page.mouse.up()
-    expect(page.locator("#map-selected")).to_have_text(f"{len(planted)} selected")
-    with page.expect_download() as download:
-        page.click("#map-export")
-    exported = [line.strip('"') for line in Path(download.value.path()).read_text().splitlines()[1:]]
-    assert set(exported) == planted and len(exported) == len(planted)
-    # colour by quality flag, hover shows a thumbnail, a click searches for more like it
-    page.select_option("#map-colour", "flag")
-    hx, hy = screen(*xy[sorted(planted)[0]])
-    page.mouse.move(hx, hy)
-    expect(page.locator("#map-tip")).to_be_visible()
-    _until(page, "document.querySelector('#map-tip img') && document.querySelector('#map-tip img').naturalWidth > 0")
-    shots = Path(os.environ.get("BYOL_SCREENSHOTS") or tmp_path)
-    page.screenshot(path=str(shots / "ui-map.png"), full_page=True)
-    page.mouse.click(hx, hy)
-    expect(page.locator("#query-info")).to_contain_text("more like")
-    assert page.input_value("#qid") in planted
     assert not errors, errors
     context.close()

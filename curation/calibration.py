@@ -7,7 +7,9 @@ and above. So ``byol-embed calibrate`` (and ``dedup`` / ``leaks`` when the folde
    them again from the folder's input;
 2. makes near-duplicate copies of each, the usual ways an image is copied: re-encoded as JPEG at quality 20,
    halved, cropped to 90 %, brightness +10 % and -10 %;
-3. embeds the copies with the folder's model, layer and pooling (:class:`service.embed.model.FolderModel`);
+3. embeds the copies with the folder's model, layer and pooling: the caller passes it in (``byol-embed`` passes
+   the folder's own model, ``service.embed.model.FolderModel``); without one, nothing is measured and the fixed
+   ``DEFAULT_THRESHOLD`` is used, which the summary says;
 4. positives: each copy's cosine to its original's stored vector. Negatives: each copy's nearest image of the
    folder other than its original (among its ``k`` nearest). A neighbour that is itself a copy of the original (the same bytes, or the
    same picture by its pixels: a 16 x 16 grey thumbnail correlating >= ``PIXEL_COPY`` with the original's, which
@@ -25,28 +27,45 @@ calibration of another model is never used.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image, ImageEnhance
 
+from curation.errors import CurationError
+from curation.neighbours import knn_of
+from curation.results import CALIBRATION, ResultReader, write_result
 from hub.preprocess import decode_image
-from service.embed.errors import EmbedJobError
-from storage.folder import Manifest, Rows
-from storage.sources import open_source
+from storage.folder import Manifest, Rows, open_input
 from storage.store import Store
 
 logger = logging.getLogger(__name__)
 
-CALIBRATION_FILE = "calibration.json"
+# The cosine at or above which two images are near duplicates where nothing was measured (no model to calibrate
+# with, or its input gone): measured on the README's fixture (copies of real photos re-encoded at JPEG quality 20,
+# halved, cropped to 90 %, brightness +-10 %, mixed with distinct photos).
+DEFAULT_THRESHOLD = 0.86
 DEFAULT_PRECISION = 0.95
 DEFAULT_SAMPLE = 64
 MIN_RECALL = 0.5
 PIXEL_COPY = 0.9  # thumbnail correlation at or above which two images are the same picture (see pixel_signature)
 TRANSFORMS = ("jpeg_q20", "half", "crop_90", "brighter_10", "darker_10")
+
+
+class Embedder(Protocol):
+    """What calibration needs of a model: the folder's vectors of more images, exactly as its run made them."""
+
+    def embed(self, images: Sequence[Image.Image], layer: str) -> np.ndarray:
+        """L2-normalized ``(len(images), dim)`` float32 vectors of ``layer``."""
+        ...
+
+
+def check_threshold(threshold: float | None) -> None:
+    if threshold is not None and not -1.0 <= threshold <= 1.0:
+        raise CurationError(f"--threshold is a cosine similarity in [-1, 1], got {threshold}")
 
 
 def copies_of(img: Image.Image) -> list[Image.Image]:
@@ -94,22 +113,14 @@ def choose_threshold(positives: np.ndarray, negatives: np.ndarray, precision: fl
 
 
 def calibrate(store: Store, manifest: Manifest, rows: Rows, *, layer: str, precision: float = DEFAULT_PRECISION,
-              sample: int = DEFAULT_SAMPLE, k: int = 16, seed: int = 0, model=None) -> dict[str, Any]:
-    """Measure this folder's near-duplicate threshold on ``layer`` (``rows``: its loaded vectors); returns the
-    calibration entry (also written into ``curation/calibration.json``)."""
-    from service.embed.curate import CURATION_DIR, knn_of
-    from service.embed.model import FolderModel
-
-    if not 0.0 < precision < 1.0:
-        raise EmbedJobError(f"--precision is a fraction in (0, 1), got {precision}")
-    if sample < 2:
-        raise EmbedJobError(f"--sample must be >= 2, got {sample}")
+              sample: int = DEFAULT_SAMPLE, k: int = 16, seed: int = 0, model: Embedder) -> dict[str, Any]:
+    """Measure this folder's near-duplicate threshold on ``layer`` (``rows``: its loaded vectors) with ``model``
+    (the folder's own); returns the calibration entry (also written into ``curation/calibration.json``)."""
+    check_calibration(precision, sample)
     started = time.perf_counter()
     if len(rows.vectors) < 3:
-        raise EmbedJobError(f"calibration needs at least 3 embedded images; this folder has {len(rows.vectors)}")
-    model = model or FolderModel(manifest)
-    source = open_source(manifest.input, **manifest.source_options, storage_options=store.options)
-    position = source.positions()
+        raise CurationError(f"calibration needs at least 3 embedded images; this folder has {len(rows.vectors)}")
+    source, position = open_input(store, manifest)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(rows.vectors))
     originals: list[int] = []  # vector rows
@@ -127,7 +138,7 @@ def calibrate(store: Store, manifest: Manifest, rows: Rows, *, layer: str, preci
         originals.append(int(v))
         images.append(img)
     if len(originals) < 2:
-        raise EmbedJobError("calibration could not read the folder's images again from its input "
+        raise CurationError("calibration could not read the folder's images again from its input "
                             f"{manifest.input}: it needs the input where the run read it")
     copies = [c for img in images for c in copies_of(img)]
     per = len(TRANSFORMS)
@@ -186,14 +197,20 @@ def calibrate(store: Store, manifest: Manifest, rows: Rows, *, layer: str, preci
                             f"{entry['negatives'].get('50%')}. Its duplicate groups will hold distinct images: use a "
                             "better-trained model, or another --layer")
         logger.warning("calibration: %s", entry["warning"])
-    out = store.child(CURATION_DIR)
     saved = load_calibrations(store)
     saved[layer] = entry
-    out.write_text(CALIBRATION_FILE, json.dumps(saved, indent=1) + "\n")
+    write_result(store, CALIBRATION, None, saved)
     return entry
 
 
-def _same_picture(source, position: dict[str, int], rows: Rows, vector_row: int, signature: np.ndarray) -> bool:
+def check_calibration(precision: float, sample: int) -> None:
+    if not 0.0 < precision < 1.0:
+        raise CurationError(f"--precision is a fraction in (0, 1), got {precision}")
+    if sample < 2:
+        raise CurationError(f"--sample must be >= 2, got {sample}")
+
+
+def _same_picture(source: Any, position: dict[str, int], rows: Rows, vector_row: int, signature: np.ndarray) -> bool:
     item = position.get(rows.ids[int(rows.embedded[vector_row])])
     if item is None:
         return False
@@ -205,34 +222,40 @@ def _same_picture(source, position: dict[str, int], rows: Rows, vector_row: int,
 
 
 def load_calibrations(store: Store) -> dict[str, Any]:
-    from service.embed.curate import CURATION_DIR
-
-    try:
-        return json.loads(store.child(CURATION_DIR).read_text(CALIBRATION_FILE))
-    except (FileNotFoundError, OSError, ValueError):
-        return {}
+    """Every layer's calibration entry (``{}``: none)."""
+    saved = ResultReader(store, CALIBRATION).summary()
+    return {layer: entry for layer, entry in saved.items() if isinstance(entry, dict)}
 
 
 def calibration_for(store: Store, manifest: Manifest, layer: str) -> dict[str, Any] | None:
     """The folder's calibration of ``layer``, if it was measured with the folder's current model's weights."""
-    entry = load_calibrations(store).get(layer)
-    if entry and entry.get("weights_sha256") == manifest.weights_sha256:
+    return calibration_of(load_calibrations(store), manifest, layer)
+
+
+def calibration_of(saved: dict[str, Any], manifest: Manifest, layer: str | None) -> dict[str, Any] | None:
+    """``layer``'s entry of a calibration summary, if it was measured with ``manifest``'s model's weights."""
+    entry = saved.get(layer) if layer else None
+    if isinstance(entry, dict) and entry.get("weights_sha256") == manifest.weights_sha256:
         return entry
     return None
 
 
 def resolve_threshold(store: Store, manifest: Manifest, rows: Rows, layer: str, threshold: float | None, *,
-                      precision: float = DEFAULT_PRECISION, sample: int = DEFAULT_SAMPLE,
-                      fallback: float) -> tuple[float, dict[str, Any]]:
-    """The threshold to use: ``threshold`` if given; else the folder's calibration (measured now if there is none);
-    else, where the model cannot be loaded again (a folder moved away from its model or input), ``fallback`` and
-    why. Returns it and a note for the summary."""
+                      model: Embedder | None, precision: float = DEFAULT_PRECISION, sample: int = DEFAULT_SAMPLE,
+                      fallback: float = DEFAULT_THRESHOLD) -> tuple[float, dict[str, Any]]:
+    """The threshold to use: ``threshold`` if given; else the folder's calibration (measured now with ``model`` if
+    there is none); else (no model given, or it or the input cannot be read again) ``fallback`` and why. Returns it
+    and a note for the summary."""
     if threshold is not None:
         return threshold, {"source": "--threshold"}
     entry = calibration_for(store, manifest, layer)
     if entry is None:
+        if model is None:
+            why = "no model to calibrate with (the folder's vectors were imported, or none was given)"
+            logger.warning("no calibration (%s); using the fixed default threshold %s", why, fallback)
+            return fallback, {"source": "default", "why": why}
         try:
-            entry = calibrate(store, manifest, rows, layer=layer, precision=precision, sample=sample)
+            entry = calibrate(store, manifest, rows, layer=layer, precision=precision, sample=sample, model=model)
         except Exception as err:  # noqa: BLE001 - the model or the input may be gone: the fixed default, said so
             logger.warning("no calibration (%s); using the fixed default threshold %s", err, fallback)
             return fallback, {"source": "default", "why": f"calibration failed: {err}"}

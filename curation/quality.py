@@ -1,6 +1,6 @@
 """Image quality: the extremes of each image statistic, with a reason per image.
 
-    emb/curation/quality.parquet   id, path, the statistics (service/embed/image_stats.py), reasons (list of:
+    emb/curation/quality.parquet   id, path, the statistics (curation/image_stats.py), reasons (list of:
                                    dark, overexposed, blurry, low information, noise, odd size, odd aspect), flagged
     emb/curation/quality.json      the thresholds used, the count per reason, the generation it was made from
 
@@ -17,7 +17,6 @@ clean crops flagged (figures beside CleanVision's in docs/benchmarks.md).
 
 from __future__ import annotations
 
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,14 +25,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from curation.errors import CurationError
+from curation.image_stats import image_stats
+from curation.progress import bar as progress_bar
+from curation.results import QUALITY, write_result
 from hub.preprocess import decode_image
-from service.embed.errors import EmbedJobError
-from service.embed.image_stats import image_stats
-from storage.folder import QUALITY_COLUMNS, QUALITY_STATS, Manifest, finished_shards, open_parquet, write_table
-from storage.sources import open_source
+from storage.folder import QUALITY_COLUMNS, QUALITY_STATS, Manifest, finished_shards, open_input, open_parquet
 from storage.store import Store, as_store
 
-QUALITY_FILE = "quality.parquet"
 REASONS = ("dark", "overexposed", "blurry", "low information", "noise", "odd size", "odd aspect")
 # reasons that say the image holds no picture at all: they make an image an outlier whatever the model says
 CONTENT_REASONS = ("low information", "noise")
@@ -102,8 +101,7 @@ def recompute_missing(store: Store, manifest: Manifest, ids: list[str], errors: 
     missing = np.flatnonzero(embedded & np.isnan(stats).all(axis=1)).tolist()
     if not missing:
         return 0
-    source = open_source(manifest.input, **manifest.source_options, storage_options=store.options)
-    position = source.positions()
+    source, position = open_input(store, manifest)
 
     def measure(i: int) -> None:
         j = position.get(ids[i])
@@ -114,9 +112,7 @@ def recompute_missing(store: Store, manifest: Manifest, ids: list[str], errors: 
         except Exception:  # noqa: BLE001 - an image that no longer reads stays unmeasured
             pass
 
-    from service.embed.curate import _bar
-
-    bar = _bar(len(missing), "measuring images", progress)
+    bar = progress_bar(len(missing), "measuring images", progress)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for _ in pool.map(measure, missing):
             if bar:
@@ -129,12 +125,10 @@ def recompute_missing(store: Store, manifest: Manifest, ids: list[str], errors: 
 def quality(folder: str | Path | Store, *, thresholds: dict[str, float] | None = None, recompute: bool = True,
             progress: bool = False, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Flag every image's quality extremes; write ``curation/quality.parquet``; returns the summary."""
-    from service.embed.curate import CURATION_DIR
-
     thresholds = dict(thresholds or {})
     unknown = set(thresholds) - set(DEFAULT_THRESHOLDS)
     if unknown:
-        raise EmbedJobError(f"unknown quality threshold(s) {', '.join(sorted(unknown))}; accepted: "
+        raise CurationError(f"unknown quality threshold(s) {', '.join(sorted(unknown))}; accepted: "
                             + ", ".join(DEFAULT_THRESHOLDS))
     store = as_store(folder, storage_options)
     manifest = Manifest.load(store)
@@ -147,14 +141,12 @@ def quality(folder: str | Path | Store, *, thresholds: dict[str, float] | None =
         columns[name] = pa.array(stats[:, c], pa.float32(), mask=np.isnan(stats[:, c]))
     columns["reasons"] = pa.array(reasons, pa.list_(pa.string()))
     columns["flagged"] = pa.array([bool(r) for r in reasons], pa.bool_())
-    out = store.child(CURATION_DIR)
-    write_table(out, QUALITY_FILE, pa.table(columns))
     counts = {reason: sum(reason in r for r in reasons) for reason in REASONS}
     measured = int((~np.isnan(stats).all(axis=1)).sum())
     summary = {"generation": manifest.generation, "images": len(ids), "measured": measured,
                "recomputed": recomputed, "flagged": sum(bool(r) for r in reasons), "reasons": counts,
                "thresholds": {**DEFAULT_THRESHOLDS, **thresholds}, "seconds": round(time.perf_counter() - started, 2)}
-    out.write_text("quality.json", json.dumps(summary, indent=1) + "\n")
+    write_result(store, QUALITY, columns, summary)
     examples = {reason: [ids[i] for i, r in enumerate(reasons) if reason in r][:5] for reason in REASONS}
     return {**summary, "examples": examples}
 

@@ -23,46 +23,28 @@ within D of it, and keeps typical picks at least D apart. The same folder and ar
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
-from service.embed.errors import EmbedJobError
-from storage.folder import Manifest, load_rows, write_table
+from curation.errors import CurationError
+from curation.label_sources import read_labels, saved_spec
+from curation.neighbours import knn, pca
+from curation.progress import bar as progress_bar
+from curation.results import MAP, SELECTION, ResultReader, write_result
+from storage.folder import Manifest, load_rows
 from storage.store import Store, as_store
 
-SELECTION_FILE = "selection.parquet"
 STRATEGIES = ("diverse", "typical", "balanced")
 PCA_DIMS = 64
-
-
-def pca(vectors: np.ndarray, dims: int, *, sample: int = 100_000, seed: int = 0) -> np.ndarray:
-    """``vectors`` projected on their first ``dims`` principal components (fitted on a sample), float32, in
-    blocks."""
-    n, d = vectors.shape
-    if d <= dims:
-        return np.ascontiguousarray(vectors - vectors.mean(axis=0), np.float32)
-    rng = np.random.default_rng(seed)
-    fit = vectors[np.sort(rng.choice(n, size=min(n, sample), replace=False))]
-    mean = fit.mean(axis=0)
-    _, _, vt = np.linalg.svd(fit - mean, full_matrices=False)
-    basis = vt[:dims].T.astype(np.float32)  # fewer than dims where the sample has fewer rows
-    out = np.empty((n, basis.shape[1]), np.float32)
-    for start in range(0, n, 65536):
-        out[start:start + 65536] = (vectors[start:start + 65536] - mean) @ basis
-    return out
 
 
 def k_center(points: np.ndarray, count: int, *, min_distance: float = 0.0, batch: int | None = None,
              progress: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
     """Greedy k-center over ``points``: the picked rows in order, each one's distance to the earlier picks when
     it was picked, and the final coverage radius."""
-    from service.embed.curate import _bar
-
     n = len(points)
     count = min(count, n)
     if count <= 0:
@@ -74,7 +56,7 @@ def k_center(points: np.ndarray, count: int, *, min_distance: float = 0.0, batch
     gaps = [np.inf]
     dist = np.sqrt(np.maximum(sq + sq[first] - 2 * points @ points[first], 0))
     dist[first] = 0
-    bar = _bar(count, "selecting", progress)
+    bar = progress_bar(count, "selecting", progress)
     if bar:
         bar.update(1)
     while len(picked) < count:
@@ -110,8 +92,6 @@ def k_center(points: np.ndarray, count: int, *, min_distance: float = 0.0, batch
 def typical(vectors: np.ndarray, count: int, *, k: int = 10, min_distance: float = 0.0,
             progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The ``count`` densest rows (mean cosine to their ``k`` nearest neighbours), ``min_distance`` apart."""
-    from service.embed.curate import knn
-
     sims, nn, _ = knn(vectors, k, progress=progress)
     density = np.where(nn >= 0, sims, np.nan)
     density = np.nanmean(density, axis=1) if density.shape[1] else np.zeros(len(vectors))
@@ -128,20 +108,19 @@ def typical(vectors: np.ndarray, count: int, *, k: int = 10, min_distance: float
     return np.asarray(picked, np.int64), density[picked].astype(np.float32)
 
 
-def select(folder: str | Path | Store, *, count: int, strategy: str = "diverse", layer: str = "avgpool",
+def select(folder: str | Path | Store, *, count: int, strategy: str = "diverse", layer: str | None = None,
            min_distance: float = 0.0, labels_spec: str | None = None, k: int = 10, progress: bool = False,
            storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Pick ``count`` images by ``strategy``; write ``curation/selection.parquet``; returns the summary."""
-    from service.embed.curate import CURATION_DIR
-
+    """Pick ``count`` images by ``strategy``; write the ``selection`` result; returns the summary."""
     if strategy not in STRATEGIES:
-        raise EmbedJobError(f"--strategy {strategy!r}: accepted {', '.join(STRATEGIES)}")
+        raise CurationError(f"--strategy {strategy!r}: accepted {', '.join(STRATEGIES)}")
     if count < 1:
-        raise EmbedJobError(f"-n must be >= 1, got {count}")
+        raise CurationError(f"-n must be >= 1, got {count}")
     if min_distance < 0:
-        raise EmbedJobError(f"--min-distance is a distance >= 0, got {min_distance}")
+        raise CurationError(f"--min-distance is a distance >= 0, got {min_distance}")
     store = as_store(folder, storage_options)
     manifest = Manifest.load(store)
+    layer = manifest.pick_layer(layer)
     started = time.perf_counter()
     rows = load_rows(store, manifest, layer)
     n = len(rows.vectors)
@@ -159,15 +138,6 @@ def select(folder: str | Path | Store, *, count: int, strategy: str = "diverse",
         else:
             groups, grouped_by = _groups(store, manifest, ids, labels_spec)
             picked, value, radius = _balanced(points, groups, count, min_distance)
-    table = pa.table({
-        "id": pa.array([ids[i] for i in picked], pa.string()),
-        "path": pa.array([rows.paths[int(rows.embedded[i])] for i in picked], pa.string()),
-        "order": pa.array(np.arange(1, len(picked) + 1), pa.int64()),
-        ("density" if strategy == "typical" else "distance"): pa.array(value, pa.float32()),
-        "group": pa.array([groups[i] for i in picked], pa.string()),
-    })
-    out = store.child(CURATION_DIR)
-    write_table(out, SELECTION_FILE, table)
     summary = {"strategy": strategy, "layer": layer, "requested": count, "selected": len(picked), "embedded": n,
                "min_distance": min_distance, "coverage_radius": None if np.isnan(radius) else round(radius, 4),
                "groups_from": grouped_by, "generation": manifest.generation,
@@ -175,26 +145,23 @@ def select(folder: str | Path | Store, *, count: int, strategy: str = "diverse",
     if len(picked) < min(count, n):
         summary["stopped"] = (f"every image is within --min-distance {min_distance} of the selection"
                               if strategy != "typical" else f"no more images {min_distance} apart")
-    out.write_text("selection.json", json.dumps(summary, indent=1) + "\n")
+    write_result(store, SELECTION, {
+        "id": [ids[i] for i in picked], "path": [rows.paths[int(rows.embedded[i])] for i in picked],
+        "order": np.arange(1, len(picked) + 1), ("density" if strategy == "typical" else "distance"): value,
+        "group": [groups[i] for i in picked]}, summary)
     return {**summary, "first": [ids[i] for i in picked[:10]]}
 
 
 def _groups(store: Store, manifest: Manifest, ids: list[str], spec: str | None) -> tuple[list[str | None], str]:
-    from service.embed.labels import read_labels, saved_spec
-    from service.embed.projection import MAP_FILE
-
     if spec or saved_spec(store):
         labels, used = read_labels(store, manifest, spec, ids)
         return labels, f"labels ({used})"
-    try:
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(store.child("curation").path(MAP_FILE), columns=["id", "cluster"],
-                              filesystem=store.fs).to_pydict()
-    except (FileNotFoundError, OSError):
-        raise EmbedJobError("--strategy balanced needs groups: labels (--labels, or `run --labels`) or the map's "
-                            "clusters (`byol-embed map` first)") from None
-    cluster = dict(zip(table["id"], table["cluster"]))
+    reader = ResultReader(store, MAP)
+    if not reader.exists:
+        raise CurationError("--strategy balanced needs groups: labels (--labels, or `run --labels`) or the map's "
+                            "clusters (`byol-embed map` first)")
+    table = reader.read(["id", "cluster"])
+    cluster = dict(zip(table.column("id").to_pylist(), table.column("cluster").to_pylist()))
     return [None if cluster.get(i) is None else f"cluster {cluster[i]}" for i in ids], "map clusters"
 
 

@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, ImageDraw
 
+from curation.calibration import DEFAULT_THRESHOLD
+from curation.dedup import near_groups
 from service.embed.cli import main as embed_main
-from service.embed.curate import DEFAULT_THRESHOLD, near_groups
 from tests.support.images import make_near_duplicate_fixture, pair_scores, photos_for_quality, skimage_data_dir
 
 OUT_OF_DISTRIBUTION = ("ood_flat_green.png", "ood_flat_blue.png", "ood_ramp.png", "ood_text.png")
@@ -91,7 +92,7 @@ def test_dedup_calibrates_its_threshold_on_the_folder_and_says_what_the_model_ca
 def test_groups_never_chain_on_a_weak_model(curation_set):
     """At a threshold too low for this weak model (a tenth of all pairs above it), the kNN graph chains much of the
     set together: every group is still a clique (each two members >= the threshold)."""
-    from service.embed.curate import dedup
+    from curation.dedup import dedup
     from storage.folder import Manifest, load_rows
 
     folder = curation_set["outliers"]
@@ -121,7 +122,7 @@ def test_dedup_finds_the_copies_at_a_given_threshold(curation_set, capsys):
     # groups are cliques: a copy within T of the photo but not of its other copies is left out of the group
     assert precision >= 0.95 and recall >= 0.8, (precision, recall)
     table = _table(duplicates)
-    assert set(table) == {"group", "id", "path", "representative", "similarity", "kind"}
+    assert set(table) == {"group", "id", "path", "representative", "similarity", "kind", "remove"}
     rows = list(zip(table["id"], table["kind"], table["representative"], table["similarity"]))
     kinds = {i: k for i, k, _, _ in rows}
     assert kinds["exact_copy_of_00.jpg"] == kinds["orig_00.jpg"] == "exact"  # the same bytes
@@ -136,6 +137,9 @@ def test_dedup_finds_the_copies_at_a_given_threshold(curation_set, capsys):
     all_ids = curation_set["ids"]
     assert set(keep) | set(remove) == all_ids and not set(keep) & set(remove)
     assert len(remove) == summary["removable"] == len(table["id"]) - summary["groups"]
+    # --keep representative (the default): each group's representative stays, the table's column says the rest go
+    assert set(remove) == {i for i, r, gone in zip(table["id"], table["representative"], table["remove"]) if gone}
+    assert not any(gone for i, r, gone in zip(table["id"], table["representative"], table["remove"]) if i == r)
     hist = json.loads((folder / "curation" / "nn_similarity.json").read_text())
     assert sum(hist["counts"]) == summary["embedded"] and len(hist["bins"]) == len(hist["counts"]) + 1
     # deterministic: the same folder and settings give the same groups

@@ -128,7 +128,7 @@ def test_labels_from_the_run_and_bad_sources_are_clear(labelled, tmp_path, capsy
     assert main(["labels", str(folder), "--json", "--no-progress"]) == 0  # `run --labels folders`, recorded
     assert json.loads(capsys.readouterr().out)["labels"] == "folders"
     # a CSV given to `run --labels` is kept in the folder: it scores without the file it came from
-    from service.embed.labels import save_spec
+    from curation.label_sources import save_spec
     from storage.store import as_store
 
     copy, given = tmp_path / "copy", tmp_path / "given.csv"

@@ -1,16 +1,12 @@
 """Labels against the embedding: images whose neighbours disagree with their label, classes the embedding confuses,
 and the outliers of each class.
 
-    emb/labels.json                  the folder's label source, as given to ``run --labels`` (or ``labels --labels``)
-    emb/labels.csv                   a CSV given as the source, kept with the folder
     emb/curation/labels.parquet      id, path, label, suggested (the neighbours' label), score (how strongly the
                                      neighbourhood disagrees, 0..1), rank, class_outlier (1 - cosine to the class's
                                      mean) and its percentile within the class
     emb/curation/labels.json         the summary: classes, counts, the confused class pairs, the top suspects
 
-Label sources (``--labels``): ``folders`` (each id's parent folder: ``cats/001.jpg`` is ``cats``), ``column:NAME``
-(a column of the Parquet input, beside the images), or a CSV file of ``id,label`` (a header row with ``id`` and
-``label`` columns, or the first two columns).
+Label sources (``--labels``: ``folders``, ``column:NAME`` or a CSV) are read by :mod:`curation.label_sources`.
 
 The score. Every image's ``k`` (16) nearest neighbours (the same kNN graph as ``dedup``) vote for their labels, weighted by ``exp(cosine / TEMPERATURE)``, with the class frequencies as a prior
 worth ``PRIOR`` votes: ``p(c)``. Votes are then taken again with each neighbour's vote weighted by how much its
@@ -23,121 +19,22 @@ threshold), which makes the kNN a fifth faster than dedup's.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
-from service.embed.errors import EmbedJobError
-from storage.folder import Manifest, load_rows, write_table
+from curation.errors import CurationError
+from curation.label_sources import read_labels
+from curation.neighbours import EXACT_LIMIT, knn
+from curation.results import LABELS, write_result
+from storage.folder import Manifest, load_rows
 from storage.store import Store, as_store
 
-LABELS_FILE = "labels.parquet"
-SPEC_FILE = "labels.json"
-CSV_FILE = "labels.csv"
 TEMPERATURE = 0.05
 PRIOR = 1.0
 ROUNDS = 2
-
-
-def parse_spec(spec: str) -> str:
-    """Check a ``--labels`` value's form (the file or column is checked when read)."""
-    if spec == "folders" or spec.startswith("column:") and len(spec) > 7 or spec.lower().endswith(".csv"):
-        return spec
-    raise EmbedJobError(f"--labels {spec!r} is not a label source; accepted: folders (each id's parent folder), "
-                        "column:NAME (a column of the Parquet input), or a .csv file of id,label")
-
-
-def save_spec(store: Store, spec: str) -> None:
-    """Record the folder's label source (a CSV's content is kept in the folder, so it travels with it)."""
-    spec = parse_spec(spec)
-    if spec.lower().endswith(".csv"):
-        text = _read_csv_text(spec)
-        _parse_csv(text, spec)  # refused now, not at the first `labels`
-        store.write_text(CSV_FILE, text)
-    store.write_text(SPEC_FILE, json.dumps({"labels": spec}) + "\n")
-
-
-def saved_spec(store: Store) -> str | None:
-    try:
-        return json.loads(store.read_text(SPEC_FILE))["labels"]
-    except (FileNotFoundError, OSError, ValueError, KeyError):
-        return None
-
-
-def _read_csv_text(spec: str) -> str:
-    parent, _, name = spec.replace("\\", "/").rpartition("/")
-    try:
-        return as_store(parent or ".").read_text(name)
-    except FileNotFoundError:
-        raise EmbedJobError(f"--labels {spec}: no such file") from None
-
-
-def _parse_csv(text: str, shown: str) -> dict[str, str]:
-    rows = list(csv.reader(io.StringIO(text)))
-    if not rows:
-        raise EmbedJobError(f"{shown} is empty; it needs id,label rows")
-    header = [h.strip().lower() for h in rows[0]]
-    if "id" in header and "label" in header:
-        i, j = header.index("id"), header.index("label")
-        body = rows[1:]
-    else:
-        i, j = 0, 1
-        body = rows
-    out: dict[str, str] = {}
-    for line, row in enumerate(body, 2 if body is not rows else 1):
-        if not row:
-            continue
-        if len(row) <= max(i, j):
-            raise EmbedJobError(f"{shown} line {line}: {row!r} has no label column (expected id,label)")
-        out[row[i].strip()] = row[j].strip()
-    return out
-
-
-def read_labels(store: Store, manifest: Manifest, spec: str | None, ids: list[str]) -> tuple[list[str | None], str]:
-    """Each id's label (None where the source has none) and the source used."""
-    spec = spec or saved_spec(store)
-    if spec is None:
-        raise EmbedJobError(f"{store} has no labels: pass --labels folders|column:NAME|FILE.csv (here or to `run`)")
-    spec = parse_spec(spec)
-    if spec == "folders":
-        labels = [i.rsplit("/", 2)[-2] if "/" in i else None for i in ids]
-        if all(label is None for label in labels):
-            raise EmbedJobError("--labels folders: the ids have no folders (the images sit at the input's top "
-                                "level); use column:NAME or a CSV")
-        return labels, spec
-    if spec.startswith("column:"):
-        return _column_labels(store, manifest, spec[7:], ids), spec
-    text = store.read_text(CSV_FILE) if saved_spec(store) == spec and store.exists(CSV_FILE) else _read_csv_text(spec)
-    table = _parse_csv(text, spec)
-    labels = [table.get(i) for i in ids]
-    if all(label is None for label in labels):
-        raise EmbedJobError(f"{spec}: none of its ids is in the folder (e.g. {next(iter(table), '-')!r} vs "
-                            f"{ids[0] if ids else '-'!r})")
-    return labels, spec
-
-
-def _column_labels(store: Store, manifest: Manifest, column: str, ids: list[str]) -> list[str | None]:
-    from storage.sources import ParquetImageSource, open_source
-
-    source = open_source(manifest.input, **manifest.source_options, storage_options=store.options)
-    if not isinstance(source, ParquetImageSource):
-        raise EmbedJobError(f"--labels column:{column} needs a Parquet input with the images inside; this folder's "
-                            f"input {manifest.input} is {source.kind}: use folders or a CSV")
-    values: list[str | None] = []
-    for f in range(len(source.files)):
-        parquet = source._parquet(f)
-        if column not in parquet.schema_arrow.names:
-            raise EmbedJobError(f"{source.files[f]} has no column {column!r}; its columns: "
-                                f"{parquet.schema_arrow.names}")
-        values += [None if v is None else str(v) for v in parquet.read(columns=[column]).column(column).to_pylist()]
-    by_id = dict(zip(source.ids, values))
-    return [by_id.get(i) for i in ids]
 
 
 def vote(sims: np.ndarray, nn: np.ndarray, y: np.ndarray, classes: int, *, temperature: float = TEMPERATURE,
@@ -182,23 +79,22 @@ def vote(sims: np.ndarray, nn: np.ndarray, y: np.ndarray, classes: int, *, tempe
     return {"own": np.where(labelled, own, np.nan), "suggested": best, "suggested_p": best_p, "confusion": confusion}
 
 
-def labels(folder: str | Path | Store, *, spec: str | None = None, layer: str = "avgpool", k: int = 16,
+def labels(folder: str | Path | Store, *, spec: str | None = None, layer: str | None = None, k: int = 16,
            exact_limit: int | None = None, nprobe: int | None = None, progress: bool = False,
            storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Score every labelled image; write ``curation/labels.parquet`` and ``labels.json``; returns the summary."""
-    from service.embed.curate import CURATION_DIR, EXACT_LIMIT, knn
-
+    """Score every labelled image; write the ``labels`` result; returns the summary."""
     if k < 1:
-        raise EmbedJobError(f"--k must be >= 1, got {k}")
+        raise CurationError(f"--k must be >= 1, got {k}")
     store = as_store(folder, storage_options)
     manifest = Manifest.load(store)
+    layer = manifest.pick_layer(layer)
     started = time.perf_counter()
     rows = load_rows(store, manifest, layer)
     ids = [rows.ids[int(r)] for r in rows.embedded]
     given, spec = read_labels(store, manifest, spec, ids)
     names = sorted({g for g in given if g is not None})
     if len(names) < 2:
-        raise EmbedJobError(f"the labels ({spec}) name {len(names)} class(es); scoring needs at least 2")
+        raise CurationError(f"the labels ({spec}) name {len(names)} class(es); scoring needs at least 2")
     code = {name: c for c, name in enumerate(names)}
     y = np.array([code[g] if g is not None else -1 for g in given], np.int64)
     vectors = rows.vectors
@@ -233,23 +129,15 @@ def labels(folder: str | Path | Store, *, spec: str | None = None, layer: str = 
     ranking = np.lexsort((np.arange(len(y)), -np.nan_to_num(score, nan=-1.0)))
     rank = np.empty(len(y), np.int64)
     rank[ranking] = np.arange(1, len(y) + 1)
-    table = pa.table({
-        "id": pa.array([ids[i] for i in ranking], pa.string()),
-        "path": pa.array([rows.paths[int(rows.embedded[i])] for i in ranking], pa.string()),
-        "label": pa.array([given[i] for i in ranking], pa.string()),
-        "suggested": pa.array([names[suggested[i]] for i in ranking], pa.string()),
-        "score": pa.array(score[ranking], pa.float32(), mask=np.isnan(score[ranking])),
-        "rank": pa.array(rank[ranking], pa.int64()),
-        "class_outlier": pa.array(class_outlier[ranking], pa.float32(), mask=np.isnan(class_outlier[ranking])),
-        "class_outlier_percentile": pa.array(class_pct[ranking], pa.float32(), mask=np.isnan(class_pct[ranking])),
-    })
-    out = store.child(CURATION_DIR)
-    write_table(out, LABELS_FILE, table)
     disagree = int(((suggested != y) & labelled).sum())
     summary = {"labels": spec, "layer": layer, "k": k, "generation": manifest.generation, "images": len(rows.ids),
                "labelled": int(labelled.sum()), "classes": len(names), "disagreeing": disagree,
                "confused_pairs": pairs[:20], "search": info, "seconds": round(time.perf_counter() - started, 2)}
-    out.write_text("labels.json", json.dumps(summary, indent=1) + "\n")
+    write_result(store, LABELS, {
+        "id": [ids[i] for i in ranking], "path": [rows.paths[int(rows.embedded[i])] for i in ranking],
+        "label": [given[i] for i in ranking], "suggested": [names[suggested[i]] for i in ranking],
+        "score": score[ranking], "rank": rank[ranking], "class_outlier": class_outlier[ranking],
+        "class_outlier_percentile": class_pct[ranking]}, summary)
     top = [{"id": ids[i], "label": given[i], "suggested": names[suggested[i]], "score": round(float(score[i]), 4)}
            for i in ranking[:10] if labelled[i]]
     return {**summary, "top": top}

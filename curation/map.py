@@ -1,4 +1,7 @@
-"""A map of the set: ``byol-embed map EMB`` -> ``curation/map.parquet`` (id, path, x, y, cluster).
+"""A map of the set: ``byol-embed map EMB`` -> the ``map`` result (id, path, x, y, cluster for every image) and
+the ``map_sample`` result: the points the page draws (all up to ``MAP_SAMPLE``, else an even sample), with the
+folder's labels and quality flags already joined, so that the server reads one small table and joins nothing.
+``byol-embed quality`` and ``labels`` join their new flags and labels into an existing sample (:func:`rejoin`).
 
 How. The vectors are projected on their first 50 principal components; k-means (FAISS, ``--clusters``, default
 about sqrt(n / 4), 2..64) runs there. The 2-D layout is t-SNE (scikit-learn's Barnes-Hut) of up to
@@ -14,20 +17,22 @@ together, and which clusters lie apart. Below ``LANDMARKS`` points every point i
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
+from sklearn.manifold import TSNE
 
-from service.embed.errors import EmbedJobError
-from storage.folder import Manifest, load_rows, write_table
+from curation.errors import CurationError
+from curation.label_sources import read_labels, saved_spec
+from curation.neighbours import kmeans, knn_of, pca
+from curation.results import LABELS, MAP, MAP_POINTS, MAP_SAMPLE, QUALITY, ResultReader, write_result
+from storage.folder import Manifest, load_rows
 from storage.store import Store, as_store
+from storage.vectors import l2_normalize
 
-MAP_FILE = "map.parquet"
 LANDMARKS = 5000
 PCA_DIMS = 50
 
@@ -36,27 +41,8 @@ def default_clusters(n: int) -> int:
     return int(min(64, max(2, round(math.sqrt(n / 4)))))
 
 
-def kmeans(points: np.ndarray, clusters: int, *, seed: int = 0) -> np.ndarray:
-    """FAISS k-means: each row's cluster (0-based; numbered by size, largest first)."""
-    from service.embed.index import faiss_module
-
-    faiss = faiss_module()
-    clusters = max(1, min(clusters, len(points)))
-    km = faiss.Kmeans(points.shape[1], clusters, niter=25, seed=seed, verbose=False,
-                      max_points_per_centroid=256)
-    km.train(np.ascontiguousarray(points, np.float32))
-    _, assign = km.index.search(np.ascontiguousarray(points, np.float32), 1)
-    assign = assign.ravel()
-    sizes = np.bincount(assign, minlength=clusters)
-    renumber = np.empty(clusters, np.int64)
-    renumber[np.lexsort((np.arange(clusters), -sizes))] = np.arange(clusters)
-    return renumber[assign]
-
-
 def layout(points: np.ndarray, *, landmarks: int = LANDMARKS, seed: int = 0) -> np.ndarray:
     """``(n, 2)`` float32 coordinates, scaled into [-1, 1]."""
-    from sklearn.manifold import TSNE
-
     n = len(points)
     if n < 4:
         return np.zeros((n, 2), np.float32)
@@ -68,10 +54,7 @@ def layout(points: np.ndarray, *, landmarks: int = LANDMARKS, seed: int = 0) -> 
     if len(marks) == n:
         xy = marked
     else:
-        from service.embed.curate import knn_of
-
-        norms = np.linalg.norm(points, axis=1, keepdims=True)
-        unit = points / np.where(norms > 0, norms, 1)
+        unit = l2_normalize(points)
         xy = np.empty((n, 2), np.float32)
         for start in range(0, n, 65536):
             sims, nn = knn_of(unit[marks], unit[start:start + 65536], 5)
@@ -86,53 +69,88 @@ def layout(points: np.ndarray, *, landmarks: int = LANDMARKS, seed: int = 0) -> 
     return xy
 
 
-def build_map(folder: str | Path | Store, *, layer: str = "avgpool", clusters: int | None = None,
+def build_map(folder: str | Path | Store, *, layer: str | None = None, clusters: int | None = None,
               landmarks: int = LANDMARKS, labels_spec: str | None = None, progress: bool = False,
               storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write ``curation/map.parquet``; returns the summary (with the clusters' NMI against the labels, where the
-    folder has labels)."""
-    from service.embed.curate import CURATION_DIR
-    from service.embed.select import pca
-
+    """Write the ``map`` and ``map_sample`` results; returns the summary (with the clusters' NMI against the
+    labels, where the folder has labels)."""
     if clusters is not None and clusters < 2:
-        raise EmbedJobError(f"--clusters must be >= 2, got {clusters}")
+        raise CurationError(f"--clusters must be >= 2, got {clusters}")
     if landmarks < 10:
-        raise EmbedJobError(f"--landmarks must be >= 10, got {landmarks}")
+        raise CurationError(f"--landmarks must be >= 10, got {landmarks}")
     store = as_store(folder, storage_options)
     manifest = Manifest.load(store)
+    layer = manifest.pick_layer(layer)
     started = time.perf_counter()
     rows = load_rows(store, manifest, layer)
     n = len(rows.vectors)
     if n < 2:
-        raise EmbedJobError(f"a map needs at least 2 embedded images; {store} has {n}")
+        raise CurationError(f"a map needs at least 2 embedded images; {store} has {n}")
     ids = [rows.ids[int(r)] for r in rows.embedded]
     points = pca(rows.vectors, PCA_DIMS)
     clusters = clusters or default_clusters(n)
     assign = kmeans(points, clusters)
     xy = layout(points, landmarks=landmarks)
-    table = pa.table({
-        "id": pa.array(ids, pa.string()),
-        "path": pa.array([rows.paths[int(r)] for r in rows.embedded], pa.string()),
-        "x": pa.array(xy[:, 0], pa.float32()), "y": pa.array(xy[:, 1], pa.float32()),
-        "cluster": pa.array(assign, pa.int32()),
-    })
-    out = store.child(CURATION_DIR)
-    write_table(out, MAP_FILE, table)
     summary: dict[str, Any] = {
         "layer": layer, "embedded": n, "clusters": int(assign.max()) + 1, "landmarks": min(n, landmarks),
         "method": "PCA-50, k-means (FAISS); t-SNE of landmarks, the rest placed by their 5 nearest landmarks",
-        "generation": manifest.generation}
+        "generation": manifest.generation, "sample": min(n, MAP_SAMPLE)}
     nmi = _nmi_against_labels(store, manifest, ids, assign, labels_spec)
     if nmi is not None:
         summary["nmi"] = nmi
     summary["seconds"] = round(time.perf_counter() - started, 2)
-    out.write_text("map.json", json.dumps(summary, indent=1) + "\n")
+    write_result(store, MAP, {"id": ids, "path": [rows.paths[int(r)] for r in rows.embedded], "x": xy[:, 0],
+                              "y": xy[:, 1], "cluster": assign.astype(np.int32)}, None)
+    shown = sample_rows(n)
+    sample_ids = [ids[i] for i in shown]
+    labels, flags = _joined(store, manifest, sample_ids, labels_spec)
+    write_result(store, MAP_POINTS, {"id": sample_ids, "x": xy[shown, 0], "y": xy[shown, 1],
+                                     "cluster": assign[shown].astype(np.int32), "label": labels, "flag": flags},
+                 summary)
     return summary
 
 
-def _nmi_against_labels(store, manifest, ids, assign, spec) -> dict[str, Any] | None:
-    from service.embed.labels import read_labels, saved_spec
+def sample_rows(n: int, limit: int = MAP_SAMPLE) -> np.ndarray:
+    """The rows the page draws: all up to ``limit``, else every ``ceil(n / limit)``-th."""
+    return np.arange(0, n, max(1, -(-n // limit)))
 
+
+def _joined(store: Store, manifest: Manifest, ids: list[str],
+            spec: str | None = None) -> tuple[list[str | None] | None, list[str | None] | None]:
+    """The labels (the ``labels`` result's, else the folder's label source) and the quality flags (the
+    ``quality`` result's) of ``ids``; None where the folder has neither."""
+    labels = None
+    scored = ResultReader(store, LABELS)
+    if scored.exists:
+        table = scored.read(["id", "label"])
+        by_id = dict(zip(table.column("id").to_pylist(), table.column("label").to_pylist()))
+        labels = [by_id.get(i) for i in ids]
+    elif spec or saved_spec(store):
+        labels = read_labels(store, manifest, spec, ids)[0]
+    flags = None
+    quality = ResultReader(store, QUALITY)
+    if quality.exists:
+        table = quality.read(["id", "reasons"])
+        by_id = dict(zip(table.column("id").to_pylist(), table.column("reasons").to_pylist()))
+        flags = [", ".join(by_id.get(i) or []) or None for i in ids]
+    return labels, flags
+
+
+def rejoin(folder: str | Path | Store, storage_options: dict[str, Any] | None = None) -> bool:
+    """Join the folder's current labels and quality flags into its map sample (after ``labels`` or ``quality``);
+    False where the folder has no map."""
+    store = as_store(folder, storage_options)
+    reader = ResultReader(store, MAP_POINTS)
+    if not reader.exists:
+        return False
+    table = reader.read(["id", "x", "y", "cluster"])
+    labels, flags = _joined(store, Manifest.load(store), table.column("id").to_pylist())
+    write_result(store, MAP_POINTS, {**{name: table.column(name) for name in table.column_names}, "label": labels,
+                                     "flag": flags}, None)
+    return True
+
+
+def _nmi_against_labels(store, manifest, ids, assign, spec) -> dict[str, Any] | None:
     if not (spec or saved_spec(store)):
         return None
     labels, used = read_labels(store, manifest, spec, ids)

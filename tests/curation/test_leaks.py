@@ -56,7 +56,8 @@ def test_planted_copies_are_found_and_the_clean_list_holds_the_rest(splits, caps
     printed = capsys.readouterr().out
     assert "images of" in printed and "leaks.parquet" in printed
     table = pq.read_table(splits["test"] / "curation" / "leaks.parquet").to_pydict()
-    assert set(table) == {"id", "path", "id_a", "path_a", "similarity", "kind"}
+    assert set(table) == {"id", "path", "id_a", "path_a", "similarity", "kind", "locator_a"}
+    assert all(loc.startswith("o|") and loc.endswith(a) for loc, a in zip(table["locator_a"], table["id_a"]))
     found = dict(zip(table["id"], table["id_a"]))
     kinds = dict(zip(table["id"], table["kind"]))
     assert found["same_bytes_as_04.jpg"] == "orig_04.jpg" and kinds["same_bytes_as_04.jpg"] == "exact"
