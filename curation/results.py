@@ -270,6 +270,7 @@ class ResultReader:
     def __init__(self, folder: str | Path | Store, name: str | Result) -> None:
         self.declared = result(name)
         self.store = curation_store(folder)
+        self._parquet = None  # opened once per reader: its footer parsed once however many pages are read
 
     @property
     def exists(self) -> bool:
@@ -288,10 +289,12 @@ class ResultReader:
 
         if self.declared.table is None:
             raise ValueError(f"{self.declared.name} has no table")
-        try:
-            return pq.ParquetFile(self.store.path(self.declared.table), filesystem=self.store.fs)
-        except (FileNotFoundError, IsADirectoryError):
-            raise FileNotFoundError(f"{self.store}/{self.declared.table}") from None
+        if self._parquet is None:
+            try:
+                self._parquet = pq.ParquetFile(self.store.path(self.declared.table), filesystem=self.store.fs)
+            except (FileNotFoundError, IsADirectoryError):
+                raise FileNotFoundError(f"{self.store}/{self.declared.table}") from None
+        return self._parquet
 
     def count(self) -> int:
         return self._file().metadata.num_rows

@@ -169,7 +169,8 @@ def import_vectors(vectors: str, output: str, *, id_column: str = "id", vector_c
         seen: set[str] = set()
         missing = 0
         for shard, (shard_ids, block) in enumerate(_shards(batches, shard_rows)):
-            repeated = [i for i in shard_ids if i in seen]
+            repeated = [i for i in shard_ids if i in seen] or ([] if len(set(shard_ids)) == len(shard_ids) else
+                                                                 [next(i for i in shard_ids if shard_ids.count(i) > 1)])
             if repeated:
                 raise DataError(f"id {repeated[0]!r} appears more than once; ids must be unique")
             seen.update(shard_ids)

@@ -129,9 +129,11 @@ def s3():
         _restore(saved)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """One headless chromium (Debian's, driven by Playwright) for every page test; skipped where none is installed."""
+    """A headless chromium (Debian's, driven by Playwright) for a module's page tests; skipped where none is
+    installed. Per module, not per session: Playwright's sync API holds an event loop on the main thread while it
+    runs, and tests elsewhere call asyncio.run."""
     from tests.support.browser import chromium
 
     with chromium() as launched:

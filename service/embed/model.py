@@ -16,6 +16,7 @@ from service.embed.errors import EmbedJobError
 from service.runtime.factory import build_backend, resolve_for_backend
 from service.runtime.settings import RuntimeSettings
 from storage.folder import Manifest
+from storage.imported import is_imported
 from storage.vectors import l2_normalize
 
 
@@ -29,7 +30,7 @@ class FolderModel:
     @cached_property
     def _loaded(self):
         manifest = self.manifest
-        if not manifest.model_id or manifest.weights_sha256 is None and manifest.architecture == "imported":
+        if is_imported(manifest):
             raise EmbedJobError("the folder's vectors were imported (`byol-embed import`): no model made them, so "
                                 "no more images can be embedded like them")
         settings = RuntimeSettings(model=manifest.model_id, revision=None if manifest.revision.startswith("sha256:")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFilter
 
 from curation.calibration import DEFAULT_THRESHOLD
 from curation.dedup import near_groups
@@ -208,3 +208,55 @@ def test_bad_input_is_a_clear_error(curation_set, tmp_path, capsys, argv, messag
     argv = [a.format(folder=curation_set["folder"], missing=tmp_path) for a in argv]
     assert embed_main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def keep_set(tmp_path_factory, trained_model):
+    """Two photos with copies of known sizes, sharpness and modification times (the halved copy made the oldest
+    file), embedded: the ground truth of each --keep rule."""
+    import os
+
+    root = tmp_path_factory.mktemp("keep")
+    images = root / "images"
+    make_near_duplicate_fixture(photos_for_quality(skimage_data_dir())[:2], images)
+    for i in range(2):  # a blurred copy at full size: the largest tie, and never the sharpest
+        Image.open(images / f"orig_{i:02d}.jpg").filter(ImageFilter.GaussianBlur(3)).save(images / f"blur_{i:02d}.jpg")
+    for k, path in enumerate(sorted(images.iterdir())):
+        stamp = 1_600_000_000 + (0 if "_half" in path.name else 1000 + k)
+        os.utime(path, (stamp, stamp))
+    return _embed(trained_model, images, root / "emb")
+
+
+@pytest.mark.parametrize("rule", ["first", "largest", "sharpest", "oldest"])
+def test_keep_chooses_each_groups_copy_by_its_rule(keep_set, rule, capsys):
+    assert embed_main(["dedup", str(keep_set), "--no-progress", "--threshold", "0.8", "--keep", rule,
+                       "--write-lists", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["keep"] == rule and summary["keep_fallbacks"] == 0
+    shards = pq.read_table(sorted(keep_set.glob("part-*.parquet"))).to_pydict()
+    stats = {i: (w * h, s, v) for i, w, h, s, v in zip(shards["id"], shards["quality_width"], shards["quality_height"],
+                                                        shards["quality_sharpness"], shards["version"])}
+    groups = pq.read_table(keep_set / "curation" / "duplicate_groups.parquet").to_pydict()
+    members = pq.read_table(keep_set / "curation" / "duplicates.parquet").to_pydict()
+    assert len(groups["group"]) >= 2
+    for g, kept, first, size in zip(groups["group"], groups["kept"], groups["first"], groups["size"]):
+        ids = members["id"][first:first + size]
+        assert set(members["group"][first:first + size]) == {g} and kept in ids
+        if rule == "first":
+            assert kept == min(ids)
+        elif rule == "largest":
+            assert stats[kept][0] == max(stats[i][0] for i in ids) and "_half" not in kept
+        elif rule == "sharpest":
+            assert stats[kept][1] == max(stats[i][1] for i in ids) and not kept.startswith("blur_")
+        else:  # the halved copy is the oldest file on disk
+            assert "_half" in kept, (kept, ids)
+        gone = {i for i, r in zip(ids, members["remove"][first:first + size]) if r}
+        assert gone == set(ids) - {kept}
+    remove = set((keep_set / "curation" / "remove.txt").read_text().split())
+    assert remove == {i for i, r in zip(members["id"], members["remove"]) if r} and not remove & set(groups["kept"])
+
+
+def test_keep_refuses_an_unknown_rule(keep_set, capsys):
+    with pytest.raises(SystemExit):
+        embed_main(["dedup", str(keep_set), "--keep", "prettiest"])
+    assert "invalid choice: 'prettiest'" in capsys.readouterr().err

@@ -8,6 +8,7 @@ and pooling the server outputs: anything else is refused at start.
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Any
 
 import numpy as np
@@ -40,8 +41,10 @@ from service.server.schemas import (
 from service.server.settings import ServiceSettings
 from service.server.state import Auth, ReadyState, ServiceState
 from storage.errors import FolderError
+from storage.imported import is_imported
 
 router = APIRouter()
+logger = logging.getLogger(__name__)
 MULTIPART_SEARCH_SCHEMA: dict[str, Any] = {
     "type": "object", "properties": {"image": {"type": "string", "format": "binary", "description": "the query image"}},
     "required": ["image"],
@@ -58,6 +61,10 @@ def open_search_index(settings: ServiceSettings, resolved: ResolvedModel, output
     except (EmbedJobError, CurationError, FolderError) as err:
         raise SearchIndexError(f"--index {settings.index}: {err}") from None
     manifest, meta = index.manifest, index.meta
+    if is_imported(manifest):  # no model made them: searched by id only, whatever model the server runs
+        logger.info("--index %s holds imported vectors: /search answers queries by id; an image query is refused",
+                    settings.index)
+        return index
     if manifest.made_with_other_weights(resolved.config):
         raise SearchIndexError(
             f"--index {settings.index} was embedded with another model ({manifest.model_id}, weights sha256 "
@@ -166,6 +173,9 @@ async def search(request: Request, state: ReadyState, _: Auth,
         if want_duplicates and index.sha256 is not None:
             digest = index.sha256[index.row_of(item_id)]
     else:
+        if is_imported(index.manifest):
+            raise ServiceError(400, "invalid_parameter", "this index holds imported vectors (byol-embed import): no "
+                               "model made them, so an image cannot be embedded like them; query by id")
         rows = await embed_blobs(state, request, [blob])
         vector = np.asarray(rows[0][output_name(layer, index.manifest.pooling)], np.float32)
         digest = hashlib.sha256(blob).hexdigest() if want_duplicates else None

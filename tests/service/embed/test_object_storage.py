@@ -173,11 +173,13 @@ def test_index_search_curation_and_the_server_on_a_remote_folder(on_s3, on_disk,
     assert set(outliers.filter(pa.compute.equal(outliers.column("kind"), "broken")).column("id").to_pylist()) == \
         {"bad/corrupt.jpg", "bad/huge.png", "bad/truncated.jpg"}
 
+    # thumbnails by the locator `run` recorded: one read of the object on S3, never a listing of the input
+    monkeypatch.setattr("service.server.thumbs.open_input", lambda *args: pytest.fail("the input was listed"))
     with make_client(trained_model, index=folder, storage_options=s3.options) as client:
         blob = (images / "photo1" / "02.jpg").read_bytes()
         r = client.post("/search?k=3", files={"image": ("q.jpg", blob, "image/jpeg")})
         assert r.status_code == 200 and r.json()["results"][0]["id"] == "photo1/02.jpg"
-        thumb = client.get("/thumb/photo1/02.jpg")  # read from the manifest's input, on S3
+        thumb = client.get("/thumb/photo1/02.jpg")  # read from the object its locator names, on S3
         assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
         assert client.get("/curation").json() == {"duplicates": True, "outliers": True, "leaks": False, "map": False, "generation": 1,
                                                    "stale": {}}
