@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.manifold import TSNE
 
 from curation.errors import CurationError
 from curation.label_sources import read_labels, saved_spec
@@ -43,6 +42,8 @@ def default_clusters(n: int) -> int:
 
 def layout(points: np.ndarray, *, landmarks: int = LANDMARKS, seed: int = 0) -> np.ndarray:
     """``(n, 2)`` float32 coordinates, scaled into [-1, 1]."""
+    from sklearn.manifold import TSNE  # the embed extra; a second's import that no other command pays
+
     n = len(points)
     if n < 4:
         return np.zeros((n, 2), np.float32)

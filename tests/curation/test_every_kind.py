@@ -261,3 +261,48 @@ def test_the_map_tab_selects_a_planted_cluster_and_exports_exactly_its_ids(every
     assert page.input_value("#qid") in planted
     assert not errors, errors
     context.close()
+
+
+def test_results_written_before_the_contract_are_still_served(every_kind, trained_model, tmp_path):
+    """A folder curated by an older version: no group table, no map sample, no remove column, one row group."""
+    from tests.support.server import make_client
+
+    folder = tmp_path / "emb"
+    shutil.copytree(every_kind["emb"], folder)
+    curation = folder / "curation"
+    (curation / "duplicate_groups.parquet").unlink()
+    (curation / "map_sample.parquet").unlink()
+    old = pq.read_table(curation / "duplicates.parquet").drop_columns(["remove"])
+    pq.write_table(old, curation / "duplicates.parquet")
+    with make_client(trained_model, index=str(folder)) as client:
+        page = client.get("/curation/duplicates", params={"limit": 50}).json()
+        sizes = {}
+        for g in old.column("group").to_pylist():
+            sizes[g] = sizes.get(g, 0) + 1
+        assert page["total"] == len(sizes) and [g["size"] for g in page["groups"]] == list(sizes.values())
+        assert all(g["kept"] is None and all(m["remove"] is None for m in g["members"]) for g in page["groups"])
+        removal = client.get("/curation/duplicates/remove").text.split()
+        rows = zip(old.column("id").to_pylist(), old.column("representative").to_pylist())
+        assert sorted(removal) == sorted(i for i, r in rows if i != r)  # all but each group's representative
+        points = client.get("/curation/map").json()
+        assert points["total"] == points["shown"] > 0 and points.get("label") is None
+        assert "run `byol-embed map" in points["note"]
+
+
+def test_quality_and_labels_join_their_new_flags_and_labels_into_the_maps_points(every_kind, tmp_path, capsys):
+    folder = tmp_path / "emb"
+    shutil.copytree(every_kind["emb"], folder)
+    sample = folder / "curation" / "map_sample.parquet"
+    before = pq.read_table(sample).to_pydict()
+    dark_before = sum("dark" in (f or "") for f in before["flag"])
+    assert embed_main(["quality", str(folder), "--no-progress", "--dark", "0.6"]) == 0  # most photos are "dark" now
+    assert "the map's points show the new flags" in capsys.readouterr().out
+    after = pq.read_table(sample).to_pydict()
+    assert after["id"] == before["id"] and after["x"] == before["x"]  # the layout is the map's, untouched
+    assert sum("dark" in (f or "") for f in after["flag"]) > dark_before
+    csv = tmp_path / "labels.csv"
+    csv.write_text("id,label\n" + "".join(f"{i},{'board' if i.startswith('planted') else 'other'}\n"
+                                          for i in before["id"]))
+    assert embed_main(["labels", str(folder), "--labels", str(csv), "--no-progress"]) == 0
+    labels = dict(zip(pq.read_table(sample).column("id").to_pylist(), pq.read_table(sample).column("label").to_pylist()))
+    assert labels["planted/board_00.png"] == "board" and labels["odd/dark.jpg"] == "other"
