@@ -9,6 +9,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two workers share two cores (pyproject.toml's -n): one compute thread each, here and in the processes the
+    # tests start, or each worker's thread pool spins against the other's and the run takes longer than one worker
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
 import pytest
 import torch
 from PIL import Image
@@ -29,6 +35,24 @@ from tests.support.s3 import S3, S3_ENV
 from tests.support.server import make_client
 
 WORKER_PROXY_PORT_ENV = "RAY_SERVE_WORKER_PROXY_HTTP_PORT"  # Ray Serve's own: a worker node's proxy port
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto`` (pyproject.toml's default): two workers where two cores are, one per core below that. Not more:
+    every worker builds the session's fixtures (the trained model, the S3 endpoint, the Ray cluster) again."""
+    return max(1, min(2, len(os.sched_getaffinity(0))))
+
+
+@pytest.fixture(autouse=True)
+def _turn(request):
+    """Tests marked ``exclusive`` run alone; the rest beside each other (:mod:`tests.support.turns`)."""
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) < 2:
+        yield
+        return
+    from tests.support.turns import turn
+
+    with turn(request.node.get_closest_marker("exclusive") is not None):
+        yield
 
 
 def _restore(saved: dict[str, str | None]) -> None:

@@ -28,7 +28,7 @@ from tests.support.server import start_server
 
 psutil = pytest.importorskip("psutil")
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # floods measured alone
 
 RSS_BOUND_MB = 1500  # the whole server: half the 3 GiB pod (120 MP being decoded, ~7 bytes a pixel from 16-bit,
 # the bodies in flight, the model, and what glibc keeps of earlier floods)
