@@ -5,8 +5,8 @@
 
 Each import runs as its own process (``python -m service.embed import``); printed: its time, its peak RSS (the
 child's maximum resident set, from the kernel) against the vectors' own size, with the CPU's capabilities. The
-import streams a record batch (Parquet) or a memory-mapped slice (NumPy) at a time into shards of 50 000 vectors,
-so its memory is a shard's, not the set's.
+import streams a record batch (Parquet, pre-buffering off) or a read of the .npy (NumPy) at a time into shards of
+50 000 vectors, so its memory is a shard's and the ids', not the vectors'.
 """
 
 from __future__ import annotations

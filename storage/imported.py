@@ -20,7 +20,6 @@ import hashlib
 import logging
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +27,7 @@ import numpy as np
 from storage.errors import DataError, FolderError
 from storage.folder import (
     MANIFEST,
+    STREAMED,
     Manifest,
     ShardRows,
     clear_outputs,
@@ -36,7 +36,7 @@ from storage.folder import (
     prepare_folder,
     write_shard,
 )
-from storage.location import filesystem, object_version, on_local_disk, public_url, shown
+from storage.location import filesystem, object_version, public_url, shown
 from storage.lock import folder_lock
 from storage.sources import open_source
 from storage.store import Store
@@ -87,7 +87,7 @@ def _parquet_batches(spec: str, id_column: str, vector_column: str,
     def batches() -> Iterator[tuple[list, np.ndarray]]:
         nonlocal dim
         for path in files:
-            parquet = pq.ParquetFile(path, filesystem=fs)
+            parquet = pq.ParquetFile(path, filesystem=fs, **STREAMED)
             for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=[id_column, vector_column]):
                 column = batch.column(vector_column)
                 if column.null_count:
@@ -107,31 +107,54 @@ def _parquet_batches(spec: str, id_column: str, vector_column: str,
 
 def _numpy_batches(spec: str, ids_spec: str | None,
                    storage_options: dict[str, Any] | None) -> tuple[int, int, str, Iterator[tuple[list, np.ndarray]]]:
+    """Like :func:`_parquet_batches` for a ``.npy`` of vectors and its ids: the vectors are read from the file a
+    batch at a time (not memory-mapped: mapped pages would count in the process's memory, and a remote file
+    cannot be mapped)."""
     if ids_spec is None:
         raise DataError("NumPy vectors need --ids: a .npy (or .txt, one id a line) of the same length")
     fs, path = filesystem(spec, storage_options)
-    if on_local_disk(fs):  # memory-mapped: a million vectors are read a batch at a time
-        vectors = np.load(Path(path), mmap_mode="r")
-    else:
-        with fs.open(path, "rb") as fh:
-            vectors = np.load(fh)
-    if vectors.ndim != 2:
-        raise DataError(f"{public_url(spec)}: vectors of shape {vectors.shape}; expected (count, dimension)")
+    with fs.open(path, "rb") as fh:
+        shape, dtype, offset = _npy_header(fh, public_url(spec))
     ids_fs, ids_path = filesystem(ids_spec, storage_options)
     if ids_path.endswith(".npy"):
         with ids_fs.open(ids_path, "rb") as fh:
             ids = [str(v) for v in np.load(fh, allow_pickle=False).tolist()]
     else:
         ids = ids_fs.cat_file(ids_path).decode("utf-8").splitlines()
-    if len(ids) != len(vectors):
-        raise DataError(f"--ids has {len(ids)} ids for {len(vectors)} vectors")
+    count, dim = shape
+    if len(ids) != count:
+        raise DataError(f"--ids has {len(ids)} ids for {count} vectors")
     digest = hashlib.sha256(f"{path}\0{object_version(fs.info(path))}\0{ids_path}".encode()).hexdigest()
 
     def batches() -> Iterator[tuple[list, np.ndarray]]:
-        for start in range(0, len(ids), BATCH_ROWS):
-            yield ids[start:start + BATCH_ROWS], np.asarray(vectors[start:start + BATCH_ROWS], np.float32)
+        with fs.open(path, "rb", block_size=8 << 20) as fh:
+            fh.seek(offset)
+            for start in range(0, count, BATCH_ROWS):
+                rows = min(BATCH_ROWS, count - start)
+                data = fh.read(rows * dim * dtype.itemsize)
+                if len(data) != rows * dim * dtype.itemsize:
+                    raise DataError(f"{public_url(spec)} ends after {start} of its {count} vectors (truncated)")
+                yield ids[start:start + rows], np.frombuffer(data, dtype).reshape(rows, dim).astype(np.float32)
 
-    return len(ids), int(vectors.shape[1]), digest, batches()
+    return count, dim, digest, batches()
+
+
+def _npy_header(fh, shown_path: str) -> tuple[tuple[int, int], np.dtype, int]:
+    """A ``.npy`` file's shape, dtype and where its data starts, from its header (no data read)."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(fh)
+        shape, fortran, dtype = (fmt.read_array_header_1_0(fh) if version == (1, 0)
+                                 else fmt.read_array_header_2_0(fh))
+    except ValueError as err:
+        raise DataError(f"{shown_path}: not a .npy file ({err})") from None
+    if len(shape) != 2:
+        raise DataError(f"{shown_path}: vectors of shape {shape}; expected (count, dimension)")
+    if dtype.kind not in "fiu" or dtype.hasobject:
+        raise DataError(f"{shown_path}: vectors of dtype {dtype}; expected floats (float32, float16 or float64)")
+    if fortran and shape[0] > 1 and shape[1] > 1:
+        raise DataError(f"{shown_path}: saved in Fortran order; save np.ascontiguousarray(vectors) instead")
+    return shape, dtype, fh.tell()
 
 
 def import_vectors(vectors: str, output: str, *, id_column: str = "id", vector_column: str = "embedding",
