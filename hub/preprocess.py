@@ -33,6 +33,45 @@ DEFAULT_MAX_PIXELS = 50_000_000
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 
 
+# The scans of one JPEG, at most. Decoding costs each scan a pass over the whole image, and a valid progressive JPEG
+# may repeat a scan thousands of times in a few bytes each (libjpeg-turbo's "LJT-01-003"): 1,000 scans of a
+# 3000x3000 image decode in ~11 s. Encoders write far fewer: libjpeg(-turbo)'s progressive mode 10 (6 for grey),
+# baseline 1 (or 1 per component); NVIDIA DALI refuses above 500. The cap is ten times libjpeg's progression.
+MAX_JPEG_SCANS = 100
+_MARKER = re.compile(rb"\xff[^\x00\xff\xd0-\xd7]")  # a marker in entropy-coded data (not a stuffed byte, RSTn or fill)
+_STANDALONE = {0x01, 0xD8, 0xD9}  # TEM, SOI, EOI: no length field
+
+
+def jpeg_scans(data: bytes, stop_after: int = MAX_JPEG_SCANS) -> int:
+    """The scans (SOS markers) of a JPEG's bytes, counted by walking its segments (an EXIF thumbnail's scans, inside
+    an APP1 segment, are skipped with it), stopping once ``stop_after`` is passed. A pass over the bytes with a
+    regular expression: ~1 ms for a 4 MB photo."""
+    scans, pos, size = 0, 2, len(data)
+    while pos + 4 <= size:
+        if data[pos] != 0xFF:  # entropy-coded data: jump to its next marker
+            found = _MARKER.search(data, pos)
+            if found is None:
+                break
+            pos = found.start()
+            continue
+        marker = data[pos + 1]
+        if marker == 0xFF or 0xD0 <= marker <= 0xD7 or marker == 0x00:  # fill byte, restart marker, stuffing
+            pos += 1 if marker == 0xFF else 2
+            continue
+        if marker in _STANDALONE:
+            if marker == 0xD9:
+                break
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2:pos + 4], "big")
+        if marker == 0xDA:
+            scans += 1
+            if scans > stop_after:
+                break
+        pos += 2 + length
+    return scans
+
+
 @contextlib.contextmanager
 def _decode_errors():
     """Any failure while reading an image becomes one :class:`ImageDecodeError` (none of PIL's many types escape)."""
@@ -52,7 +91,8 @@ def _decode_errors():
 
 def open_image(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Read only the header: the format (one of :data:`FORMATS`) and the size, refused above ``max_pixels``
-    before any pixel is decoded, so decompression bombs cost nothing. ``img.size`` tells a caller what the
+    before any pixel is decoded, so decompression bombs cost nothing; a JPEG is refused above
+    :data:`MAX_JPEG_SCANS` scans, which cost a pass over the image each whatever its pixels. ``img.size`` tells a caller what the
     decode will cost before it calls :func:`load_image`."""
     if not data:
         raise ImageDecodeError("empty image (0 bytes)")
@@ -63,6 +103,10 @@ def open_image(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> I
             raise ImageDecodeError(
                 f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}", too_large=True
             )
+        if img.format == "JPEG" and (scans := jpeg_scans(data)) > MAX_JPEG_SCANS:
+            raise ImageDecodeError(
+                f"JPEG has more than {MAX_JPEG_SCANS} scans ({scans} counted before stopping): each scan is a pass "
+                f"over the whole image, and encoders write at most ~10; re-encode it", too_large=True)
     return img
 
 

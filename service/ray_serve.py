@@ -35,9 +35,9 @@ from ray import serve
 from starlette.middleware import Middleware
 
 from service.runtime.batcher import BatcherFull
-from service.server.admission import announced_length
+from service.server.admission import announced_length, refuse
 from service.server.app import create_app
-from service.server.errors import error_response
+from service.server.errors import ServiceError, error_response
 from service.server.routes import REPLAYABLE
 from service.server.settings import ServiceSettings, bearer_accepted
 
@@ -77,6 +77,19 @@ class _ReplicaHeader:
         await self.app(scope, receive, send_with_header)
 
 
+def replica_auth_problem(settings: ServiceSettings) -> str | None:
+    """Why a replica must not start, or ``None``. Serve's proxies listen where the Serve config says (the shipped
+    one: every node's address), which a replica cannot see; so without API keys a replica refuses to start unless
+    ``allow_no_auth`` says a gateway authenticates. ``byol-serve --engine ray`` sets it only where its own check
+    passed (a loopback address, or --allow-no-auth)."""
+    if settings.api_keys or settings.allow_no_auth:
+        return None
+    return ("refusing to start: no API keys (BYOL_API_KEYS, a JSON list, in the environment of every node, e.g. "
+            "from a Kubernetes Secret as docker/k8s/rayservice.yaml does) and Serve's proxies may listen beyond "
+            "this machine, where anyone who reaches them could use every route. Give the keys, or set "
+            "BYOL_ALLOW_NO_AUTH=true if a gateway in front authenticates")
+
+
 @serve.deployment(name=DEPLOYMENT_NAME, **DEFAULT_OPTIONS)
 @serve.ingress()
 class BYOLEmbedder:
@@ -90,10 +103,11 @@ class BYOLEmbedder:
             cpus = context.get_assigned_resources().get("CPU", 0)
             resolved = resolved.model_copy(update={"threads": max(1, int(cpus))})
         self.settings = resolved
-        if not resolved.api_keys:  # the proxies listen on every node's address: say it where operators look
-            logger.warning("AUTHENTICATION IS OFF on this replica: no BYOL_API_KEYS in its environment; every client "
-                           "that reaches a Serve proxy may call every route (docker/k8s/rayservice.yaml gives the "
-                           "keys from a Secret)")
+        if (problem := replica_auth_problem(resolved)) is not None:  # fail closed, as byol-serve does
+            raise RuntimeError(problem)
+        if not resolved.api_keys:
+            logger.warning("AUTHENTICATION IS OFF on this replica (BYOL_ALLOW_NO_AUTH): every client that reaches "
+                           "a Serve proxy may call every route")
         replica = serve.get_replica_context().replica_id.unique_id
         self.identity = f"replica={replica}; node={context.get_node_id()}; ip={ray.util.get_node_ip_address()}"
         self.state = None
@@ -195,14 +209,19 @@ class ReplayOnReplicaLoss:
             return await self.app(scope, receive, send)
 
         headers = dict(scope.get("headers") or [])
-        announced = announced_length(headers, self.max_body_bytes)
+        try:
+            announced = announced_length(headers, self.max_body_bytes)
+        except ServiceError as err:
+            return await refuse(err, receive, send, linger_bytes=self.max_body_bytes)
         if announced > self.max_body_bytes:
-            return await error_response(413, "body_too_large", f"request body is {announced} bytes; the limit is "
-                                        f"{self.max_body_bytes}")(scope, receive, send)
+            return await refuse(ServiceError(413, "body_too_large", f"request body is {announced} bytes; the limit "
+                                             f"is {self.max_body_bytes}"), receive, send,
+                                linger_bytes=self.max_body_bytes)
         if self.api_keys and not bearer_accepted(headers.get(b"authorization", b"").decode("latin-1"),
                                                  self.api_keys):
-            return await error_response(401, "unauthorized", "missing or invalid API key; send 'Authorization: "
-                                        "Bearer <key>'", headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+            return await refuse(ServiceError(401, "unauthorized", "missing or invalid API key; send 'Authorization: "
+                                             "Bearer <key>'", headers={"WWW-Authenticate": "Bearer"}), receive, send,
+                                linger_bytes=self.max_body_bytes)
         if self.buffered + announced > self.max_buffered_bytes:
             return await self.app(scope, receive, send)  # no room to hold it: no replay for this one
         self.buffered += announced

@@ -4,26 +4,68 @@ pixels being decoded (checked on each image's header, before its pixels exist).
 A request over a budget is refused early with 503 + Retry-After, as TEI and Triton answer when full, rather than
 admitted into a queue that grows until the pod runs out of memory. Decoding counts toward the request's deadline
 and stops between images once its client is gone.
+
+A refusal reaches its client even while the client is still uploading: the answer is sent first, then the body is
+read and dropped for a bounded time (a lingering close, as nginx does), so that the server's close does not reset
+the connection under the answer.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable
 
 from service.server.errors import ServiceError
 
+LINGER_S = 5.0  # a refused request's body is read and dropped for at most this long before the connection closes
+
+
+class AmbiguousLength(ServiceError):
+    def __init__(self) -> None:
+        super().__init__(400, "ambiguous_length", "the request has both Content-Length and Transfer-Encoding; "
+                         "send one of them (RFC 9112, section 6.3)")
+
 
 def announced_length(headers: dict[bytes, bytes], limit: int) -> int:
     """A request body's size as its headers announce it; a chunked body (no ``Content-Length``) may be as large
-    as ``limit``, and so is one whose length does not parse."""
+    as ``limit``, and so is one whose length does not parse. Both headers at once raise :class:`AmbiguousLength`:
+    HTTP/1.1 parsers frame such a body as chunked, so its ``Content-Length`` says nothing about its size."""
+    if b"content-length" in headers and b"transfer-encoding" in headers:
+        raise AmbiguousLength()
     if b"content-length" not in headers:
         return limit if b"transfer-encoding" in headers else 0
     try:
         return int(headers[b"content-length"])
     except ValueError:
         return limit
+
+
+async def refuse(error: ServiceError, receive, send, *, linger_bytes: int, linger_s: float = LINGER_S) -> None:
+    """Answer ``error`` before the request's body is read, then read and drop the body (at most ``linger_bytes``
+    bytes, for at most ``linger_s`` seconds) before the response ends and the connection closes. Closing with the
+    client's bytes unread would make the kernel reset the connection, and a client still uploading would get
+    ``Connection reset`` instead of the answer and its Retry-After."""
+    body = json.dumps({"error": {"code": error.code, "message": error.message, "index": error.index}}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"connection", b"close")]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (error.headers or {}).items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": True})
+    read, deadline = 0, time.monotonic() + linger_s
+    while read <= linger_bytes and (left := deadline - time.monotonic()) > 0:
+        try:
+            message = await asyncio.wait_for(receive(), left)
+        except TimeoutError:
+            break
+        if message["type"] != "http.request":
+            break  # the client is gone
+        read += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 class Overloaded(ServiceError):

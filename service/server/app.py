@@ -21,7 +21,7 @@ from starlette.formparsers import MultiPartParser
 from service.runtime.backend import Backend
 from service.runtime.batcher import Batcher
 from service.runtime.factory import build_planned_backend, inference_plan, resolve_for_backend
-from service.server.admission import announced_length
+from service.server.admission import announced_length, refuse
 from service.server.errors import DrainingError, ServiceError, error_response, install_error_handlers
 from service.server.index_watch import IndexWatcher
 from service.server.routes import KNOWN_ROUTES, PROBES, ROUTERS, WORK_ROUTES
@@ -57,22 +57,29 @@ class RequestMiddleware:
             nonlocal status, answered
             if message["type"] == "http.response.start":
                 status, answered = message["status"], True
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode("latin-1"))]
+                extra = [(b"x-request-id", request_id.encode("latin-1"))]
+                sent = list(message.get("headers", []))
+                if self.state.draining and all(k.lower() != b"connection" for k, _ in sent):
+                    extra.append((b"connection", b"close"))  # no request after this one here: the server is going
+                message["headers"] = [*sent, *extra]
             await send(message)
 
-        length = announced_length(headers, limit)
         counted = path not in PROBES
         refusal: ServiceError | None = None
-        if path in WORK_ROUTES and self.state.draining:
+        try:
+            length = announced_length(headers, limit)
+        except ServiceError as err:
+            length, refusal, counted = 0, err, False
+        if refusal is not None:
+            pass
+        elif path in WORK_ROUTES and self.state.draining:
             refusal = DrainingError()
         elif length > limit:
             refusal = ServiceError(413, "body_too_large", f"request body is {length} bytes; the limit is {limit}")
         elif counted:
             refusal = self.state.admission.try_admit(length)
-        if refusal is not None:
-            await error_response(refusal.status, refusal.code, refusal.message, headers=refusal.headers)(
-                scope, receive, send_wrapper)
+        if refusal is not None:  # answered before the body is read, then the body is read and dropped
+            await refuse(refusal, receive, send_wrapper, linger_bytes=limit)
         else:
             received = 0
 

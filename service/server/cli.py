@@ -114,7 +114,9 @@ def _run_ray(settings, args) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         serve.start(http_options={"host": settings.host, "port": settings.port}, proxy_location=args.proxy_location)
-        serve.run(build(settings.portable(), **options), name=APP_NAME, route_prefix="/")
+        # the replicas refuse to start without keys unless told otherwise; main() already checked this host
+        replica_settings = {**settings.portable(), "allow_no_auth": settings.allow_no_auth or not settings.api_keys}
+        serve.run(build(replica_settings, **options), name=APP_NAME, route_prefix="/")
         # the line below is the readiness signal scripts and tests wait for: print it once this node's proxy
         # answers /ready, not merely once the replicas run
         if not _wait_until_ready(settings.host, settings.port, stop):
@@ -199,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"  try: curl -F images=@photo.jpg 'http://{host}:{settings.port}/embed?layers=feature5,avgpool'\n"
           f"       curl http://{host}:{settings.port}/info", flush=True)
     config = uvicorn.Config(app, host=host, port=settings.port, log_level=settings.log_level, access_log=False,
-                            timeout_graceful_shutdown=5)  # after the drain: the last responses go out
+                            http=settings.http, timeout_graceful_shutdown=5)  # after the drain: the last responses go out
     _draining_server(config, app.state.service, settings.drain_timeout_s).run()
     return 0
 

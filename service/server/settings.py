@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -52,6 +52,9 @@ class ServiceSettings(RuntimeSettings):
     host: str = Field("127.0.0.1", description="bind address")
     port: int = Field(8000, description="port")
     log_level: str = Field("info", description="debug, info, warning, error")
+    http: Literal["auto", "h11", "httptools"] = Field(
+        "auto", description="uvicorn's HTTP/1.1 parser: auto takes httptools where it is installed, else h11 (the "
+        "Docker image's); the server's framing checks hold on both")
     index: str | None = Field(None, description="an output folder of `byol-embed run` with an index (`byol-embed "
                               "index`): adds POST /search; refused at start if made by another model, layer or pooling")
     storage_options: dict[str, Any] = Field(

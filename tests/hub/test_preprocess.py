@@ -116,3 +116,36 @@ def test_reduced_scale_jpeg_decode_is_opt_in_close_and_keeps_exif_orientation(ph
     assert a.shape == b.shape and np.abs(a - b).mean() < 0.05  # same picture, slightly different pixels
     small = _bytes(photos[0].resize((400, 300)), "JPEG")  # under twice the resize target: always exact
     assert np.array_equal(np.asarray(decode_image(small)), np.asarray(decode_image(small, draft_min_side=256)))
+
+
+def test_jpeg_scans_are_counted_by_segment(photos):
+    """Baseline 1 scan, libjpeg-turbo's progression 10 (6 for grey); an EXIF thumbnail's own scans (a whole
+    progressive JPEG inside APP1) are not the image's."""
+    from hub.preprocess import jpeg_scans
+
+    photo = photos[0].convert("RGB")
+    assert jpeg_scans(_bytes(photo, "JPEG")) == 1
+    assert jpeg_scans(_bytes(photo, "JPEG", progressive=True)) == 10
+    assert jpeg_scans(_bytes(photo.convert("L"), "JPEG", progressive=True)) == 6
+    thumbnail = _bytes(photo.resize((160, 120)), "JPEG", progressive=True)
+    exif = Image.Exif()
+    exif[0x0112] = 1
+    with_thumb = _bytes(photo, "JPEG", exif=exif.tobytes() + thumbnail[:60000])  # bytes with FF DA inside APP1
+    assert with_thumb.count(b"\xff\xda") > 1 and jpeg_scans(with_thumb) == 1
+
+
+def test_a_jpeg_of_a_thousand_scans_is_refused_before_its_pixels_are_decoded():
+    """1,000 scans of a 3000² image: ~11 s to decode; refused from its header in milliseconds."""
+    import time
+
+    from hub.preprocess import MAX_JPEG_SCANS
+    from tests.support.images import scan_bomb
+
+    bomb = scan_bomb(3000, 1000)
+    assert len(bomb) < 100_000
+    started = time.perf_counter()
+    with pytest.raises(ImageDecodeError, match=f"more than {MAX_JPEG_SCANS} scans") as info:
+        decode_image(bomb)
+    assert info.value.too_large and time.perf_counter() - started < 1.0
+    # at the cap, still decoded: a progressive JPEG with many scans is valid
+    assert decode_image(scan_bomb(64, MAX_JPEG_SCANS - 10)).size == (64, 64)

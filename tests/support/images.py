@@ -111,3 +111,13 @@ def tar_bytes(members: list[tuple[str, bytes]]) -> bytes:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
+
+
+def scan_bomb(side: int = 3000, repeats: int = 1000) -> bytes:
+    """A valid progressive JPEG that costs a pass over its pixels per scan: a black ``side``² image whose last
+    scan is repeated ``repeats`` times (a few bytes each: 77 KB for 1,000 at 3000²), libjpeg-turbo's LJT-01-003."""
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side)).save(buf, "JPEG", progressive=True, quality=75)
+    data = buf.getvalue()
+    last = data.rindex(b"\xff\xda")
+    return data[:last] + data[last:-2] * repeats + b"\xff\xd9"

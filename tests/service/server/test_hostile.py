@@ -240,3 +240,36 @@ def test_sigterm_during_a_flood_answers_every_admitted_request_and_exits_0(train
     # connection after the exit is the only other outcome
     assert set(statuses) <= {200, 503, 504, "ConnectError"}, (statuses, log[-2000:])
     assert statuses[200] > 0 and code == 0, log[-2000:]
+
+
+def test_jpegs_of_thousands_of_scans_cannot_stall_an_ordinary_request(trained_model):
+    """Two uploads of a 3000² progressive JPEG whose last scan repeats 5,000 times (169 KB; 42 s of decoding each
+    before the scan cap) go in beside an ordinary /embed. The two are refused from their headers with 413, and the
+    ordinary request is answered 200 well within its deadline."""
+    from tests.support.images import scan_bomb
+
+    proc, url = start_server(trained_model, "--request-timeout-s", "10")
+    bomb = scan_bomb(3000, 5000)
+    answers: list = []
+
+    def post(data: bytes, name: str) -> None:
+        with httpx.Client(timeout=60) as http:
+            started = time.monotonic()
+            response = http.post(url + "/embed?layers=avgpool", files=[("images", (name, data, "image/jpeg"))])
+            answers.append((name, response.status_code, time.monotonic() - started, response.text[:300]))
+
+    try:
+        bombs = [threading.Thread(target=post, args=(bomb, f"bomb{i}.jpg")) for i in range(2)]
+        for t in bombs:
+            t.start()
+        time.sleep(0.3)  # the two are in flight first
+        post(_jpeg(640, 480, 0), "ordinary.jpg")
+        for t in bombs:
+            t.join(120)
+    finally:
+        processes.stop(proc, timeout=30)
+    ordinary = next(a for a in answers if a[0] == "ordinary.jpg")
+    refused = [a for a in answers if a[0].startswith("bomb")]
+    print(f"scan bombs beside an ordinary request: {answers}")
+    assert ordinary[1] == 200 and ordinary[2] < 5.0, ordinary
+    assert [a[1] for a in refused] == [413, 413] and all("scans" in a[3] for a in refused), refused

@@ -82,15 +82,20 @@ def test_byol_serve_engine_ray_serves_and_stops_cleanly_on_sigterm(trained_model
 SERVE_YAML = REPO / "docker" / "ray" / "serve.yaml"
 
 
-def _test_config(model: Path, port: int, index: Path) -> dict:
+def _test_config(model: Path, port: int, index: Path, *, allow_no_auth: bool = True) -> dict:
     """docker/ray/serve.yaml with what this machine needs: the test model, a free port, two fixed replicas of one
-    CPU (the nodes have one each), an embedding folder checked often. Everything else (import path, options,
-    settings) is the file's."""
+    CPU (the nodes have one each), an embedding folder checked often, and (unless told otherwise) no API keys
+    allowed: the nodes of this cluster have none in their environment, and these tests are not about keys.
+    Everything else (import path, options, settings) is the file's."""
     config = yaml.safe_load(SERVE_YAML.read_text())
     config["http_options"]["port"] = port
     (application,) = config["applications"]
-    application["runtime_env"]["env_vars"].update({"BYOL_MODEL": str(model), "BYOL_MAX_WAIT_MS": "2",
-                                                   "BYOL_INDEX": str(index), "BYOL_INDEX_POLL_S": "0.3"})
+    env = application["runtime_env"]["env_vars"]
+    assert "BYOL_API_KEYS" not in env  # keys come from the nodes' environment, never from the file
+    env.update({"BYOL_MODEL": str(model), "BYOL_MAX_WAIT_MS": "2", "BYOL_INDEX": str(index),
+                "BYOL_INDEX_POLL_S": "0.3"})
+    if allow_no_auth:
+        env["BYOL_ALLOW_NO_AUTH"] = "true"
     application["runtime_env"]["env_vars"].pop("HF_HOME")
     (deployment,) = application["deployments"]
     deployment.pop("autoscaling_config")
@@ -107,6 +112,38 @@ def _embed(model: Path, data: Path, out: Path) -> None:
     from service.embed.cli import main
 
     assert main(["run", "--model", str(model), "--input", str(data), "--output", str(out), "--no-progress"]) == 0
+
+
+def test_the_shipped_config_without_keys_does_not_come_up_and_says_why(ray_cluster, trained_model, tmp_path):
+    """docker/ray/serve.yaml deployed as shipped on nodes without BYOL_API_KEYS: the replicas refuse to start (its
+    proxies listen on 0.0.0.0), and Serve's status says why. Before: the app served every route to anyone."""
+    import ray
+    from ray import serve
+
+    from service.ray_serve import APP_NAME, DEPLOYMENT_NAME
+
+    folder = tmp_path / "emb"
+    folder.mkdir()
+    config = tmp_path / "serve.yaml"
+    config.write_text(yaml.safe_dump(_test_config(trained_model, free_port(), folder, allow_no_auth=False)))
+    deploy = subprocess.run(["serve", "run", "--non-blocking", "--address", ray_cluster.address, str(config)],
+                            capture_output=True, text=True, timeout=180)
+    assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
+    ray.init(address=ray_cluster.address, log_to_driver=False, configure_logging=False)
+    try:
+        deadline = time.monotonic() + 180
+        while (app := serve.status().applications.get(APP_NAME)) is None or app.status not in (
+                "DEPLOY_FAILED", "RUNNING"):
+            assert time.monotonic() < deadline, app
+            time.sleep(0.5)
+        message = app.deployments[DEPLOYMENT_NAME].message
+        assert app.status == "DEPLOY_FAILED", app
+        assert "refusing to start: no API keys" in message and "BYOL_ALLOW_NO_AUTH" in message, message
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
 
 
 @pytest.fixture(scope="module")
