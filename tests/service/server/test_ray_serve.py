@@ -114,7 +114,15 @@ def _embed(model: Path, data: Path, out: Path) -> None:
     assert main(["run", "--model", str(model), "--input", str(data), "--output", str(out), "--no-progress"]) == 0
 
 
-def test_the_shipped_config_without_keys_does_not_come_up_and_says_why(ray_cluster, trained_model, tmp_path):
+@pytest.fixture(scope="module")
+def serve_port() -> int:
+    """The port of this module's Serve proxies: one for every deployment here, so that Serve, once started on the
+    cluster, is reused (its HTTP options cannot change while it runs)."""
+    return free_port()
+
+
+def test_the_shipped_config_without_keys_does_not_come_up_and_says_why(ray_cluster, trained_model, tmp_path,
+                                                                       serve_port):
     """docker/ray/serve.yaml deployed as shipped on nodes without BYOL_API_KEYS: the replicas refuse to start (its
     proxies listen on 0.0.0.0), and Serve's status says why. Before: the app served every route to anyone."""
     import ray
@@ -125,7 +133,9 @@ def test_the_shipped_config_without_keys_does_not_come_up_and_says_why(ray_clust
     folder = tmp_path / "emb"
     folder.mkdir()
     config = tmp_path / "serve.yaml"
-    config.write_text(yaml.safe_dump(_test_config(trained_model, free_port(), folder, allow_no_auth=False)))
+    shipped = _test_config(trained_model, serve_port, folder, allow_no_auth=False)
+    shipped["applications"][0]["deployments"][0]["num_replicas"] = 1  # Serve gives up after 3 constructor failures
+    config.write_text(yaml.safe_dump(shipped))
     deploy = subprocess.run(["serve", "run", "--non-blocking", "--address", ray_cluster.address, str(config)],
                             capture_output=True, text=True, timeout=180)
     assert deploy.returncode == 0, deploy.stdout[-2000:] + deploy.stderr[-2000:]
@@ -141,13 +151,13 @@ def test_the_shipped_config_without_keys_does_not_come_up_and_says_why(ray_clust
         assert "refusing to start: no API keys" in message and "BYOL_ALLOW_NO_AUTH" in message, message
     finally:
         try:
-            serve.shutdown()
+            serve.delete(APP_NAME)  # Serve itself stays up for the module's other deployment
         finally:
             ray.shutdown()
 
 
 @pytest.fixture(scope="module")
-def serve_cluster(ray_cluster, trained_model, photos, tmp_path_factory):
+def serve_cluster(ray_cluster, trained_model, photos, tmp_path_factory, serve_port):
     """The session's two-node cluster with the app deployed by Serve's own CLI from docker/ray/serve.yaml, serving
     an index; the application is deleted at the end of the module (the cluster stays for the session)."""
     import ray
@@ -159,7 +169,7 @@ def serve_cluster(ray_cluster, trained_model, photos, tmp_path_factory):
 
     root = logging.getLogger()
     before = list(root.handlers)
-    port = free_port()
+    port = serve_port
     folder = tmp_path_factory.mktemp("ray")
     write_images(folder / "data", photos[:3], copies=2)
     _embed(trained_model, folder / "data", folder / "emb")
