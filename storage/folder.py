@@ -215,6 +215,8 @@ def prepare_folder(folder: Path | Store, pending: Manifest) -> list[int]:
     with another plan (the input changed again, other settings) is dropped with its shards."""
     store = as_store(folder)
     store.mkdir()
+    if store.conditional:  # the version the commit must find (None: no generation yet), see commit_generation
+        pending.work["manifest_version"] = store.version(MANIFEST)
     old = Manifest.load_pending(store)
     if old is not None and old.differences(pending, IDENTITY_FIELDS + ("shards", "work")):
         logger.info("the interrupted run's plan no longer holds (%s); its shards are written again",
@@ -262,11 +264,28 @@ def commit_generation(folder: Path | Store, pending: Manifest, keep: int = KEEP_
         marker = json.loads(store.read_text(done_name(name)))
         parts.append({"name": name, "rows": marker["rows"], "errors": marker["errors"]})
     committed = replace(pending, shards=[], work={}, base_generation=0, parts=parts)
-    committed.save(store, generation_name(committed.generation))  # the record first: the manifest is the commit
-    committed.save(store)
+    data = (json.dumps(committed.to_dict(), indent=2) + "\n").encode()
+    if store.conditional and "manifest_version" in pending.work:
+        # a writer that paused past its lease (between its last check and here) must not roll back the generation
+        # the next writer committed: the manifest is replaced only at the version this run started from
+        # the manifest first (the winner owns the generation's number), then its record
+        expected = pending.work["manifest_version"]
+        won = store.create(MANIFEST, data) if expected is None else store.replace_if(MANIFEST, data, expected)
+        if won is None:
+            raise FolderError(_overtaken(store, committed.generation))
+        store.write_bytes(generation_name(committed.generation), data)
+    else:  # stores without conditional writes: the lease was checked, then these are written
+        committed.save(store, generation_name(committed.generation))  # the record first: the manifest commits
+        committed.save(store)
     store.remove(PENDING)
     collect_garbage(store, keep, committed)
     return committed
+
+
+def _overtaken(store: Store, generation: int) -> str:
+    return (f"{store}: another writer committed generation {generation} (or later) while this run was paused past "
+            "its lease; this run's generation is not committed, and the other writer's stands. Run the command "
+            "again to add what this run would have")
 
 
 def collect_garbage(folder: Path | Store, keep: int = KEEP_GENERATIONS, current: Manifest | None = None) -> list[str]:
