@@ -252,6 +252,16 @@ def local_folder(store: Store) -> Path:
     return store.local_copy(names, b"".join(key))
 
 
+def _exact_codes(factory: str) -> bool:
+    """Whether an index of this factory string keeps each vector as it was added (Flat, HNSW) or within ~1e-3
+    (scalar quantizers): product and residual quantizers keep approximations."""
+    return not any(code in factory for code in ("PQ", "RQ", "LSH", "LSQ"))
+
+
+class StaleIndexError(EmbedJobError):
+    """The served index refers to shards that are gone: it is older than the folder's kept generations."""
+
+
 @dataclass
 class LoadedIndex:
     """An index ready to answer queries: the FAISS index (memory-mapped where FAISS allows), ids and paths."""
@@ -292,11 +302,17 @@ class LoadedIndex:
             index = faiss.read_index(str(root / INDEX_FILE), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
         except RuntimeError:  # index types FAISS cannot map (e.g. HNSW) are read into memory
             index = faiss.read_index(str(root / INDEX_FILE))
+        try:
+            ivf = faiss.extract_index_ivf(index)
+        except RuntimeError:
+            ivf = None
         if nprobe is not None:
-            try:
-                faiss.extract_index_ivf(index).nprobe = nprobe
-            except RuntimeError:
+            if ivf is not None:
+                ivf.nprobe = nprobe
+            else:
                 logger.info("--nprobe ignored: %s is not an IVF index", meta["factory"])
+        if ivf is not None and _exact_codes(meta["factory"]):
+            ivf.make_direct_map()  # a label's vector read from its list: 8 bytes a row, ~1 ms a million rows
         table = feather.read_table(root / IDS_FILE)
         if table.num_rows != meta["count"]:  # a copy taken while another process rewrote the index
             raise FolderError(f"the index at {store} is being rewritten (its files disagree); retry in a moment")
@@ -356,15 +372,27 @@ class LoadedIndex:
             raise EmbedJobError(f"no embedded image with id {item_id!r} in this index") from None
 
     def vector_of(self, item_id: str) -> np.ndarray:
-        """The stored vector of ``item_id``: from the index where it keeps vectors (Flat); else (IVF/PQ keep no
-        direct map) the exact vector from the one row group of the one shard that holds it, on disk or on
-        object storage. Indexes made before the rows' locations were recorded fall back to a filtered scan."""
+        """The stored vector of ``item_id``, reading about one vector: from the index where it keeps the vectors
+        (Flat, HNSW, and IVF with Flat or SQ lists through its direct map); else (PQ codes are approximate) the
+        exact vector from the one row group (:data:`storage.folder.SHARD_ROW_GROUP` rows; a whole shard in
+        folders written before) of the shard that holds it, on disk or on object storage. Indexes made before the
+        rows' locations were recorded fall back to a filtered scan. A shard that the folder's garbage collection
+        removed (the served index is generations behind) raises :class:`StaleIndexError`."""
         row = self.row_of(item_id)
+        if _exact_codes(self.meta.get("factory", "")):
+            try:
+                label = int(self.labels[row]) if self.labels is not None else row
+                return np.asarray(self.index.reconstruct(label)).reshape(1, -1)
+            except RuntimeError:
+                pass
         try:
-            label = int(self.labels[row]) if self.labels is not None else row
-            return np.asarray(self.index.reconstruct(label)).reshape(1, -1)
-        except RuntimeError:
-            pass
+            return self._stored_vector(row, item_id)
+        except FileNotFoundError:
+            raise StaleIndexError(
+                f"the served index (generation {self.generation}) points at shards that the folder has removed "
+                "since; the server loads the folder's current index within its poll interval") from None
+
+    def _stored_vector(self, row: int, item_id: str) -> np.ndarray:
         import pyarrow.parquet as pq
 
         layer = self.meta["layer"]

@@ -20,7 +20,7 @@ from curation.errors import CurationError
 from hub.hub_io import ResolvedModel
 from hub.layers import output_name
 from service.embed.errors import EmbedJobError
-from service.embed.index import LoadedIndex
+from service.embed.index import LoadedIndex, StaleIndexError
 from service.server.errors import ServiceError
 from service.server.pipeline import (
     NumpyJSONResponse,
@@ -168,6 +168,9 @@ async def search(request: Request, state: ReadyState, _: Auth,
     if item_id is not None:
         try:
             vector = await in_lookup_pool(state, request, index.vector_of, item_id)
+        except StaleIndexError as err:
+            retry = str(max(1, round(state.settings.index_poll_s or 1)))
+            raise ServiceError(503, "index_behind", str(err), headers={"Retry-After": retry}) from None
         except (EmbedJobError, FolderError) as err:
             raise ServiceError(404, "unknown_id", str(err)) from None
         if want_duplicates and index.sha256 is not None:
