@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from storage.errors import StorageError
+from storage.errors import FolderError, StorageError
 from storage.files import atomic_write, atomic_write_bytes, cache_root, replace_dir
 from storage.location import (
     CONDITIONAL_CREATE,
@@ -43,6 +43,8 @@ from storage.location import (
     public_url,
     raise_explained,
 )
+
+COPIES_KEPT = 3  # local copies of one store's index kept: the served generation, the one before, one loading
 
 
 class Committer:
@@ -100,24 +102,45 @@ class Committer:
         """Where a folder ``name`` is built before :meth:`publish_folder` (a local temporary folder)."""
         return Path(tempfile.mkdtemp(prefix="byol-build-"))
 
-    def local_copy(self, store: Store, names: list[str], key: bytes) -> Path:
-        """A local folder holding ``names`` (to memory-map): downloaded once per ``key`` (their content)."""
-        final = cache_root() / "copies" / hashlib.sha256(store.url().encode() + key).hexdigest()[:24]
+    def local_copy(self, store: Store, names: list[str], key: bytes,
+                   versions: dict[str, str | None] | None = None) -> Path:
+        """A local folder holding ``names`` (to memory-map): downloaded once per ``key`` (their content) into
+        ``$BYOL_CACHE/copies/<store>/<key>/``. ``versions`` (name -> the version the key was made from) are
+        checked after the download: a file that changed meanwhile (a publish running during the copy) could pair
+        an old file with a new one, so the copy is dropped and :class:`FolderError` says to retry. Of one store's
+        copies the newest :data:`COPIES_KEPT` stay; older ones are removed (a process still mapping one keeps
+        its pages: Linux frees a removed file once it is unmapped)."""
+        group = cache_root() / "copies" / hashlib.sha256(store.url().encode()).hexdigest()[:16]
+        final = group / hashlib.sha256(key).hexdigest()[:24]
         if all((final / n).is_file() for n in names):
+            os.utime(final)  # the newest in use: kept by the pruning below
             return final
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=final.parent))
+        group.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=group))
         try:
             for name in names:
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                 store.download(name, tmp / name)
+            changed = [n for n, v in (versions or {}).items() if v is not None and store.version(n) != v]
+            if changed:
+                raise FolderError(f"{store}: {', '.join(changed)} changed while being copied (a publish running); "
+                                  "the copy is dropped, retry")
             try:
                 os.replace(tmp, final)
             except OSError:  # another process made the same copy first
                 pass
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+        _prune_copies(group, keep=COPIES_KEPT)
         return final
+
+
+def _prune_copies(group: Path, keep: int) -> None:
+    """Remove all but the ``keep`` most recently used copies in ``group`` (downloads in flight are left alone)."""
+    copies = sorted((p for p in group.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in copies[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 class ObjectStore(Committer):
@@ -225,7 +248,8 @@ class LocalDisk(Committer):
         tmp.mkdir(parents=True)
         return tmp
 
-    def local_copy(self, store: Store, names: list[str], key: bytes) -> Path:
+    def local_copy(self, store: Store, names: list[str], key: bytes,
+                   versions: dict[str, str | None] | None = None) -> Path:
         return Path(store.root)
 
 
@@ -349,10 +373,11 @@ class Store:
     def download(self, name: str, local: str | Path) -> None:
         self._call(self.fs.get_file, self.path(name), str(local))
 
-    def local_copy(self, names: list[str], key: bytes = b"") -> Path:
+    def local_copy(self, names: list[str], key: bytes = b"", versions: dict[str, str | None] | None = None) -> Path:
         """A folder on this machine's disk that holds ``names`` (e.g. an index to memory-map): the folder itself on
-        local disk, elsewhere a copy made once per ``key`` (what identifies their content)."""
-        return self.committer.local_copy(self, names, key)
+        local disk, elsewhere a copy made once per ``key`` (what identifies their content), checked against
+        ``versions`` (:meth:`Committer.local_copy`)."""
+        return self.committer.local_copy(self, names, key, versions)
 
     # --- writes --------------------------------------------------------------------------------------------
     def _fenced(self, name: str) -> None:

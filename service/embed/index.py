@@ -246,10 +246,12 @@ def local_folder(store: Store) -> Path:
     curation = [f"{CURATION}/{n}" for n in store.child(CURATION).names("*")]  # none: an empty listing
     names = [f"{INDEX_DIR}/{INDEX_FILE}", f"{INDEX_DIR}/{IDS_FILE}", f"{INDEX_DIR}/{META_FILE}"] + curation
     key = [described]
+    versions: dict[str, str | None] = {}
     for name in names:
         info = store.info(name)
+        versions[name] = info["version"]
         key.append(f"{name}\0{info['size']}\0{info['version']}\n".encode())
-    return store.local_copy(names, b"".join(key))
+    return store.local_copy(names, b"".join(key), versions)
 
 
 def _exact_codes(factory: str) -> bool:
