@@ -172,4 +172,30 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["*"])
     app.add_middleware(RequestMiddleware, state=state)
+    _served_facts_in_schema(app, state)
     return app
+
+
+def _served_facts_in_schema(app: FastAPI, state: ServiceState) -> None:
+    """``/openapi.json`` says what only the loaded model decides: ``/v1/embeddings``' ``model`` (the served id)
+    and ``dimensions`` (the avgpool size), so that a client or a fuzzer the schema guides sends what the server
+    takes. Patched into FastAPI's cached schema once the model is loaded."""
+    generate = app.openapi
+    patched = False
+
+    def openapi() -> dict:
+        nonlocal patched
+        schema = generate()
+        if not patched and state.config is not None:
+            operation = schema.get("paths", {}).get("/v1/embeddings", {}).get("post", {})
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+            fields = body.get("properties", {})
+            if "model" in fields:
+                fields["model"]["anyOf"] = [{"type": "string", "enum": [state.model_id]}, {"type": "null"}]
+            if "dimensions" in fields:
+                fields["dimensions"]["anyOf"] = [{"type": "integer", "enum": [state.config.num_features]},
+                                                 {"type": "null"}]
+            patched = True
+        return schema
+
+    app.openapi = openapi

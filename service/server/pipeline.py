@@ -157,7 +157,7 @@ def embed_options(query: Mapping[str, Any], body: Mapping[str, Any] | None, outp
     values = {}
     for name, parse in PARSERS.items():
         from_query = query.get(name)
-        if name in body:
+        if body.get(name) is not None:  # a null in the body is the option not given
             value = parse(body[name])
             if from_query is not None and parse(from_query) != value:
                 raise ServiceError(400, "conflicting_parameters",

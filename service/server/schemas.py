@@ -17,24 +17,41 @@ from curation.results import RESULTS
 # ---------------------------------------------------------------------------------------------------------------
 # Requests
 
+# What the server decodes as an image string, said in the schema so that generated clients and fuzzers produce only
+# what it takes: bare base64 (the standard alphabet, padded) or a data URI with ;base64. Valid base64 that is not an
+# image is still refused (415): no schema can say which bytes are an image.
+BASE64_IMAGE = r"^(data:[^,;]*(;[^,;]*)*;base64,)?(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+IMAGE_STRING = {"contentEncoding": "base64", "pattern": BASE64_IMAGE, "minLength": 4}
+# the layers a ResNet serves, comma-separated (the query string's form)
+LAYERS_LIST = r"^\s*(feature[1-5]|avgpool)\s*(,\s*(feature[1-5]|avgpool)\s*)*$"
+LAYER_NAME = r"^(feature[1-5]|avgpool)$"
+POOLING = {"enum": ["gap", "mhead", None]}
+ENCODING = {"enum": ["float", "base64", None]}
+BOOLEAN_TEXT = {"enum": ["true", "false", "1", "0", "yes", "no", "on", "off"]}  # a query string's booleans
+
 
 class EmbedBody(BaseModel):
     """``POST /embed`` as JSON: base64 images (or data URIs) and the options."""
 
     model_config = ConfigDict(extra="forbid")
-    images: list[str] = Field(description="base64 image bytes or data:image/...;base64, URIs (never URLs)",
-                              json_schema_extra={"minItems": 1})
-    layers: list[str] | str | None = Field(None, description="feature1..feature5, avgpool (list or comma-separated)")
-    pooling: str | None = Field(None, description="gap (default) or mhead")
+    images: list[Annotated[str, Field(json_schema_extra=IMAGE_STRING)]] = Field(
+        description="base64 image bytes or data:image/...;base64, URIs (never URLs)", json_schema_extra={"minItems": 1})
+    layers: Annotated[list[Annotated[str, Field(json_schema_extra={"pattern": LAYER_NAME})]],
+                      Field(json_schema_extra={"minItems": 1})] | Annotated[
+        str, Field(json_schema_extra={"pattern": LAYERS_LIST})] | None = Field(
+        None, description="feature1..feature5, avgpool (list or comma-separated)")
+    pooling: str | None = Field(None, description="gap (default) or mhead", json_schema_extra=POOLING)
     normalize: bool | None = Field(None, description="L2-normalize each embedding (default false)")
-    encoding: str | None = Field(None, description="float (default) or base64 (little-endian float32)")
+    encoding: str | None = Field(None, description="float (default) or base64 (little-endian float32)",
+                                 json_schema_extra=ENCODING)
 
 
 class OpenAIEmbeddingsBody(BaseModel):
     """``POST /v1/embeddings``, OpenAI's shape: ``input`` is one image or a list, as base64 or data URIs."""
 
     model_config = ConfigDict(extra="ignore")
-    input: Annotated[str, Field(min_length=1)] | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] = Field(
+    input: Annotated[str, Field(min_length=1, json_schema_extra=IMAGE_STRING)] | Annotated[
+        list[Annotated[str, Field(min_length=1, json_schema_extra=IMAGE_STRING)]], Field(min_length=1)] = Field(
         description="a data:image/...;base64 URI or bare base64, or a non-empty list of them")
     model: str | None = Field(None, description="must be the served model's id when given")
     encoding_format: Literal["float", "base64"] = "float"
@@ -46,11 +63,14 @@ class SearchBody(BaseModel):
     """``POST /search`` as JSON: a base64 image or the id of an image in the indexed set, and ``k``."""
 
     # exactly one of image and id (the handler answers 400 otherwise): said in the schema, for generated clients
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [{"required": ["image"]},
-                                                                          {"required": ["id"]}]})
-    image: str | None = Field(None, description="base64 image bytes or a data:image/...;base64, URI")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"oneOf": [
+        {"required": ["image"], "properties": {"image": {"type": "string"}, "id": {"type": "null"}}},
+        {"required": ["id"], "properties": {"id": {"type": "string"}, "image": {"type": "null"}}}]})
+    image: Annotated[str, Field(json_schema_extra=IMAGE_STRING)] | None = Field(
+        None, description="base64 image bytes or a data:image/...;base64, URI")
     id: str | None = Field(None, description="an id in the indexed set (its own row is left out of the results)")
-    k: int | None = Field(None, description="number of results (default 10, capped by the server)")
+    k: int | None = Field(None, description="number of results (default 10, capped by the server; below 1: 400)",
+                          json_schema_extra={"minimum": 1})
     min_score: float | None = Field(None, ge=-1.0, le=1.0, description="only results with a cosine at or above it "
                                     "(default: none; with duplicates, the server's duplicate threshold)")
     duplicates: bool | None = Field(None, description="is this image already in the set? Matches at or above the "
@@ -62,7 +82,7 @@ MULTIPART_EMBED_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1,
                               "description": "one or more image files; options go in the query string"}},
-    "required": ["images"],
+    "required": ["images"], "additionalProperties": False,
 }
 
 

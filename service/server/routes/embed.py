@@ -21,7 +21,9 @@ from service.server.pipeline import (
     read_json,
 )
 from service.server.schemas import (
+    BOOLEAN_TEXT,
     EMBED_ERRORS,
+    LAYERS_LIST,
     MULTIPART_EMBED_SCHEMA,
     EmbedBody,
     EmbedResponse,
@@ -59,10 +61,14 @@ def _response(state: ServiceState, results: list[dict[str, np.ndarray]], options
              description="multipart/form-data with one or more `images` files (options in the query string), "
                          "or JSON `{images: [base64 | data URI], layers, pooling, normalize, encoding}`.")
 async def embed(request: Request, state: ReadyState, _: Auth,
-                layers: str | None = Query(None, description="comma-separated: feature1..feature5, avgpool"),
-                pooling: str | None = Query(None, description="gap (default) or mhead"),
-                normalize: str | None = Query(None, description="L2-normalize each embedding (default false)"),
-                encoding: str | None = Query(None, description="float (default) or base64 (little-endian float32)"),
+                layers: str | None = Query(None, description="comma-separated: feature1..feature5, avgpool",
+                                           json_schema_extra={"pattern": LAYERS_LIST}),
+                pooling: str | None = Query(None, description="gap (default) or mhead",
+                                            json_schema_extra={"enum": ["gap", "mhead"]}),
+                normalize: str | None = Query(None, description="L2-normalize each embedding (default false)",
+                                              json_schema_extra=BOOLEAN_TEXT),
+                encoding: str | None = Query(None, description="float (default) or base64 (little-endian float32)",
+                                             json_schema_extra={"enum": ["float", "base64"]}),
                 ) -> NumpyJSONResponse:
     query = {"layers": layers, "pooling": pooling, "normalize": normalize, "encoding": encoding}
     ctype = request.headers.get("content-type", "").lower()

@@ -32,6 +32,7 @@ from service.server.pipeline import (
     read_json,
 )
 from service.server.schemas import (
+    BOOLEAN_TEXT,
     EMBED_ERRORS,
     SearchBody,
     SearchResponse,
@@ -46,8 +47,12 @@ from storage.imported import is_imported
 router = APIRouter()
 logger = logging.getLogger(__name__)
 MULTIPART_SEARCH_SCHEMA: dict[str, Any] = {
-    "type": "object", "properties": {"image": {"type": "string", "format": "binary", "description": "the query image"}},
-    "required": ["image"],
+    "type": "object",
+    "properties": {"image": {"type": "string", "format": "binary", "description": "the query image"},
+                   "k": {"type": "integer", "minimum": 1, "description": "as in the query string"},
+                   "min_score": {"type": "number", "minimum": -1.0, "maximum": 1.0},
+                   "duplicates": {**BOOLEAN_TEXT, "type": "string"}},
+    "required": ["image"], "additionalProperties": False,
 }
 
 
@@ -126,7 +131,8 @@ def _k(value: Any, state: ServiceState) -> int:
                          "set: matches at or above the duplicate threshold (default: the measured dedup threshold), "
                          "each marked `exact` (the same bytes, by content hash) or `near`.")
 async def search(request: Request, state: ReadyState, _: Auth,
-                 k: int | None = Query(None, description="number of results (default 10)"),
+                 k: int | None = Query(None, description="number of results (default 10; below 1: 400)",
+                                       json_schema_extra={"minimum": 1}),
                  min_score: float | None = Query(None, ge=-1.0, le=1.0,
                                                  description="only results with a cosine at or above it"),
                  duplicates: bool | None = Query(None, description="is the image already in the set (exact or near "

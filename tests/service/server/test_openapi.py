@@ -22,7 +22,8 @@ def project(schema: Any, components: dict[str, Any], depth: int = 0) -> Any:
     for key in ("anyOf", "oneOf", "allOf"):
         if key in schema:
             out[key] = sorted((project(s, components, depth + 1) for s in schema[key]), key=json.dumps)
-    for key in ("type", "format", "enum", "const", "minItems", "minLength"):
+    for key in ("type", "format", "enum", "const", "minItems", "minLength", "pattern", "minimum", "maximum",
+                "contentEncoding", "additionalProperties"):
         if key in schema:
             out[key] = schema[key]
     if "properties" in schema or "required" in schema:
@@ -83,7 +84,12 @@ def test_every_route_declares_typed_bodies_and_responses(onnx_client):
 
 def test_the_schema_says_what_the_server_refuses(onnx_client):
     """Where the handlers refuse a request, the schema says so, so that clients generated from it send only what
-    the server takes: at least one image, a non-empty input, exactly one of image and id, Prometheus text."""
+    the server takes: at least one image, images as padded base64 or a base64 data URI, a non-empty input, layers
+    the model has, k of at least 1, no unknown form fields, exactly one of image and id, the served model's id and
+    size, Prometheus text. (The fuzzing in tests/curation/test_every_kind.py holds the server to all of it.)"""
+    import re
+
+    from service.server.schemas import BASE64_IMAGE, LAYERS_LIST
     schema = onnx_client.get("/openapi.json").json()
     components = schema["components"]["schemas"]
     embed = schema["paths"]["/embed"]["post"]["requestBody"]["content"]
@@ -91,11 +97,25 @@ def test_the_schema_says_what_the_server_refuses(onnx_client):
     assert project(embed["application/json"]["schema"], components)["properties"]["images"]["minItems"] == 1
     openai = schema["paths"]["/v1/embeddings"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     variants = project(openai, components)["properties"]["input"]["anyOf"]
-    assert {"type": "string", "minLength": 1} in variants
-    assert any(v.get("type") == "array" and v.get("minItems") == 1 for v in variants)
+    image = {"type": "string", "minLength": 4, "pattern": BASE64_IMAGE, "contentEncoding": "base64"}
+    assert image in variants
+    assert any(v.get("type") == "array" and v.get("minItems") == 1 and v["items"] == image for v in variants)
+    for text in ("iVBORw0KGgo=", "data:image/png;base64,iVBORw0KGgo="):
+        assert re.match(BASE64_IMAGE, text)
+    for text in ("0", "iVBORw0KGgo", "http://x/y.png", "data:image/png,abcd"):  # refused by the server: 400
+        assert not re.match(BASE64_IMAGE, text), text
+        assert onnx_client.post("/v1/embeddings", json={"input": text}).status_code == 400
+    layers = next(p for p in schema["paths"]["/embed"]["post"]["parameters"] if p["name"] == "layers")
+    assert re.match(LAYERS_LIST, "feature4, avgpool") and not re.match(LAYERS_LIST, "")
+    assert layers["schema"]["pattern"] == LAYERS_LIST
+    assert embed["multipart/form-data"]["schema"]["additionalProperties"] is False
+    openai_props = project(openai, components)["properties"]
+    assert {"type": "integer", "enum": [512]} in openai_props["dimensions"]["anyOf"]
     search = schema["paths"]["/search"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert project(search, components)["oneOf"] == [
-        {"properties": {}, "required": ["id"]}, {"properties": {}, "required": ["image"]}]
+        {"properties": {"id": {"type": "null"}, "image": {"type": "string"}}, "required": ["image"]},
+        {"properties": {"id": {"type": "string"}, "image": {"type": "null"}}, "required": ["id"]}]
+    assert project(search, components)["properties"]["k"]["minimum"] == 1
     assert list(schema["paths"]["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
     assert onnx_client.get("/metrics").headers["content-type"].startswith("text/plain")
     for body, status in ((b'{"images": []}', 400), (b'{"input": ""}', 422), (b'{"input": []}', 422)):
