@@ -314,7 +314,12 @@ class LoadedIndex:
             else:
                 logger.info("--nprobe ignored: %s is not an IVF index", meta["factory"])
         if ivf is not None and _exact_codes(meta["factory"]):
-            ivf.make_direct_map()  # a label's vector read from its list: 8 bytes a row, ~1 ms a million rows
+            # a label's vector read from its list: an array of 8 bytes a row where labels are the positions, a hash
+            # table where an update removed some (labels with gaps)
+            try:
+                ivf.set_direct_map_type(faiss.DirectMap.Array)
+            except RuntimeError:  # "direct map supported only for sequential ids"
+                ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
         table = feather.read_table(root / IDS_FILE)
         if table.num_rows != meta["count"]:  # a copy taken while another process rewrote the index
             raise FolderError(f"the index at {store} is being rewritten (its files disagree); retry in a moment")

@@ -162,8 +162,8 @@ def test_index_search_curation_and_the_server_on_a_remote_folder(on_s3, on_disk,
     assert main(["search", str(on_disk), "--id", "photo2/01.jpg", "-k", "3", "--json"]) == 0
     local = json.loads(capsys.readouterr().out)["results"]
     assert [r["id"] for r in remote] == [r["id"] for r in local]
-    copies = list((tmp_path / "cache" / "copies").iterdir())
-    assert len(copies) == 1  # one local copy, keyed by content
+    (store_copies,) = list((tmp_path / "cache" / "copies").iterdir())  # the copies of this one store
+    assert len(list(store_copies.iterdir())) == 1  # one local copy, keyed by content
 
     assert main(["dedup", folder, "--write-lists", "--no-progress", *s3.option]) == 0
     assert main(["outliers", folder, "--no-progress", *s3.option]) == 0
@@ -184,7 +184,7 @@ def test_index_search_curation_and_the_server_on_a_remote_folder(on_s3, on_disk,
         assert client.get("/curation").json() == {"duplicates": True, "outliers": True, "leaks": False, "map": False, "generation": 1,
                                                    "stale": {}}
         assert client.get("/info").json()["search"]["index"] == folder
-    assert len(list((tmp_path / "cache" / "copies").iterdir())) == 2  # the curation files made a new content key
+    assert len(list(store_copies.iterdir())) == 2  # the curation files made a new content key
 
 
 def test_tars_with_a_brace_range_and_parquet_with_bytes_on_s3(trained_model, photos, tmp_path, s3, capsys):
