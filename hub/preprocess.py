@@ -103,10 +103,10 @@ def open_image(data: bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> I
             raise ImageDecodeError(
                 f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}", too_large=True
             )
-        if img.format == "JPEG" and (scans := jpeg_scans(data)) > MAX_JPEG_SCANS:
+        if img.format == "JPEG" and jpeg_scans(data) > MAX_JPEG_SCANS:
             raise ImageDecodeError(
-                f"JPEG has more than {MAX_JPEG_SCANS} scans ({scans} counted before stopping): each scan is a pass "
-                f"over the whole image, and encoders write at most ~10; re-encode it", too_large=True)
+                f"JPEG has more than {MAX_JPEG_SCANS} scans: each scan is a pass over the whole image, and encoders "
+                "write at most ~10; re-encode it", too_large=True)
     return img
 
 

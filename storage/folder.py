@@ -133,8 +133,11 @@ class Manifest:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def to_bytes(self) -> bytes:
+        return (json.dumps(self.to_dict(), indent=2) + "\n").encode()
+
     def save(self, folder: Path | Store, name: str = MANIFEST) -> None:
-        as_store(folder).write_text(name, json.dumps(self.to_dict(), indent=2) + "\n")
+        as_store(folder).write_bytes(name, self.to_bytes())
 
     @classmethod
     def load(cls, folder: str | Path | Store) -> Manifest:
@@ -264,19 +267,19 @@ def commit_generation(folder: Path | Store, pending: Manifest, keep: int = KEEP_
         marker = json.loads(store.read_text(done_name(name)))
         parts.append({"name": name, "rows": marker["rows"], "errors": marker["errors"]})
     committed = replace(pending, shards=[], work={}, base_generation=0, parts=parts)
-    data = (json.dumps(committed.to_dict(), indent=2) + "\n").encode()
+    data = committed.to_bytes()
     if store.conditional and "manifest_version" in pending.work:
         # a writer that paused past its lease (between its last check and here) must not roll back the generation
-        # the next writer committed: the manifest is replaced only at the version this run started from
-        # the manifest first (the winner owns the generation's number), then its record
+        # the next writer committed: the manifest is replaced only at the version this run started from, and
+        # first (the winner owns the generation's number), then its record
         expected = pending.work["manifest_version"]
         won = store.create(MANIFEST, data) if expected is None else store.replace_if(MANIFEST, data, expected)
         if won is None:
             raise FolderError(_overtaken(store, committed.generation))
         store.write_bytes(generation_name(committed.generation), data)
-    else:  # stores without conditional writes: the lease was checked, then these are written
-        committed.save(store, generation_name(committed.generation))  # the record first: the manifest commits
-        committed.save(store)
+    else:  # stores without conditional writes: the lease was checked, then the record and the manifest (the commit)
+        store.write_bytes(generation_name(committed.generation), data)
+        store.write_bytes(MANIFEST, data)
     store.remove(PENDING)
     collect_garbage(store, keep, committed)
     return committed

@@ -13,12 +13,11 @@ the connection under the answer.
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 from collections.abc import Callable
 
-from service.server.errors import ServiceError
+from service.server.errors import ServiceError, error_response
 
 LINGER_S = 5.0  # a refused request's body is read and dropped for at most this long before the connection closes
 
@@ -48,12 +47,10 @@ async def refuse(error: ServiceError, receive, send, *, linger_bytes: int, linge
     bytes, for at most ``linger_s`` seconds) before the response ends and the connection closes. Closing with the
     client's bytes unread would make the kernel reset the connection, and a client still uploading would get
     ``Connection reset`` instead of the answer and its Retry-After."""
-    body = json.dumps({"error": {"code": error.code, "message": error.message, "index": error.index}}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"connection", b"close")]
-    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (error.headers or {}).items()]
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": True})
+    response = error_response(error.status, error.code, error.message, error.index, error.headers)
+    await send({"type": "http.response.start", "status": error.status,
+                "headers": [*response.raw_headers, (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": response.body, "more_body": True})
     read, deadline = 0, time.monotonic() + linger_s
     while read <= linger_bytes and (left := deadline - time.monotonic()) > 0:
         try:

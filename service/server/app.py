@@ -65,19 +65,11 @@ class RequestMiddleware:
             await send(message)
 
         counted = path not in PROBES
-        refusal: ServiceError | None = None
         try:
             length = announced_length(headers, limit)
-        except ServiceError as err:
+            refusal = self._refusal(path, length, limit, counted)
+        except ServiceError as err:  # a body whose length cannot be told
             length, refusal, counted = 0, err, False
-        if refusal is not None:
-            pass
-        elif path in WORK_ROUTES and self.state.draining:
-            refusal = DrainingError()
-        elif length > limit:
-            refusal = ServiceError(413, "body_too_large", f"request body is {length} bytes; the limit is {limit}")
-        elif counted:
-            refusal = self.state.admission.try_admit(length)
         if refusal is not None:  # answered before the body is read, then the body is read and dropped
             await refuse(refusal, receive, send_wrapper, linger_bytes=limit)
         else:
@@ -111,6 +103,15 @@ class RequestMiddleware:
         if route not in PROBES:
             access_log.info(json.dumps({"request_id": request_id, "method": scope.get("method"), "path": path,
                                         "status": status, "ms": round(elapsed * 1000, 1)}))
+
+
+    def _refusal(self, path: str, length: int, limit: int, counted: bool) -> ServiceError | None:
+        """Why a request is refused before its body is read, or None: it is admitted (and counted in flight)."""
+        if path in WORK_ROUTES and self.state.draining:
+            return DrainingError()
+        if length > limit:
+            return ServiceError(413, "body_too_large", f"request body is {length} bytes; the limit is {limit}")
+        return self.state.admission.try_admit(length) if counted else None
 
 
 def create_app(settings: ServiceSettings | None = None, backend: Backend | None = None) -> FastAPI:

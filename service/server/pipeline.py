@@ -39,6 +39,7 @@ from hub.preprocess import load_image, open_image, preprocess_one
 from service.runtime.batcher import Batcher, BatcherClosed, BatcherFull
 from service.server.admission import DecodeTicket
 from service.server.errors import DrainingError, QueueFullError, ServiceError, image_error
+from service.server.schemas import ENCODINGS, FALSE_WORDS, POOLINGS, TRUE_WORDS
 from service.server.state import ServiceState
 
 logger = logging.getLogger(__name__)
@@ -93,8 +94,6 @@ def decode_base64_image(text: str, index: int) -> bytes:
 
 # --- 2. options -----------------------------------------------------------------------------------------
 
-SERVED_POOLINGS = ("gap", "mhead")
-ENCODINGS = ("float", "base64")
 
 
 @dataclass(frozen=True)
@@ -109,9 +108,9 @@ def parse_bool(value: Any, name: str) -> bool:
     if isinstance(value, bool):
         return value
     text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
+    if text in TRUE_WORDS:
         return True
-    if text in ("0", "false", "no", "off"):
+    if text in FALSE_WORDS:
         return False
     raise ServiceError(400, "invalid_parameter", f"{name} must be true or false, got {value!r}")
 
@@ -125,8 +124,8 @@ def _layers(value: Any) -> tuple[str, ...]:
 
 def _pooling(value: Any) -> str:
     pooling = value or "gap"
-    if pooling not in SERVED_POOLINGS:
-        raise ServiceError(400, "invalid_parameter", f"unknown pooling {pooling!r}; accepted: {', '.join(SERVED_POOLINGS)}")
+    if pooling not in POOLINGS:
+        raise ServiceError(400, "invalid_parameter", f"unknown pooling {pooling!r}; accepted: {', '.join(POOLINGS)}")
     return pooling
 
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from curation.results import RESULTS
+from hub.layers import FEATURE_LAYERS
 
 # ---------------------------------------------------------------------------------------------------------------
 # Requests
@@ -22,12 +23,15 @@ from curation.results import RESULTS
 # image is still refused (415): no schema can say which bytes are an image.
 BASE64_IMAGE = r"^(data:[^,;]*(;[^,;]*)*;base64,)?(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 IMAGE_STRING = {"contentEncoding": "base64", "pattern": BASE64_IMAGE, "minLength": 4}
-# the layers a ResNet serves, comma-separated (the query string's form)
-LAYERS_LIST = r"^\s*(feature[1-5]|avgpool)\s*(,\s*(feature[1-5]|avgpool)\s*)*$"
-LAYER_NAME = r"^(feature[1-5]|avgpool)$"
-POOLING = {"enum": ["gap", "mhead", None]}
-ENCODING = {"enum": ["float", "base64", None]}
-BOOLEAN_TEXT = {"enum": ["true", "false", "1", "0", "yes", "no", "on", "off"]}  # a query string's booleans
+# The options' vocabularies: what the handlers parse (service/server/pipeline.py) and what the schema declares
+POOLINGS: tuple[str, ...] = ("gap", "mhead")
+ENCODINGS: tuple[str, ...] = ("float", "base64")
+TRUE_WORDS: tuple[str, ...] = ("true", "1", "yes", "on")  # a query string's or a form's booleans
+FALSE_WORDS: tuple[str, ...] = ("false", "0", "no", "off")
+BOOLEAN_TEXT = {"enum": [word for pair in zip(TRUE_WORDS, FALSE_WORDS) for word in pair]}
+_LAYER = "|".join((*FEATURE_LAYERS, "avgpool"))
+LAYER_NAME = rf"^({_LAYER})$"
+LAYERS_LIST = rf"^\s*({_LAYER})\s*(,\s*({_LAYER})\s*)*$"  # comma-separated: the query string's form
 
 
 class EmbedBody(BaseModel):
@@ -40,10 +44,11 @@ class EmbedBody(BaseModel):
                       Field(json_schema_extra={"minItems": 1})] | Annotated[
         str, Field(json_schema_extra={"pattern": LAYERS_LIST})] | None = Field(
         None, description="feature1..feature5, avgpool (list or comma-separated)")
-    pooling: str | None = Field(None, description="gap (default) or mhead", json_schema_extra=POOLING)
+    pooling: str | None = Field(None, description="gap (default) or mhead",
+                                json_schema_extra={"enum": [*POOLINGS, None]})
     normalize: bool | None = Field(None, description="L2-normalize each embedding (default false)")
     encoding: str | None = Field(None, description="float (default) or base64 (little-endian float32)",
-                                 json_schema_extra=ENCODING)
+                                 json_schema_extra={"enum": [*ENCODINGS, None]})
 
 
 class OpenAIEmbeddingsBody(BaseModel):

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -85,9 +87,6 @@ def test_the_api_holds_to_its_schema_under_fuzzing(every_kind, tmp_path):
     """Schemathesis' own CLI (``st run``), every check, a fixed seed, against the server of a folder whose curation
     holds every kind of row, with its API key: its exit status is the verdict (0 failures, no 5xx). Positive data
     acceptance included: a request the schema accepts gets no 400 or 422."""
-    import subprocess
-    import sys
-
     pytest.importorskip("schemathesis")
     url = every_kind["url"]
     config = tmp_path / "schemathesis.toml"

@@ -66,3 +66,23 @@ def start_server(model, *extra: str) -> tuple[subprocess.Popen, str]:
         time.sleep(0.2)
     processes.stop(proc)
     raise AssertionError("server did not become ready")
+
+
+def read_response(sock: socket.socket) -> str:
+    """One whole HTTP response from ``sock``: its head, then as many body bytes as its Content-Length says (they
+    may come in a later segment than the head)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            return data.decode("latin-1")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), 0)
+    while len(body) < length:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        body += chunk
+    return (head + b"\r\n\r\n" + body).decode("latin-1")

@@ -23,8 +23,10 @@ from service.server.pipeline import (
 from service.server.schemas import (
     BOOLEAN_TEXT,
     EMBED_ERRORS,
+    ENCODINGS,
     LAYERS_LIST,
     MULTIPART_EMBED_SCHEMA,
+    POOLINGS,
     EmbedBody,
     EmbedResponse,
     OpenAIEmbeddingsBody,
@@ -64,11 +66,11 @@ async def embed(request: Request, state: ReadyState, _: Auth,
                 layers: str | None = Query(None, description="comma-separated: feature1..feature5, avgpool",
                                            json_schema_extra={"pattern": LAYERS_LIST}),
                 pooling: str | None = Query(None, description="gap (default) or mhead",
-                                            json_schema_extra={"enum": ["gap", "mhead"]}),
+                                            json_schema_extra={"enum": list(POOLINGS)}),
                 normalize: str | None = Query(None, description="L2-normalize each embedding (default false)",
                                               json_schema_extra=BOOLEAN_TEXT),
                 encoding: str | None = Query(None, description="float (default) or base64 (little-endian float32)",
-                                             json_schema_extra={"enum": ["float", "base64"]}),
+                                             json_schema_extra={"enum": list(ENCODINGS)}),
                 ) -> NumpyJSONResponse:
     query = {"layers": layers, "pooling": pooling, "normalize": normalize, "encoding": encoding}
     ctype = request.headers.get("content-type", "").lower()

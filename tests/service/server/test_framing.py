@@ -5,7 +5,6 @@ Every client must read its status code: none may get a reset where an answer was
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import socket
@@ -18,16 +17,15 @@ import pytest
 from PIL import Image
 
 from tests.support import processes
-from tests.support.server import start_server
+from tests.support.images import image_bytes
+from tests.support.server import read_response, start_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.exclusive]  # uploads timed against a draining server: alone
 
 
 def _jpeg(side: int, seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
-    return buf.getvalue()
+    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    return image_bytes(Image.fromarray(pixels), "JPEG", quality=90)
 
 
 def _multipart(images: list[bytes]) -> bytes:
@@ -42,24 +40,13 @@ def _head(length: int, extra: bytes = b"") -> bytes:
 
 
 def _answer(sock: socket.socket) -> tuple[int, str]:
-    """The status code and head of the response on ``sock``, its body read by its Content-Length; then the
+    """The status code and head of the response on ``sock`` (its body read by its Content-Length); then the
     connection must end as the server said (an orderly close, or open for the next request). A reset anywhere
     raises: that is what a client sees where an answer was due."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionAbortedError(f"closed without an answer (after {data[:200]!r})")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    text = head.decode("latin-1").lower()
-    length = int(next((line.split(":", 1)[1] for line in text.split("\r\n") if line.startswith("content-length:")),
-                      "0"))
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionAbortedError("closed in the middle of the answer")
-        body += chunk
+    response = read_response(sock)
+    if not response.startswith("HTTP/1.1 "):
+        raise ConnectionAbortedError(f"closed without an answer (after {response[:200]!r})")
+    text = response.partition("\r\n\r\n")[0].lower()
     status = int(text.split(" ", 2)[1])
     if "connection: close" in text or status == 503:
         sock.settimeout(10)  # a refusal before the body: the connection ends after it (a timeout if it does not),

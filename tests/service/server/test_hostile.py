@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from tests.support import processes
-from tests.support.server import start_server
+from tests.support.server import read_response, start_server
 
 psutil = pytest.importorskip("psutil")
 
@@ -163,26 +163,6 @@ def _slow_client(port: int, length: int, sent: int) -> socket.socket:
     return sock
 
 
-def _response(sock) -> str:
-    """One whole HTTP response from ``sock``: its head, then as many body bytes as its Content-Length says (they
-    may come in a later segment than the head)."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(4096)
-        if not chunk:
-            return data.decode("latin-1")
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                   if line.lower().startswith(b"content-length:")), 0)
-    while len(body) < length:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        body += chunk
-    return (head + b"\r\n\r\n" + body).decode("latin-1")
-
-
 def test_a_full_server_refuses_before_the_body_and_slow_clients_that_vanish_cost_nothing(trained_model):
     """Two requests fill a server of --max-concurrent-requests 2; the third gets 503 + Retry-After at once, with
     most of its announced 20 MB never sent. Clients that vanish mid-body free their places; the server answers
@@ -198,7 +178,7 @@ def test_a_full_server_refuses_before_the_body_and_slow_clients_that_vanish_cost
         started = time.monotonic()
         full = _slow_client(port, 20_000_000, 0)
         full.settimeout(10)
-        answer = _response(full)
+        answer = read_response(full)
         waited = time.monotonic() - started
         full.close()
         for sock in holders:  # vanish mid-body
