@@ -128,9 +128,15 @@ def output_name(layer: str, pooling: str) -> str:
     return layer if pooling == "gap" or layer == "avgpool" else f"{layer}.mhead"
 
 
-def serving_outputs(stem: str, input_size: int) -> list[str]:
+def map_name(layer: str) -> str:
+    """Name of a layer's whole map ``(B, C, H, W)`` as an extra output (region vectors are pooled from it)."""
+    return f"{layer}.map"
+
+
+def serving_outputs(stem: str, input_size: int, maps: tuple[str, ...] = ()) -> list[str]:
     """Outputs of the serving graph (ONNX and the torch backend), in order: ``feature1``..``feature5`` and
-    ``avgpool`` (gap), then ``featureK.mhead`` for every layer where the mhead rule applies."""
+    ``avgpool`` (gap), then ``featureK.mhead`` for every layer where the mhead rule applies, then the whole maps
+    of ``maps`` (``featureK.map``: only a graph made for region vectors carries them)."""
     mhead = []
     for layer, side in zip(FEATURE_LAYERS, feature_sizes(stem, input_size)):
         try:
@@ -138,7 +144,7 @@ def serving_outputs(stem: str, input_size: int) -> list[str]:
             mhead.append(output_name(layer, "mhead"))
         except LayerError:
             pass
-    return [*FEATURE_LAYERS, "avgpool", *mhead]
+    return [*FEATURE_LAYERS, "avgpool", *mhead, *(map_name(layer) for layer in maps)]
 
 
 def layer_dims(architecture: str, stem: str, input_size: int) -> dict[str, dict[str, int | None]]:

@@ -154,16 +154,20 @@ class BYOLModel(HubIOMixin, nn.Module):
                 out[name] = self.pool(name, maps[name], pooling)
         return out
 
-    def serving_outputs(self, pixel_values: Tensor) -> dict[str, Tensor]:
+    def serving_outputs(self, pixel_values: Tensor, maps: Sequence[str] = ()) -> dict[str, Tensor]:
         """Every served output, named and ordered as :func:`hub.layers.serving_outputs` says (the ONNX
-        graph's outputs): gap of each stage, ``avgpool``, then the ``.mhead`` poolings that apply."""
-        names = serving_outputs(self.config.stem, self.config.input_size)
-        maps = self.feature_maps(pixel_values, FEATURE_LAYERS)
-        out = {name: maps[name].mean(dim=(2, 3)) for name in FEATURE_LAYERS}
+        graph's outputs): gap of each stage, ``avgpool``, then the ``.mhead`` poolings that apply, then the whole
+        maps of the layers in ``maps`` (``featureK.map``, for region vectors)."""
+        names = serving_outputs(self.config.stem, self.config.input_size, tuple(maps))
+        fmaps = self.feature_maps(pixel_values, FEATURE_LAYERS)
+        out = {name: fmaps[name].mean(dim=(2, 3)) for name in FEATURE_LAYERS}
         out["avgpool"] = out["feature5"]
         for name in names[len(out):]:
-            layer = name.removesuffix(".mhead")
-            out[name] = self.pool(layer, maps[layer], "mhead")
+            if name.endswith(".map"):
+                out[name] = fmaps[name.removesuffix(".map")]
+            else:
+                layer = name.removesuffix(".mhead")
+                out[name] = self.pool(layer, fmaps[layer], "mhead")
         return out
 
     def forward(self, pixel_values: Tensor) -> Tensor:

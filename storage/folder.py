@@ -18,6 +18,13 @@ the server read it.
     emb/curation/                  duplicates, outliers, leaks (``byol-embed dedup`` / ``outliers`` / ``leaks``)
     emb/.lock                      held by the writer (two runs never share a folder)
     emb/index/                     the FAISS index and its id table (``byol-embed index``)
+    emb/regions/codec-<sha>.npz    a run with ``--regions``: the reduction its region codes were made with (the
+                                   PCA fitted on a sample of the first run's regions, the windows of the grid)
+    emb/regions/index/             the region index (``byol-embed index`` builds it where the shards have regions)
+
+Regions. A run with ``--regions LAYER`` adds two columns to every shard: ``region_codes`` (each window of the
+layer's grid as int8 codes, windows x dims a row) and ``region_seen`` (left, top, side: the square of the image, in
+its pixels, that the model saw; a window's box follows from it and the codec's windows).
 
 Generations. A run plans in ``pending.json``, writes its shards (each whole, then its done marker), and commits
 by replacing ``manifest.json`` in one step (on disk a rename, on object storage one PUT, fenced by the lock): a
@@ -55,6 +62,9 @@ PENDING = "pending.json"
 GENERATIONS = "generations"
 CURATION = "curation"  # the curation results' folder (declared one by one in curation/results.py)
 INDEX = "index"  # the FAISS index and its id table
+REGIONS = "regions"  # a run's region codec and the region index
+REGION_CODES = "region_codes"
+REGION_SEEN = "region_seen"
 FORMAT = "byol-embeddings/2"
 # image statistics per row (service/embed/image_stats.py computes them), stored as quality_<name> float32 columns
 QUALITY_STATS = ("width", "height", "brightness", "contrast", "blur", "entropy", "noise", "sharpness", "shadows",
@@ -65,7 +75,7 @@ KEEP_GENERATIONS = 2  # the shards of the current and the previous generation st
 # what every generation of a folder shares (the settings that change the vectors, and where the input is): another
 # value is refused; the input's content may change (an append)
 SETTINGS_FIELDS = ("model_id", "revision", "weights_sha256", "layers", "pooling", "normalize", "dtype",
-                   "preprocessing", "decode", "input", "input_kind", "source_options")
+                   "preprocessing", "decode", "input", "input_kind", "source_options", "regions")
 # what a pending run must agree on to be resumed
 IDENTITY_FIELDS = SETTINGS_FIELDS + ("input_fingerprint", "input_count", "shard_size", "generation",
                                      "base_generation")
@@ -86,6 +96,10 @@ def done_name(shard: int | str) -> str:
     """The done marker of a shard (its name, or its index in the first generation)."""
     name = shard_name(shard) if isinstance(shard, int) else shard
     return name[:-len(".parquet")] + ".done"
+
+
+def codec_name(sha256: str) -> str:
+    return f"{REGIONS}/codec-{sha256[:16]}.npz"
 
 
 def generation_name(generation: int) -> str:
@@ -120,6 +134,10 @@ class Manifest:
     base_generation: int = 0  # a pending run: the generation it builds on (0: none)
     work: dict[str, Any] = field(default_factory=dict)  # a pending run: its plan's digest and the shards it rewrites
     changes: dict[str, Any] = field(default_factory=dict)  # what this generation changed: added, changed, dropped...
+    regions: dict[str, Any] = field(default_factory=dict)  # --regions: {"layer", "dims"}; empty: no regions
+    # the codec the region codes were made with: {"file", "sha256", "windows", "grid"} (kept by every later
+    # generation: appended images are reduced as the first run's were); empty before the first run fits it
+    region_codec: dict[str, Any] = field(default_factory=dict)
 
     @property
     def shard_count(self) -> int:
@@ -248,6 +266,7 @@ def clear_outputs(folder: Path | Store) -> None:
         for name in store.names(pattern):
             store.remove(name)
     store.remove_tree(INDEX)
+    store.remove_tree(REGIONS)
     store.remove_tree(CURATION)
     store.remove_tree(GENERATIONS)
     store.remove(PENDING)
@@ -329,6 +348,8 @@ class ShardRows:
     name: str = ""  # the shard's file name (default: the first generation's name of ``index``)
     quality: np.ndarray | None = None  # (rows, len(QUALITY_STATS)) float32, NaN where not measured; None: none
     locators: list[str | None] = field(default_factory=list)  # where each image's bytes are; empty: not recorded
+    region_codes: np.ndarray | None = None  # (rows, windows, dims) int8 where the run has regions
+    region_seen: np.ndarray | None = None  # (rows, 3) float32: left, top, side of the square the model saw
 
     def __post_init__(self) -> None:
         self.name = self.name or shard_name(self.index)
@@ -347,6 +368,9 @@ def arrow_schema(manifest: Manifest):
               pa.field("locator", pa.string())]
     fields += [pa.field(layer, pa.list_(value, manifest.dims[layer])) for layer in manifest.layers]
     fields += [pa.field(name, pa.float32()) for name in QUALITY_COLUMNS]
+    if manifest.regions:
+        width = int(manifest.region_codec["windows"]) * int(manifest.regions["dims"])
+        fields += [pa.field(REGION_CODES, pa.list_(pa.int8(), width)), pa.field(REGION_SEEN, pa.list_(pa.float32(), 3))]
     return pa.schema(fields, metadata=manifest.schema_metadata())
 
 
@@ -376,6 +400,13 @@ def write_shard(folder: Path | Store, manifest: Manifest, rows: ShardRows, *, ma
     for c in range(len(QUALITY_COLUMNS)):
         values = np.asarray(quality[:, c], np.float32)
         columns.append(pa.array(values, pa.float32(), mask=np.isnan(values)))
+    if manifest.regions:
+        mask = pa.array(~ok) if not ok.all() else None
+        codes = np.ascontiguousarray(rows.region_codes, np.int8).reshape(-1)
+        columns.append(pa.FixedSizeListArray.from_arrays(pa.array(codes, pa.int8()), schema.field(REGION_CODES).type.list_size,
+                                                         mask=mask))
+        seen = np.ascontiguousarray(rows.region_seen, np.float32).reshape(-1)
+        columns.append(pa.FixedSizeListArray.from_arrays(pa.array(seen, pa.float32()), 3, mask=mask))
     table = pa.Table.from_arrays(columns, schema=schema)
     # durable before its done marker is written
     store.write_with(rows.name, lambda tmp: pq.write_table(table, tmp, compression="zstd",

@@ -31,6 +31,7 @@ from tests.support.images import (
     skimage_data_dir,
 )
 from tests.support.models import randomize_bn, train_test_model
+from tests.support.planted import COUNT, LAYER, PER_OBJECT, write_planted
 from tests.support.s3 import S3, S3_ENV
 from tests.support.server import make_client
 
@@ -115,6 +116,38 @@ def emb(tmp_path_factory, trained_model) -> Path:
     for argv in (["run", "--model", str(trained_model), "--input", str(images), "--output", str(out), "--no-progress"],
                  ["index", str(out)], ["dedup", str(out), "--no-progress", "--threshold", "0.86"], ["outliers", str(out), "--no-progress"]):
         assert embed_main(argv) == 0, argv
+    return out
+
+
+@pytest.fixture(scope="session")
+def region_model(trained_model, tmp_path_factory):
+    """The test model's weights seen at 128² (it was trained at 64², where feature3 is an 8x8 grid of cells that
+    each see most of the image): the same weights, another preprocessing, saved as a user would."""
+    import dataclasses
+
+    from hub import BYOLModel
+
+    model = BYOLModel.from_pretrained(trained_model)
+    model.config.preprocessing = dataclasses.replace(model.config.preprocessing, crop_size=128, resize_size=146)
+    folder = tmp_path_factory.mktemp("model128") / "model"
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def planted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("planted")
+    holds, boxes = write_planted(root, COUNT, PER_OBJECT)
+    return root, holds, boxes
+
+
+@pytest.fixture(scope="session")
+def regions_emb(region_model, planted, tmp_path_factory):
+    root, _, _ = planted
+    out = tmp_path_factory.mktemp("regions") / "emb"
+    assert embed_main(["run", "--model", str(region_model), "--input", str(root / "images"), "--output", str(out),
+                 "--regions", LAYER, "--shard-size", "20", "--no-progress"]) == 0
+    assert embed_main(["index", str(out)]) == 0
     return out
 
 

@@ -28,19 +28,20 @@ INPUT_NAME = "pixel_values"
 
 
 class _OnnxGraph(nn.Module):
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, maps: tuple[str, ...] = ()) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.maps = model, maps
 
     def forward(self, pixel_values: Tensor) -> tuple[Tensor, ...]:
-        return tuple(self.model.serving_outputs(pixel_values).values())
+        return tuple(self.model.serving_outputs(pixel_values, self.maps).values())
 
 
-def export_onnx(model: Any, path: str | Path, *, opset: int = ONNX_OPSET) -> Path:
-    """Write the serving graph to ``path`` and record it in ``model.config.onnx``."""
-    outputs = serving_outputs(model.config.stem, model.config.input_size)
+def export_onnx(model: Any, path: str | Path, *, opset: int = ONNX_OPSET, maps: tuple[str, ...] = ()) -> Path:
+    """Write the serving graph to ``path`` and record it in ``model.config.onnx``; ``maps``: layers whose whole
+    map the graph also gives (``featureK.map``, the graph a run with region vectors uses)."""
+    outputs = serving_outputs(model.config.stem, model.config.input_size, tuple(maps))
     size = model.config.input_size
-    graph = _OnnxGraph(model).eval()
+    graph = _OnnxGraph(model, tuple(maps)).eval()
     dummy = torch.zeros(1, 3, size, size)
 
     def write(tmp: str) -> None:

@@ -280,6 +280,7 @@ class LoadedIndex:
     sha256: list[str | None] | None = None  # each row's image bytes' hash (exact duplicates of a query)
     labels: np.ndarray | None = None  # each row's FAISS label, where they are not the positions (an updated IVF)
     locators: Any = None  # pyarrow string array: where each row's image bytes are (None: an older index)
+    regions: Any = None  # service.embed.region_index.LoadedRegionIndex, where the server found one beside it
 
     @property
     def generation(self) -> int:

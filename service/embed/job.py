@@ -10,6 +10,7 @@ passes through it). Input and output may be local paths or fsspec URLs (``s3://.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import queue
 import signal
@@ -19,16 +20,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from curation.errors import CurationError
+from curation.regions import REGION_DIMS, RegionCodec
+from hub.hardware import usable_cpus
 from hub.hub_io import ResolvedModel
-from hub.layers import check_layers, output_name, serving_outputs
+from hub.layers import FEATURE_LAYERS, check_layers, feature_sizes, map_name, output_name, serving_outputs
 from service.embed.errors import EmbedJobError
 from service.embed.index import has_index, update_index
 from service.embed.local_engine import run_local
+from service.embed.pipeline import read_ahead
 from service.embed.ray_engine import run_ray
-from service.runtime.factory import build_streamed_backend, resolve_for_backend
+from service.embed.region_index import has_region_index, update_region_index
+from service.runtime.factory import build_backend, build_streamed_backend, resolve_for_backend
 from service.runtime.onnx import onnx_path
 from service.runtime.settings import RuntimeSettings
 from storage.changes import Changes, plan_changes
@@ -40,6 +46,7 @@ from storage.folder import (
     Manifest,
     ShardRows,
     clear_outputs,
+    codec_name,
     commit_generation,
     done_name,
     mark_done,
@@ -56,6 +63,7 @@ from storage.store import Store
 logger = logging.getLogger(__name__)
 POOLINGS = ("gap", "mhead")
 DTYPES = ("float32", "float16")
+REGION_LAYERS = FEATURE_LAYERS[2:]  # feature3..feature5: finer grids' cells see too little of a part
 
 
 @dataclass
@@ -82,6 +90,7 @@ class EmbedSettings:
     dry_run: bool = False  # plan only: what would be added, embedded again and dropped
     keep_generations: int = KEEP_GENERATIONS  # generations whose shards stay (readers one behind find theirs)
     update_index: bool = True  # an index the folder has follows each new generation
+    regions: str | None = None  # a feature layer whose grid's windows are stored as region codes (--regions)
     # fsspec options for URLs of --input and --output (endpoint_url, anon, ...): never logged nor recorded
     storage_options: dict[str, Any] = field(default_factory=dict, repr=False)
     break_lock: bool = False
@@ -105,6 +114,14 @@ class EmbedSettings:
             raise EmbedJobError(f"--batch-size must be positive, got {self.batch_size}")
         if self.keep_generations < 1:
             raise EmbedJobError(f"--keep-generations must be >= 1, got {self.keep_generations}")
+        if self.regions is not None and self.regions not in REGION_LAYERS:
+            raise EmbedJobError(f"--regions {self.regions!r}: region vectors come from a layer's grid; accepted: "
+                                f"{', '.join(REGION_LAYERS)}")
+
+    @property
+    def maps(self) -> tuple[str, ...]:
+        """Layers whose whole maps the backend must give (the region layer)."""
+        return (self.regions,) if self.regions else ()
 
 
 def build_manifest(settings: EmbedSettings, resolved: ResolvedModel, source: ImageSource, outputs: list[str]) -> Manifest:
@@ -116,13 +133,20 @@ def build_manifest(settings: EmbedSettings, resolved: ResolvedModel, source: Ima
     if len(source) == 0:
         raise EmbedJobError(f"{settings.input} holds no images")
     dims = {layer: int(config.dims(settings.pooling if layer != "avgpool" else "gap")[layer]) for layer in settings.layers}
+    regions: dict[str, Any] = {}
+    if settings.regions:
+        grid = feature_sizes(config.stem, config.input_size)[FEATURE_LAYERS.index(settings.regions)]
+        if grid < 2:
+            raise EmbedJobError(f"--regions {settings.regions}: this model's {settings.regions} is a {grid}x{grid} "
+                                "grid at its input size; take an earlier layer")
+        regions = {"layer": settings.regions, "dims": REGION_DIMS}
     model_id = str(resolved.folder.resolve()) if not resolved.from_hub else resolved.model_id
     return Manifest(model_id=model_id, revision=resolved.revision, weights_sha256=config.weights_sha256,
                     architecture=config.architecture, layers=list(settings.layers), pooling=settings.pooling,
                     normalize=settings.normalize, dtype=settings.dtype, dims=dims,
                     preprocessing=config.to_dict()["preprocessing"], input=shown(settings.input),
                     input_kind=source.kind, input_fingerprint=source.fingerprint(), input_count=len(source),
-                    shard_size=settings.shard_size, source_options=settings.source_options())
+                    shard_size=settings.shard_size, source_options=settings.source_options(), regions=regions)
 
 
 @dataclass
@@ -146,6 +170,7 @@ class JobSummary:
     up_to_date: bool = False  # nothing to do: the input is the one the generation was made from
     dry_run: bool = False
     index: str = ""  # what happened to the folder's index (updated in place, rebuilt and why, or nothing)
+    regions: dict[str, Any] = field(default_factory=dict)  # --regions: layer, windows, fit_s, encode_s
 
     def line(self) -> str:
         if self.dry_run:
@@ -169,6 +194,13 @@ class JobSummary:
             f" [append to generation {self.base_generation}: {self.changes['added']} added, {self.changes['changed']} "
             f"changed, {self.changes['gone']} gone, {self.changes['unchanged']} unchanged]")
         index = f"; index {self.index}" if self.index else ""
+        if self.regions:
+            r = self.regions
+            extra = r.get("fit_s", 0.0) + r.get("encode_s", 0.0)
+            index += (f"; regions of {r['layer']} ({r['windows']} windows an image): codec "
+                      f"{'fitted on ' + str(r['sample']) + ' images in ' + format(r['fit_s'], '.1f') + ' s' if r.get('fit_s') else 'of the folder'}"
+                      f", codes {r.get('encode_s', 0.0):.1f} s: +{extra:.1f} s, "
+                      f"{100 * extra / max(self.seconds - extra, 1e-9):.0f} % over the run without them")
         return (f"{state}: {self.images} images ({self.errors} errors) in {self.shards_written} new shards "
                 f"({self.shards_skipped} already done, {self.shards_total} in the plan), {self.seconds:.1f} s, "
                 f"{rate:.1f} images/s (start-up {self.startup_s:.1f} s, then {self.steady_images_per_s:.1f} "
@@ -232,6 +264,7 @@ class ShardWriter:
         self.error: BaseException | None = None
         # counts only: the rows themselves go once written (the job's memory does not grow with the dataset)
         self.shards = self.images = self.errors = 0
+        self.regions_s = 0.0  # seconds spent encoding region codes (the local engine's, and each actor's)
         self.error_examples: list[str] = []
         self.thread = threading.Thread(target=self._run, name="byol-embed-writer", daemon=True)
         self.thread.start()
@@ -247,6 +280,7 @@ class ShardWriter:
         self.shards += 1
         self.images += ack["rows"]
         self.errors += ack["errors"]
+        self.regions_s += ack.get("regions_s", 0.0)
         self.error_examples += ack["error_examples"][:5 - len(self.error_examples)]
 
     def put(self, rows: ShardRows) -> None:
@@ -281,8 +315,8 @@ def run_job(settings: EmbedSettings) -> JobSummary:
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="byol-list") as lister:
         storage = lister.submit(reach_storage)
         try:
-            resolved = resolve_for_backend(runtime)
-            backend = build_streamed_backend(resolved, runtime) if settings.engine == "local" else None
+            resolved = resolve_for_backend(runtime, settings.maps)
+            backend = build_streamed_backend(resolved, runtime, settings.maps) if settings.engine == "local" else None
         except BaseException:
             storage.result()  # a bad input or output is said first, before a model's error
             raise
@@ -366,6 +400,13 @@ def _run_job(settings: EmbedSettings, runtime: RuntimeSettings, resolved: Resolv
             summary.seconds = time.perf_counter() - started
             return summary
         work_source = source if changes is None else SubsetSource(source, changes.work)
+        codec = None
+        if pending.regions:
+            codec, pending.region_codec, fitted = _region_codec(out, pending, committed, work_source, resolved,
+                                                                backend, runtime, settings)
+            summary.regions = {"layer": pending.regions["layer"], "windows": pending.region_codec["windows"]}
+            if fitted:
+                summary.regions.update(sample=pending.region_codec["sample"], fit_s=pending.region_codec["fit_s"])
         todo = prepare_folder(out, pending)
         summary.generation, summary.base_generation, summary.changes = (pending.generation, pending.base_generation,
                                                                         pending.changes)
@@ -383,7 +424,7 @@ def _run_job(settings: EmbedSettings, runtime: RuntimeSettings, resolved: Resolv
         writer = ShardWriter(out, pending)
         try:
             if settings.engine == "local" and shards:
-                run_local(settings, work_source, pending, resolved, backend, shards, writer, bar, stop)
+                run_local(settings, work_source, pending, resolved, backend, shards, writer, bar, stop, codec)
             elif shards:
                 if runtime.backend == "onnx":  # export a missing graph once here, not in every actor at once
                     onnx_path(resolved, "fp32")
@@ -392,6 +433,8 @@ def _run_job(settings: EmbedSettings, runtime: RuntimeSettings, resolved: Resolv
             writer.close()
             bar.close()
         summary.shards_written, summary.images, summary.errors = writer.shards, writer.images, writer.errors
+        if summary.regions:
+            summary.regions["encode_s"] = writer.regions_s
         summary.error_examples = writer.error_examples
         summary.interrupted = stop.stopped and summary.shards_written + summary.shards_skipped < pending.shard_count
         if not summary.interrupted:
@@ -406,6 +449,57 @@ def _run_job(settings: EmbedSettings, runtime: RuntimeSettings, resolved: Resolv
         if ended > bar.first_at:
             summary.steady_images_per_s = (bar.count - bar.first_count) / (ended - bar.first_at)
     return summary
+
+
+REGION_SAMPLE = 256  # images whose regions the codec's PCA is fitted on (256 x 36 windows: ~9 k vectors)
+
+
+def _region_codec(out: Store, pending: Manifest, committed: Manifest | None, source: ImageSource,
+                  resolved: ResolvedModel, backend: Any, runtime: RuntimeSettings, settings: EmbedSettings
+                  ) -> tuple[RegionCodec, dict[str, Any], bool]:
+    """The codec this generation's region codes are made with: the folder's (an append, or a resumed run), else
+    fitted now on :data:`REGION_SAMPLE` images spread over the input and written to ``regions/`` before any
+    shard (a rerun and every Ray actor read it from there)."""
+    for known in (committed, Manifest.load_pending(out)):
+        if known is not None and known.regions == pending.regions and known.region_codec:
+            try:
+                return RegionCodec.from_bytes(out.read_bytes(known.region_codec["file"])), known.region_codec, False
+            except FileNotFoundError:
+                if known is committed:
+                    raise FolderError(f"{out} lost its region codec {known.region_codec['file']}; its region codes "
+                                      "cannot be extended: run again with --overwrite") from None
+    started = time.perf_counter()
+    layer = pending.regions["layer"]
+    count = min(REGION_SAMPLE, len(source))
+    picks = sorted(set(np.linspace(0, len(source) - 1, count).round().astype(int).tolist()))
+    backend = backend or build_backend(resolved, runtime, settings.maps)
+
+    def batches():
+        with ThreadPoolExecutor(max_workers=max(2, usable_cpus()), thread_name_prefix="byol-decode") as pool:
+            batch: list[np.ndarray] = []
+            for item in read_ahead(source, resolved.config, pool, picks, batch_size=settings.batch_size,
+                                   max_pixels=runtime.max_pixels):
+                if item.error is None:
+                    batch.append(item.pixels)
+                if len(batch) == settings.batch_size:
+                    yield backend.run(np.stack(batch))[map_name(layer)]
+                    batch = []
+            if batch:
+                yield backend.run(np.stack(batch))[map_name(layer)]
+
+    try:
+        codec = RegionCodec.fit_maps(batches(), dims=pending.regions["dims"])
+    except ValueError:
+        raise EmbedJobError(f"none of the {len(picks)} images sampled to fit the region codec could be read") from None
+    data = codec.to_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    name = codec_name(digest)
+    out.write_bytes(name, data)
+    fit_s = round(time.perf_counter() - started, 2)
+    logger.info("regions of %s: %d windows an image (a %dx%d grid), codec fitted on %d images in %.1f s (%s)", layer,
+                len(codec.windows), codec.grid, codec.grid, len(picks), fit_s, name)
+    return codec, {"file": name, "sha256": digest, "windows": len(codec.windows), "grid": codec.grid,
+                   "sample": len(picks), "fit_s": fit_s}, True
 
 
 def _rewrite(out: Store, pending: Manifest, committed: Manifest | None) -> None:
@@ -424,13 +518,19 @@ def _rewrite(out: Store, pending: Manifest, committed: Manifest | None) -> None:
 def _follow_index(out: Store, committed: Manifest, settings: EmbedSettings) -> str:
     """Bring the folder's index (if it has one) to the committed generation: in place where the index type
     allows, else rebuilt; what was done, in words."""
-    if not settings.update_index or not has_index(out):
+    if not settings.update_index:
         return ""
-    try:
-        return update_index(out)["action"]
-    except (EmbedJobError, CurationError, FolderError) as err:  # the generation is committed; the index stays
-        logger.warning("the index was left at its generation: %s; run `byol-embed index %s` once fixed", err, out)
-        return f"left behind ({err})"
+    done = []
+    for name, has, update in (("", has_index, update_index), ("region index ", has_region_index, update_region_index)):
+        if not has(out):
+            continue
+        try:
+            done.append(name + update(out)["action"])
+        except (EmbedJobError, CurationError, FolderError) as err:  # the generation is committed; the index stays
+            logger.warning("the %sindex was left at its generation: %s; run `byol-embed index %s` once fixed", name,
+                           err, out)
+            done.append(f"{name}left behind ({err})")
+    return "; ".join(done)
 
 
 def _dry_run(out: Store, fresh: Manifest, committed: Manifest | None, source: ImageSource, settings: EmbedSettings,

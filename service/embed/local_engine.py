@@ -20,9 +20,9 @@ from storage.sources import ImageSource
 
 
 def run_local(settings: Any, source: ImageSource, manifest: Manifest, resolved: ResolvedModel, backend: Backend,
-              shards: list[dict[str, Any]], writer: Any, bar: Any, stop: Any) -> None:
+              shards: list[dict[str, Any]], writer: Any, bar: Any, stop: Any, codec: Any = None) -> None:
     """Embed ``shards`` (``settings``: the job's ``EmbedSettings``; ``writer``, ``bar``, ``stop``: its shard
-    writer, progress bar and stop flag)."""
+    writer, progress bar and stop flag; ``codec``: the folder's region codec where the run has regions)."""
     workers = settings.workers or max(2, usable_cpus())
     max_pixels = settings.runtime.max_pixels
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="byol-decode") as pool:
@@ -32,6 +32,9 @@ def run_local(settings: Any, source: ImageSource, manifest: Manifest, resolved: 
         for shard in shards:
             if stop.stopped:
                 break
+            timings: dict[str, float] = {}
             rows = embed_shard(source, manifest, resolved.config, backend, shard, pool, batch_size=settings.batch_size,
-                               max_pixels=max_pixels, on_images=bar.update, decoded=decoded)
+                               max_pixels=max_pixels, on_images=bar.update, decoded=decoded, codec=codec,
+                               timings=timings)
+            writer.regions_s += timings.get("regions_s", 0.0)
             writer.put(rows)

@@ -10,7 +10,8 @@ from functools import cached_property
 import numpy as np
 from PIL import Image
 
-from hub.layers import output_name
+from curation.regions import query_parts
+from hub.layers import map_name, output_name
 from hub.preprocess import preprocess_one
 from service.embed.errors import EmbedJobError
 from service.runtime.factory import build_backend, resolve_for_backend
@@ -24,8 +25,8 @@ class FolderModel:
     """``FolderModel(manifest).embed(images, layer)``: L2-normalized ``(n, dim)`` float32 vectors of PIL images.
     The model is loaded at the first ``embed`` (a command that finds a calibration never loads it)."""
 
-    def __init__(self, manifest: Manifest, *, batch_size: int = 32) -> None:
-        self.manifest, self.batch_size = manifest, batch_size
+    def __init__(self, manifest: Manifest, *, batch_size: int = 32, maps: tuple[str, ...] = ()) -> None:
+        self.manifest, self.batch_size, self.maps = manifest, batch_size, tuple(maps)
 
     @cached_property
     def _loaded(self):
@@ -35,12 +36,12 @@ class FolderModel:
                                 "no more images can be embedded like them")
         settings = RuntimeSettings(model=manifest.model_id, revision=None if manifest.revision.startswith("sha256:")
                                    else manifest.revision)
-        resolved = resolve_for_backend(settings)
+        resolved = resolve_for_backend(settings, self.maps)
         if manifest.made_with_other_weights(resolved.config):
             raise EmbedJobError(f"the model at {manifest.model_id} now has other weights (sha256 "
                                 f"{str(resolved.config.weights_sha256)[:12]}) than the set was embedded with "
                                 f"({manifest.weights_sha256[:12]})")
-        return resolved.config.preprocessing, build_backend(resolved, settings)
+        return resolved.config.preprocessing, build_backend(resolved, settings, self.maps)
 
     def embed(self, images: Sequence[Image.Image], layer: str) -> np.ndarray:
         preprocessing, backend = self._loaded
@@ -51,3 +52,11 @@ class FolderModel:
             pixels = np.stack([preprocess_one(img, preprocessing) for img in chunk])
             out[start:start + len(chunk)] = backend.run(pixels)[name].reshape(len(chunk), -1)
         return l2_normalize(out, out=out)
+
+    def region_parts(self, image: Image.Image, box: tuple[float, float, float, float] | None) -> np.ndarray:
+        """The probes of a query part (:func:`curation.regions.query_parts`) on the folder's region layer."""
+        layer = self.manifest.regions["layer"]
+        if layer not in self.maps:
+            raise ValueError(f"this FolderModel gives no maps of {layer}; make it with maps=({layer!r},)")
+        preprocessing, backend = self._loaded
+        return query_parts(image, box, preprocessing, lambda pixels: backend.run(pixels)[map_name(layer)])

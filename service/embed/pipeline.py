@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
@@ -18,9 +19,10 @@ from typing import Any
 import numpy as np
 
 from curation.image_stats import image_stats
+from curation.regions import RegionCodec, crop_box
 from hub.config import ModelConfig
 from hub.errors import ImageDecodeError
-from hub.layers import output_name
+from hub.layers import map_name, output_name
 from hub.preprocess import decode_image, preprocess_one
 from service.runtime.backend import Backend
 from storage.folder import QUALITY_STATS, Manifest, ShardRows
@@ -150,9 +152,12 @@ def _remote_read_ahead(source: ImageSource, config: ModelConfig, pool: Executor,
 
 def embed_shard(source: ImageSource, manifest: Manifest, config: ModelConfig, backend: Backend, shard: dict[str, Any],
                 pool: Executor, *, batch_size: int, max_pixels: int,
-                on_images: Callable[[int], None] | None = None, decoded: Iterator[Decoded] | None = None) -> ShardRows:
+                on_images: Callable[[int], None] | None = None, decoded: Iterator[Decoded] | None = None,
+                codec: RegionCodec | None = None, timings: dict[str, float] | None = None) -> ShardRows:
     """Embed the items ``shard["start"]:shard["stop"]`` of ``source`` in order (``decoded``: a ``read_ahead``
-    already running over these items, and maybe the next shards'; the shard takes exactly its own from it)."""
+    already running over these items, and maybe the next shards'; the shard takes exactly its own from it).
+    ``codec``: the folder's region codec where the run has regions (the backend then gives the layer's maps);
+    ``timings["regions_s"]`` adds the seconds spent encoding them."""
     start, stop = shard["start"], shard["stop"]
     count = stop - start
     names = {layer: output_name(layer, manifest.pooling) for layer in manifest.layers}
@@ -160,6 +165,14 @@ def embed_shard(source: ImageSource, manifest: Manifest, config: ModelConfig, ba
     errors: list[str | None] = [None] * count
     digests: list[str | None] = [None] * count
     quality = np.full((count, len(QUALITY_STATS)), np.nan, np.float32)
+    region_layer = manifest.regions.get("layer") if manifest.regions else None
+    codes = seen = None
+    if region_layer:
+        if codec is None:
+            raise ValueError("a run with regions needs the folder's region codec")
+        codes = np.zeros((count, len(codec.windows), codec.dims), np.int8)
+        seen = np.zeros((count, 3), np.float32)
+    prep = config.preprocessing
     batch: list[np.ndarray] = []
     rows: list[int] = []
 
@@ -172,6 +185,11 @@ def embed_shard(source: ImageSource, manifest: Manifest, config: ModelConfig, ba
             if manifest.normalize:
                 values = l2_normalize(values)
             vectors[layer][rows] = values
+        if region_layer:
+            started = time.perf_counter()
+            codes[rows] = codec.encode_maps(out[map_name(region_layer)])
+            if timings is not None:
+                timings["regions_s"] = timings.get("regions_s", 0.0) + time.perf_counter() - started
         if on_images:
             on_images(len(batch))
         batch.clear()
@@ -183,6 +201,8 @@ def embed_shard(source: ImageSource, manifest: Manifest, config: ModelConfig, ba
         digests[row] = item.sha256
         if item.stats is not None:
             quality[row] = item.stats
+            if seen is not None:
+                seen[row] = crop_box(int(item.stats[0]), int(item.stats[1]), prep.resize_size, prep.crop_size)
         if item.error is not None:
             errors[row] = item.error
             if on_images:
@@ -196,4 +216,4 @@ def embed_shard(source: ImageSource, manifest: Manifest, config: ModelConfig, ba
     return ShardRows(shard["index"], [source.item_id(i) for i in range(start, stop)],
                      [source.item_path(i) for i in range(start, stop)], errors, vectors, digests,
                      [source.item_version(i) for i in range(start, stop)], shard.get("name", ""), quality,
-                     [source.item_locator(i) for i in range(start, stop)])
+                     [source.item_locator(i) for i in range(start, stop)], codes, seen)

@@ -20,6 +20,7 @@ import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from curation.regions import RegionCodec
 from hub.hardware import usable_cpus
 from service.embed.errors import EmbedJobError
 from service.embed.pipeline import embed_shard
@@ -52,18 +53,22 @@ class ShardWorker:
     def __init__(self, runtime: dict[str, Any], manifest: dict[str, Any], source: Any, store: Any,
                  decode_threads: int, batch_size: int, max_pixels: int) -> None:
         settings = RuntimeSettings(**runtime)
-        self.resolved = resolve_for_backend(settings)
-        self.backend = build_streamed_backend(self.resolved, settings)
         self.manifest = Manifest(**manifest)
+        maps = (self.manifest.regions["layer"],) if self.manifest.regions else ()
+        self.resolved = resolve_for_backend(settings, maps)
+        self.backend = build_streamed_backend(self.resolved, settings, maps)
+        # the folder's region codec, written by the driver before any shard
+        self.codec = RegionCodec.from_bytes(store.read_bytes(self.manifest.region_codec["file"])) if maps else None
         self.source, self.store = source, store  # the driver's listing; the output folder
         self.pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="byol-decode")
         self.batch_size, self.max_pixels = batch_size, max_pixels
 
     def embed(self, shard: dict[str, Any]) -> dict[str, Any]:
         """Embed and write one shard; only its acknowledgement (index, rows, errors) goes back to the driver."""
+        timings: dict[str, float] = {}
         rows = embed_shard(self.source, self.manifest, self.resolved.config, self.backend, shard, self.pool,
-                           batch_size=self.batch_size, max_pixels=self.max_pixels)
-        return write_shard(self.store, self.manifest, rows, mark=False)
+                           batch_size=self.batch_size, max_pixels=self.max_pixels, codec=self.codec, timings=timings)
+        return {**write_shard(self.store, self.manifest, rows, mark=False), "regions_s": timings.get("regions_s", 0.0)}
 
 
 def run_ray(settings: Any, runtime: RuntimeSettings, manifest: Manifest, source: Any, store: Any, shards: list[dict[str, Any]],

@@ -15,10 +15,13 @@ from service.runtime.backend import Backend
 from service.runtime.settings import RuntimeSettings
 
 
-def resolve_for_backend(settings: RuntimeSettings) -> ResolvedModel:
-    """The model folder, fetching from the Hub only what the backend needs (no weights if ONNX is there)."""
+def resolve_for_backend(settings: RuntimeSettings, maps: tuple[str, ...] = ()) -> ResolvedModel:
+    """The model folder, fetching from the Hub only what the backend needs (no weights if ONNX is there; with
+    ``maps``, the weights too: a graph that gives those maps may have to be exported)."""
     kwargs = dict(revision=settings.revision, cache_dir=settings.cache_dir, local_files_only=settings.local_files_only)
     graph = ONNX_INT8_NAME if settings.precision == "int8" else ONNX_NAME
+    if settings.backend == "onnx" and maps:
+        return resolve_model(settings.model, files=(WEIGHTS_NAME,), optional_files=(graph, CARD_NAME), **kwargs)
     if settings.backend == "onnx":
         resolved = resolve_model(settings.model, files=(), optional_files=(graph, CARD_NAME), **kwargs)
         if (resolved.folder / graph).exists():
@@ -65,29 +68,32 @@ class StreamedBackend(Backend):
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
-def build_planned_backend(resolved: ResolvedModel, settings: RuntimeSettings, plan: InferencePlan) -> Backend:
+def build_planned_backend(resolved: ResolvedModel, settings: RuntimeSettings, plan: InferencePlan,
+                          maps: tuple[str, ...] = ()) -> Backend:
     """The backend one stream of ``plan`` runs (its share of the threads)."""
-    return build_backend(resolved, settings.model_copy(update={"threads": plan.threads_per_stream}))
+    return build_backend(resolved, settings.model_copy(update={"threads": plan.threads_per_stream}), maps)
 
 
-def build_streamed_backend(resolved: ResolvedModel, settings: RuntimeSettings) -> Backend:
-    """The backend for one batch at a time (``byol-embed``): each batch split over the ``inference_plan``'s streams."""
+def build_streamed_backend(resolved: ResolvedModel, settings: RuntimeSettings, maps: tuple[str, ...] = ()) -> Backend:
+    """The backend for one batch at a time (``byol-embed``): each batch split over the ``inference_plan``'s streams;
+    ``maps``: layers whose whole maps it also gives (``featureK.map``, for region vectors)."""
     plan = inference_plan(settings)
-    backend = build_planned_backend(resolved, settings, plan)
+    backend = build_planned_backend(resolved, settings, plan, maps)
     return StreamedBackend(backend, plan.streams) if plan.streams > 1 else backend
 
 
-def build_backend(resolved: ResolvedModel, settings: RuntimeSettings) -> Backend:
-    """The backend the settings ask for (imports torch only for the torch backend)."""
+def build_backend(resolved: ResolvedModel, settings: RuntimeSettings, maps: tuple[str, ...] = ()) -> Backend:
+    """The backend the settings ask for (imports torch only for the torch backend); ``maps``: layers whose whole
+    maps it also gives."""
     if settings.backend == "onnx":
         from service.runtime.onnx import OnnxBackend
 
         return OnnxBackend(resolved, precision=settings.precision, threads=settings.threads,
-                           device=settings.device)
+                           device=settings.device, maps=tuple(maps))
     from service.runtime.torch import TorchBackend
 
     return TorchBackend(resolved, device=settings.device, precision=settings.precision,
-                        channels_last=settings.channels_last, threads=settings.threads)
+                        channels_last=settings.channels_last, threads=settings.threads, maps=tuple(maps))
 
 
 __all__ = ["Backend", "InferencePlan", "StreamedBackend", "build_backend", "build_planned_backend",

@@ -13,7 +13,7 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, resolved: ResolvedModel, *, device: str = "cpu", precision: str = "fp32",
-                 channels_last: bool = True, threads: int = 0) -> None:
+                 channels_last: bool = True, threads: int = 0, maps: tuple[str, ...] = ()) -> None:
         import torch
 
         from hub.model import BYOLModel
@@ -31,7 +31,8 @@ class TorchBackend(Backend):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         model = BYOLModel.from_pretrained(resolved.folder)
         self.model = model.to(self.device, self.dtype, memory_format=self.memory_format).eval()
-        self._outputs = serving_outputs(model.config.stem, model.config.input_size)
+        self.maps = tuple(maps)
+        self._outputs = serving_outputs(model.config.stem, model.config.input_size, self.maps)
 
     @property
     def outputs(self) -> list[str]:
@@ -41,5 +42,5 @@ class TorchBackend(Backend):
         torch = self.torch
         with torch.inference_mode():
             x = torch.from_numpy(pixel_values).to(self.device, self.dtype, memory_format=self.memory_format)
-            out = self.model.serving_outputs(x)
+            out = self.model.serving_outputs(x, self.maps)
             return {k: v.float().cpu().numpy() for k, v in out.items()}

@@ -25,7 +25,7 @@ from service.server.admission import announced_length, refuse
 from service.server.errors import DrainingError, ServiceError, error_response, install_error_handlers
 from service.server.index_watch import IndexWatcher
 from service.server.routes import KNOWN_ROUTES, PROBES, ROUTERS, WORK_ROUTES
-from service.server.routes.search import open_search_index
+from service.server.routes.search import RegionQueries, open_search_index
 from service.server.settings import ServiceSettings
 from service.server.state import ServiceState
 
@@ -132,6 +132,7 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
         await asyncio.to_thread(state.backend.warmup, resolved.config.input_size)
         if settings.index:
             outputs = state.backend.outputs
+            state.region_queries = RegionQueries(resolved, settings, plan.threads_per_stream)
             state.index_watch = IndexWatcher(state, lambda: open_search_index(settings, resolved, outputs))
             await state.index_watch.start()
         state.batcher = Batcher(state.backend, max_batch_size=settings.max_batch_size,

@@ -27,6 +27,7 @@ from storage.store import Store
 
 logger = logging.getLogger(__name__)
 META = "index/index.json"
+REGION_META = "regions/index/index.json"  # the region index follows its folder too (replaced after the image index)
 RETRY_S = 60.0  # a version that failed to load is tried again after this long (a new version: at once)
 
 
@@ -50,7 +51,7 @@ class IndexWatcher:
 
     async def start(self) -> None:
         """Serve the index as it is now, then watch it."""
-        self.version = await asyncio.to_thread(self.store.version, META)
+        self.version = await asyncio.to_thread(self._version)
         self._serve(await asyncio.to_thread(self.load))
         if self.interval > 0:
             self.task = asyncio.create_task(self._watch(), name="byol-index-watch")
@@ -63,6 +64,12 @@ class IndexWatcher:
             except asyncio.CancelledError:
                 pass
 
+    def _version(self) -> str | None:
+        """The image index's version, and the region index's where there is one (None: being replaced)."""
+        image = self.store.version(META)
+        regions = self.store.version(REGION_META)
+        return None if image is None else f"{image} {regions or ''}"
+
     def _serve(self, index: Any) -> None:
         state = self.state
         # one step on the event loop: the next request takes the new index, those in flight keep theirs
@@ -72,7 +79,7 @@ class IndexWatcher:
     async def check(self) -> bool:
         """One check; True when it switched to a new generation."""
         noticed = time.perf_counter()
-        version = await asyncio.to_thread(self.store.version, META)
+        version = await asyncio.to_thread(self._version)
         self.checked_at = time.time()
         if version is None or version == self.version:  # None: being replaced on object storage (last file first)
             return False

@@ -289,6 +289,28 @@ async def run_images(batcher: Batcher, pixels: np.ndarray, timeout: float,
             gathered.cancel()
 
 
+def decode_whole(blob: bytes, max_pixels: int, ticket: DecodeTicket) -> Any:
+    """One image decoded whole (a PIL image: a query part's box is in its pixels), its pixels reserved from the
+    server's decode budget for the decode."""
+    try:
+        img = open_image(blob, max_pixels=max_pixels)
+        pixels = img.size[0] * img.size[1]
+        ticket.reserve(pixels, 0)
+        try:
+            return load_image(img)
+        finally:
+            ticket.budget.release(pixels)
+    except ImageDecodeError as err:
+        raise image_error(err, 0) from None
+
+
+async def decode_image_whole(state: ServiceState, request: Request, blob: bytes) -> Any:
+    """:func:`decode_whole` on the decode pool, within the request's deadline."""
+    started = request_started(request)
+    ticket = DecodeTicket(state.pixels, state.settings.max_request_pixels, lambda: state.deadline(started))
+    return await in_pool(state, request, state.decode_pool, decode_whole, blob, state.settings.max_pixels, ticket)
+
+
 async def in_pool(state: ServiceState, request: Request, pool, fn, *args, limit_s: float | None = None):
     """Blocking work on one of the server's small pools, so at most its few threads run at once whatever arrives:
     within the request's deadline (and ``limit_s``, where given), dropped from the pool's queue when the client is

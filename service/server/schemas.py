@@ -23,6 +23,8 @@ from hub.layers import FEATURE_LAYERS
 # image is still refused (415): no schema can say which bytes are an image.
 BASE64_IMAGE = r"^(data:[^,;]*(;[^,;]*)*;base64,)?(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 IMAGE_STRING = {"contentEncoding": "base64", "pattern": BASE64_IMAGE, "minLength": 4}
+_NUMBER = r"\s*(\d+(\.\d*)?|\.\d+)\s*"
+BOX_TEXT = rf"^{_NUMBER},{_NUMBER},{_NUMBER},{_NUMBER}$"  # x0,y0,x1,y1 (the handler checks their order: 400)
 # The options' vocabularies: what the handlers parse (service/server/pipeline.py) and what the schema declares
 POOLINGS: tuple[str, ...] = ("gap", "mhead")
 ENCODINGS: tuple[str, ...] = ("float", "base64")
@@ -81,6 +83,11 @@ class SearchBody(BaseModel):
     duplicates: bool | None = Field(None, description="is this image already in the set? Matches at or above the "
                                     "duplicate threshold (or min_score), each marked exact (the same bytes, by "
                                     "content hash) or near")
+    regions: bool | None = Field(None, description="search inside images: the images holding the query part in one "
+                                 "of their regions (the folder needs a region index), each result with its box")
+    box: Annotated[str, Field(json_schema_extra={"pattern": BOX_TEXT})] | None = Field(
+        None, description="with regions: the part of the query image, x0,y0,x1,y1 in pixels or in fractions of its "
+                          "width and height (all four at most 1); default the whole image")
 
 
 MULTIPART_EMBED_SCHEMA: dict[str, Any] = {
@@ -126,6 +133,10 @@ class SearchResult(BaseModel):
     path: str | None = Field(None, description="the stored path, when the server is set to return paths")
     kind: Literal["exact", "near"] | None = Field(
         None, description="with duplicates: exact (the same bytes as the query, by content hash) or near")
+    box: list[float] | None = Field(None, min_length=4, max_length=4, description="with regions: the region of "
+                                    "this image that matched, x0, y0, x1, y1 in its pixels")
+    size: list[int] | None = Field(None, min_length=2, max_length=2, description="with regions: the image's width "
+                                   "and height in pixels (to draw the box on a thumbnail)")
 
 
 class SearchResponse(BaseModel):
@@ -135,6 +146,9 @@ class SearchResponse(BaseModel):
     generation: int = Field(0, description="the generation of the embedding folder the answer comes from")
     min_score: float | None = Field(None, description="the cosine the results were cut at (none: no cut)")
     duplicate: bool | None = Field(None, description="with duplicates: whether the image is already in the set")
+    regions: bool | None = Field(None, description="whether the results are images holding the query part")
+    query_box: list[float] | None = Field(None, min_length=4, max_length=4, description="with regions: the part "
+                                          "looked for, x0, y0, x1, y1 in the query image's pixels")
 
 
 # The curation API's models: the kinds and files come from the results contract (curation/results.py)

@@ -39,6 +39,7 @@ class ServiceState:
     finished_while_draining: int = 0
     search_index: Any = None  # service.embed.index.LoadedIndex when --index is set
     model_folder: Any = None  # the resolved model folder (its card for GET /)
+    region_queries: Any = None  # service.server.routes.search.RegionQueries: the model with a region layer's maps
     thumbnails: Any = None  # service.server.thumbs.Thumbnails of the search index (GET /thumb)
     index_watch: Any = None  # service.server.index_watch.IndexWatcher: the index follows its folder's generations
     serving_unit: str | None = None  # one replica of several (Ray Serve): who this process is, for /metrics

@@ -5,21 +5,35 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from curation.regions import RegionCodec, box_vector, crop_box, pool_windows, window_boxes, windows
+from curation.regions import (
+    MAX_WINDOWS,
+    PROBE_SCALES,
+    RegionCodec,
+    box_in_pixels,
+    box_vector,
+    crop_box,
+    parse_box,
+    pool_windows,
+    probe_images,
+    window_boxes,
+    windows,
+)
 
 
-def test_windows_cover_the_grid_to_its_edges_at_two_sizes():
-    wins = windows(14)
-    assert len(wins) == 49 + 36 and set(wins[:, 2]) == {3, 5}  # 7 x 7 and 6 x 6 positions, edges included
-    covered = np.zeros((14, 14), bool)
-    for top, left, side in wins:
-        covered[top:top + side, left:left + side] = True
-    assert covered.all()
-    assert (wins[:, :2] + wins[:, 2:] <= 14).all()
-    # a window larger than the grid becomes the whole grid (once): a small input's 4 x 4 and 2 x 2 grids
-    assert windows(4).tolist() == [[0, 0, 3], [0, 0, 4], [0, 1, 3], [1, 0, 3], [1, 1, 3]]
-    assert windows(2).tolist() == [[0, 0, 2]]
+def test_windows_are_two_sevenths_of_the_grid_every_half_side_to_its_edges():
+    for grid, side, count in ((14, 4, 36), (7, 2, 36), (28, 8, 36), (16, 5, 25), (8, 2, 49), (6, 2, 25), (4, 1, 16)):
+        wins = windows(grid)
+        assert len(wins) == count and set(wins[:, 2]) == {side}, grid
+        covered = np.zeros((grid, grid), bool)
+        for top, left, s in wins:
+            covered[top:top + s, left:left + s] = True
+        assert covered.all() and (wins[:, :2] + wins[:, 2:] <= grid).all(), grid
+        assert len(wins) <= MAX_WINDOWS
+    # other sizes on request; a window larger than the grid becomes the whole grid (once)
+    assert len(windows(14, ((3, 2), (5, 2)))) == 49 + 36
+    assert windows(2, ((3, 2), (5, 2))).tolist() == [[0, 0, 2]]
 
 
 def test_pooled_windows_are_the_mean_of_their_cells():
@@ -67,3 +81,45 @@ def test_the_codec_keeps_cosines_and_round_trips_through_its_arrays():
     assert np.array_equal(again.encode(x[:10]), codec.encode(x[:10]))
     with pytest.raises(ValueError, match="missing scale"):
         RegionCodec.from_arrays({"mean": codec.mean, "basis": codec.basis})
+
+
+def test_codes_of_maps_equal_pooling_then_reducing_and_survive_the_codec_file():
+    rng = np.random.default_rng(2)
+    maps = np.abs(rng.standard_normal((6, 32, 14, 14))).astype(np.float32)
+    codec = RegionCodec.fit_maps([maps[:3], maps[3:]], dims=16)
+    assert codec.grid == 14 and len(codec.windows) == 36
+    codes = codec.encode_maps(maps)
+    assert codes.shape == (6, 36, 16) and codes.dtype == np.int8
+    direct = codec.encode(np.concatenate([pool_windows(m, codec.windows) for m in maps])).reshape(6, 36, 16)
+    assert np.abs(codes.astype(int) - direct.astype(int)).max() <= 1  # the same up to rounding
+    again = RegionCodec.from_bytes(codec.to_bytes())
+    assert again.grid == 14 and np.array_equal(again.windows, codec.windows)
+    assert np.array_equal(again.encode_maps(maps), codes)
+    with pytest.raises(ValueError, match="fitted on a 14x14 grid"):
+        codec.encode_maps(maps[:, :, :7, :7])
+
+
+def test_boxes_are_read_in_pixels_or_fractions_and_refused_clearly():
+    assert parse_box(None) is None and parse_box(" ") is None
+    assert parse_box("10,20,110,220") == (10, 20, 110, 220)
+    assert box_in_pixels(parse_box("0.25,0.5,0.75,1"), 400, 200) == (100, 100, 300, 200)
+    assert box_in_pixels(None, 400, 200) == (0, 0, 400, 200)
+    assert box_in_pixels((350, 150, 900, 900), 400, 200) == (350, 150, 400, 200)  # clipped to the image
+    for bad, message in (("1,2,3", "four numbers"), ("a,b,c,d", "four numbers"), ("5,5,1,1", "x0 < x1"),
+                         ("-1,0,3,3", "none negative"), ("nan,0,1,1", "four numbers")):
+        with pytest.raises(ValueError, match=message):
+            parse_box(bad)
+    with pytest.raises(ValueError, match="outside the 400x200 image"):
+        box_in_pixels((500, 10, 600, 50), 400, 200)
+
+
+def test_a_part_is_probed_in_its_image_and_pasted_at_each_scale():
+    image = Image.new("RGB", (300, 200), (0, 0, 0))
+    image.paste((255, 0, 0), (100, 50, 160, 110))  # a red part
+    probes = probe_images(image, (100.0, 50.0, 160.0, 110.0), canvas=128)
+    assert len(probes) == 1 + len(PROBE_SCALES) and probes[0] == (image, (100.0, 50.0, 160.0, 110.0))
+    for (square, (x0, y0, x1, y1)), scale in zip(probes[1:], PROBE_SCALES):
+        assert square.size == (128, 128)
+        assert max(x1 - x0, y1 - y0) == int(128 * scale)
+        assert square.getpixel((int((x0 + x1) / 2), int((y0 + y1) / 2))) == (255, 0, 0)
+        assert square.getpixel((1, 1)) != (255, 0, 0)  # the neutral canvas around it

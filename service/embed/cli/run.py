@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 
 from curation.label_sources import parse_spec, save_spec
+from curation.regions import REGION_DIMS
 from service.embed.cli.common import add_json, add_lock_options, add_progress, add_storage, locked, parent, report
-from service.embed.job import EmbedSettings, run_job
+from service.embed.job import REGION_LAYERS, EmbedSettings, run_job
 from service.runtime.settings import RuntimeSettings, add_settings_options, settings_overrides
 from storage import imported
 from storage.folder import KEEP_GENERATIONS
@@ -44,6 +45,11 @@ def add_parsers(sub) -> None:
     p.add_argument("--pooling", default="gap", choices=("gap", "mhead"),
                    help="pooling of feature1..feature5 (avgpool is always the global average) (default gap)")
     p.add_argument("--normalize", action="store_true", help="L2-normalize each vector before storing it")
+    p.add_argument("--regions", default=None, metavar="LAYER", choices=REGION_LAYERS,
+                   help="also store region vectors of LAYER's grid (feature3, feature4 or feature5; feature4 is a "
+                        "14x14 grid at 224²) for search inside images: 36 windows an image, each reduced to "
+                        f"{REGION_DIMS} int8 codes with its box (the reduction is fitted on a sample of the first "
+                        "run's images and kept in the folder); `byol-embed index` then also builds the region index")
     p.add_argument("--dtype", default="float32", choices=("float32", "float16"), help="stored vector type")
     p.add_argument("--batch-size", type=int, default=64, help="images per inference batch (default 64)")
     p.add_argument("--shard-size", type=int, default=10_000,
@@ -100,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         engine=args.engine, ray_address=args.ray_address, workers=args.workers, path_column=args.path_column,
         image_column=args.image_column, id_column=args.id_column, storage_options=args.storage_options,
         break_lock=args.break_lock, lock_ttl_s=args.lock_ttl, overwrite=args.overwrite, dry_run=args.dry_run,
-        keep_generations=args.keep_generations, update_index=not args.no_index_update,
+        keep_generations=args.keep_generations, update_index=not args.no_index_update, regions=args.regions,
         progress=not args.no_progress)
     if args.labels:
         parse_spec(args.labels)

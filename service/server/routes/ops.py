@@ -78,6 +78,9 @@ async def info(state: State, _: Auth) -> dict:
             "factory": state.search_index.meta["factory"], "max_k": s.search_max_k,
             "returns_paths": s.search_return_paths, "generation": state.search_index.generation,
             "duplicate_threshold": duplicate_threshold(state.search_index, s),
+            "regions": None if getattr(state.search_index, "regions", None) is None else {
+                k: state.search_index.regions.meta[k] for k in ("layer", "windows", "grid", "images", "regions",
+                                                                "factory", "generation")},
             "watch": state.index_watch.describe() if state.index_watch is not None else None},
     }
 

@@ -92,7 +92,8 @@ function download(name, blob) {
 
 async function showModel() {
   const info = await apiJSON("/info");
-  const search = info.search ? ` · index: ${info.search.count} images, layer ${info.search.layer}` : "";
+  const search = info.search ? ` · index: ${info.search.count} images, layer ${info.search.layer}` +
+    (info.search.regions ? `, regions of ${info.search.regions.layer}` : "") : "";
   document.getElementById("model").textContent =
     `${info.model} · ${info.architecture} · ${info.backend}${info.demo ? " · DEMO MODEL" : ""}${search}`;
   return info;

@@ -24,10 +24,79 @@ function card(id, score, onClick) {
   return div;
 }
 
+// a box [x0, y0, x1, y1] in an image of size [w, h], drawn over the element showing it (in percent: any scale)
+function placeBox(div, box, size) {
+  div.style.left = (100 * box[0] / size[0]) + "%";
+  div.style.top = (100 * box[1] / size[1]) + "%";
+  div.style.width = (100 * (box[2] - box[0]) / size[0]) + "%";
+  div.style.height = (100 * (box[3] - box[1]) / size[1]) + "%";
+  div.hidden = false;
+}
+
+// a region hit: its thumbnail with the box that matched (the thumbnail keeps the image's aspect ratio)
+function regionCard(r) {
+  const div = card(r.id, r.score, () => searchById(r.id));
+  const img = div.querySelector("img");
+  const wrap = document.createElement("div");
+  wrap.className = "boxed";
+  const box = document.createElement("div");
+  box.className = "box hit-box";
+  box.dataset.box = r.box.join(",");
+  img.replaceWith(wrap);
+  wrap.append(img, box);
+  img.style.height = "auto";
+  img.addEventListener("load", () => placeBox(box, r.box, r.size));
+  return div;
+}
+
 function showResults(body, what) {
   const grid = document.getElementById("results");
-  grid.replaceChildren(...body.results.map((r) => card(r.id, r.score, () => searchById(r.id))));
-  document.getElementById("query-info").textContent = `${body.results.length} results for ${what}`;
+  const make = body.regions ? regionCard : (r) => card(r.id, r.score, () => searchById(r.id));
+  grid.replaceChildren(...body.results.map(make));
+  document.getElementById("query-info").textContent = `${body.results.length} results for ${what}` +
+    (body.regions ? ` (inside images, box ${body.query_box.map((v) => Math.round(v)).join(",")})` : "");
+}
+
+// search inside images: the query is shown, a box dragged on it names the part (in the image's own pixels)
+const query = { file: null, box: null };
+
+function showQuery(file) {
+  query.file = file;
+  query.box = null;
+  const img = document.getElementById("query-img");
+  img.src = URL.createObjectURL(file);
+  document.getElementById("query-box").hidden = true;
+  document.getElementById("query-view").hidden = !document.getElementById("regions").checked;
+}
+
+function setupBoxDrag() {
+  const area = document.getElementById("query-boxed");
+  const img = document.getElementById("query-img");
+  const shown = document.getElementById("query-box");
+  let from = null;
+  const at = (e) => {
+    const r = img.getBoundingClientRect();
+    return [Math.min(Math.max(e.clientX - r.left, 0), r.width), Math.min(Math.max(e.clientY - r.top, 0), r.height)];
+  };
+  const current = (e) => { const p = at(e); return [Math.min(from[0], p[0]), Math.min(from[1], p[1]), Math.max(from[0], p[0]), Math.max(from[1], p[1])]; };
+  area.addEventListener("pointerdown", (e) => { e.preventDefault(); from = at(e); area.setPointerCapture(e.pointerId); });
+  area.addEventListener("pointermove", (e) => {
+    if (!from) return;
+    const r = img.getBoundingClientRect();
+    placeBox(shown, current(e), [r.width, r.height]);
+  });
+  area.addEventListener("pointerup", (e) => {
+    if (!from) return;
+    const b = current(e);
+    from = null;
+    const r = img.getBoundingClientRect();
+    if (b[2] - b[0] < 4 || b[3] - b[1] < 4) { shown.hidden = true; query.box = null; }
+    else {
+      const sx = img.naturalWidth / r.width, sy = img.naturalHeight / r.height;
+      query.box = [b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy].map((v) => Math.round(v));
+    }
+    if (query.file) searchFile(query.file);
+  });
 }
 
 function k() { return document.getElementById("k").value; }
@@ -35,6 +104,11 @@ function k() { return document.getElementById("k").value; }
 async function searchFile(file) {
   const form = new FormData();
   form.append("image", file);
+  const inside = document.getElementById("regions").checked;
+  if (inside) {
+    form.append("regions", "true");
+    if (query.box) form.append("box", query.box.join(","));
+  }
   try {
     showResults(await apiJSON("/search?k=" + k(), { method: "POST", body: form }), file.name);
     showMessage("", false);
@@ -167,7 +241,8 @@ function selectTab(name) {
 
 async function start() {
   try {
-    await showModel();
+    const info = await showModel();
+    document.getElementById("regions-toggle").hidden = !(info.search && info.search.regions);
     const curation = await apiJSON("/curation");
     document.querySelector('[data-tab="duplicates"]').hidden = !curation.duplicates;
     document.querySelector('[data-tab="outliers"]').hidden = !curation.outliers;
@@ -186,14 +261,20 @@ async function start() {
 for (const button of document.querySelectorAll("nav.tabs button")) {
   button.addEventListener("click", () => selectTab(button.dataset.tab));
 }
-document.getElementById("file").addEventListener("change", (e) => { if (e.target.files[0]) searchFile(e.target.files[0]); });
+function searchNew(file) { showQuery(file); searchFile(file); }
+document.getElementById("file").addEventListener("change", (e) => { if (e.target.files[0]) searchNew(e.target.files[0]); });
+document.getElementById("regions").addEventListener("change", (e) => {
+  document.getElementById("query-view").hidden = !e.target.checked || !query.file;
+  if (query.file) searchFile(query.file);
+});
+setupBoxDrag();
 const drop = document.getElementById("drop");
 drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
 drop.addEventListener("dragleave", () => drop.classList.remove("over"));
 drop.addEventListener("drop", (e) => {
   e.preventDefault();
   drop.classList.remove("over");
-  if (e.dataTransfer.files[0]) searchFile(e.dataTransfer.files[0]);
+  if (e.dataTransfer.files[0]) searchNew(e.dataTransfer.files[0]);
 });
 document.getElementById("byid").addEventListener("submit", (e) => {
   e.preventDefault();

@@ -26,6 +26,7 @@ pytest.importorskip("s3fs")
 
 from service.embed.cli import main  # noqa: E402
 from storage.errors import DataError  # noqa: E402
+from storage.folder import REGION_CODES, REGION_SEEN  # noqa: E402
 from tests.support import REPO  # noqa: E402
 from tests.support.images import image_bytes, tar_bytes, write_images  # noqa: E402
 from tests.support.s3 import S3_ENV  # noqa: E402
@@ -61,6 +62,9 @@ def assert_same_rows(a, b, *, paths: bool = True, tol: float = 1e-6) -> None:
         assert a.column(name).to_pylist() == b.column(name).to_pylist(), name
     for layer in LAYERS:
         assert np.abs(vectors(a, layer) - vectors(b, layer)).max() <= tol, layer
+    if REGION_CODES in a.column_names or REGION_CODES in b.column_names:  # codes of the same codec: equal up to rounding
+        assert np.abs(vectors(a, REGION_CODES) - vectors(b, REGION_CODES)).max() <= 1
+        assert np.abs(vectors(a, REGION_SEEN) - vectors(b, REGION_SEEN)).max() <= 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -72,10 +76,13 @@ def images(tmp_path_factory, photos, s3) -> Path:
     return root
 
 
+REGIONS = ("--regions", "feature3")  # the folders served and compared below carry region codes too
+
+
 @pytest.fixture(scope="module")
 def on_disk(trained_model, images, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("disk") / "emb"
-    assert main(settings(trained_model, str(images), str(out))) == 0
+    assert main(settings(trained_model, str(images), str(out), *REGIONS)) == 0
     return out
 
 
@@ -83,7 +90,7 @@ def on_disk(trained_model, images, tmp_path_factory) -> Path:
 def on_s3(trained_model, images, s3) -> str:
     """The same run with its input and output on S3, in a child process with -v: what it prints is checked."""
     proc = subprocess.run([sys.executable, "-m", "service.embed", "-v",
-                           *settings(trained_model, "s3://bkt/images/", "s3://bkt/emb/", *s3.option)],
+                           *settings(trained_model, "s3://bkt/images/", "s3://bkt/emb/", *s3.option, *REGIONS)],
                           capture_output=True, text=True, timeout=300, env={**s3.env(), "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     PRINTED["on_s3"] = proc.stdout + proc.stderr
@@ -140,7 +147,7 @@ def test_a_live_runs_lock_is_refused_and_break_lock_takes_it(trained_model, on_s
     lock = {"host": socket.gethostname(), "pid": os.getpid(), "token": "x", "started": time.time(),
             "heartbeat": time.time()}
     s3.fs.pipe_file(f"{on_s3}/.lock", json.dumps(lock).encode())
-    args = settings(trained_model, "s3://bkt/images/", "s3://bkt/emb/", *s3.option)
+    args = settings(trained_model, "s3://bkt/images/", "s3://bkt/emb/", *s3.option, *REGIONS)
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "another byol-embed run holds s3://bkt/emb/.lock" in err and "--break-lock" in err
@@ -154,6 +161,8 @@ def test_index_search_curation_and_the_server_on_a_remote_folder(on_s3, on_disk,
     folder = f"s3://{on_s3}"
     assert main(["index", folder, *s3.option]) == 0
     assert {p.rsplit("/", 1)[-1] for p in s3.fs.ls(f"{on_s3}/index")} == {"faiss.index", "ids.arrow", "index.json"}
+    assert {p.rsplit("/", 1)[-1] for p in s3.fs.ls(f"{on_s3}/regions/index")} == {"faiss.index", "images.arrow",
+                                                                                  "index.json"}
     capsys.readouterr()
     assert main(["search", folder, "--id", "photo2/01.jpg", "-k", "3", "--json", *s3.option]) == 0
     remote = json.loads(capsys.readouterr().out)["results"]
@@ -164,6 +173,15 @@ def test_index_search_curation_and_the_server_on_a_remote_folder(on_s3, on_disk,
     assert [r["id"] for r in remote] == [r["id"] for r in local]
     (store_copies,) = list((tmp_path / "cache" / "copies").iterdir())  # the copies of this one store
     assert len(list(store_copies.iterdir())) == 1  # one local copy, keyed by content
+    # search inside images on S3: the region index copied once, the same hits and boxes as on disk
+    query = ["--image", str(images / "photo1" / "02.jpg"), "--regions", "--box", "0.2,0.2,0.6,0.6", "-k", "4",
+             "--json"]
+    assert main(["search", folder, *query, *s3.option]) == 0
+    remote = json.loads(capsys.readouterr().out)["results"]
+    assert main(["search", str(on_disk), *query]) == 0
+    local = json.loads(capsys.readouterr().out)["results"]
+    assert [(r["id"], r["box"]) for r in remote] == [(r["id"], r["box"]) for r in local] and len(remote) == 4
+    assert len(list(store_copies.iterdir())) == 2  # the region index's copy beside the index's
 
     assert main(["dedup", folder, "--write-lists", "--no-progress", *s3.option]) == 0
     assert main(["outliers", folder, "--no-progress", *s3.option]) == 0
@@ -184,7 +202,10 @@ def test_index_search_curation_and_the_server_on_a_remote_folder(on_s3, on_disk,
         assert client.get("/curation").json() == {"duplicates": True, "outliers": True, "leaks": False, "map": False, "generation": 1,
                                                    "stale": {}}
         assert client.get("/info").json()["search"]["index"] == folder
-    assert len(list(store_copies.iterdir())) == 2  # the curation files made a new content key
+        r = client.post("/search?k=3&regions=true", files={"image": ("q.jpg", blob, "image/jpeg")})
+        assert r.status_code == 200 and r.json()["regions"] and r.json()["results"][0]["id"] == "photo1/02.jpg"
+    # the curation files made a new content key for the index (3 copies: the newest kept of this store's)
+    assert len(list(store_copies.iterdir())) == 3
 
 
 def test_tars_with_a_brace_range_and_parquet_with_bytes_on_s3(trained_model, photos, tmp_path, s3, capsys):
@@ -266,11 +287,12 @@ def test_ray_actors_write_the_local_engines_shards_and_the_driver_gets_no_vector
     runtime = RuntimeSettings(model=str(trained_model), max_pixels=500000)
     summary = run_job(EmbedSettings(runtime=runtime, input="s3://bkt/images/", output="s3://bkt/ray-emb",
                                     layers=LAYERS, shard_size=5, batch_size=4, engine="ray", workers=2,
-                                    ray_address=ray_cluster.address, storage_options=s3.options, progress=False))
+                                    ray_address=ray_cluster.address, storage_options=s3.options, progress=False,
+                                    regions="feature3"))
     assert summary.shards_written == 6 and summary.engine == "ray"
     # what reached the driver: one small acknowledgement per shard, no vectors
     assert sorted(a["index"] for a in received) == list(range(6))
-    assert all(set(a) == {"index", "name", "rows", "errors", "error_examples"} for a in received)
+    assert all(set(a) == {"index", "name", "rows", "errors", "error_examples", "regions_s"} for a in received)
     assert max(len(pickle.dumps(a)) for a in received) < 2048
     ray_table, names = table_of(s3, "bkt/ray-emb")
     local_table_, local_names = table_of(s3, on_s3)

@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -233,5 +234,70 @@ def test_the_leaks_tab_shows_pairs_side_by_side_and_stale_results_say_so(leaky, 
     page.screenshot(path=str(shots / "ui-leaks.png"), full_page=True)
     page.click('[data-tab="duplicates"]')
     expect(page.locator("#stale")).to_contain_text("made from generation 1")
+    assert not errors, errors
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def region_server(region_model, regions_emb):
+    proc, url = start_server(region_model, "--index", str(regions_emb), "--api-keys", KEY)
+    yield url
+    processes.stop(proc, timeout=30)
+
+
+def test_search_inside_images_a_box_dragged_on_the_query_and_the_hits_boxes(region_server, browser, planted,
+                                                                             tmp_path):
+    """The Search tab with a region index: tick 'search inside images', upload a photo, drag a box around the part;
+    the hits come back with the box that matched drawn on each thumbnail."""
+    from tests.support.planted import LAYER
+
+    root, holds, boxes = planted
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(f"{region_server}/ui")
+    page.wait_for_selector("#keybar:not([hidden])")
+    page.fill("#key", KEY)
+    page.click("#keysave")
+    page.wait_for_selector("#regions-toggle:not([hidden])")
+    info = httpx.get(f"{region_server}/info", headers=AUTH).json()["search"]["regions"]
+    assert info["layer"] == LAYER and info["images"] == len(holds)
+    page.check("#regions")
+    j = int(np.flatnonzero(holds == 0)[1])  # a photo holding the drawn logo
+    page.set_input_files("#file", str(root / "images" / f"{j:04d}.jpg"))
+    page.wait_for_selector("#results .card .hit-box")
+    until(page, "document.getElementById('query-img').naturalWidth > 0")
+    # drag a box around the logo, in the shown image's coordinates (the image is 320x240, shown at that size or
+    # scaled: mapped through its bounding box)
+    rect = page.eval_on_selector("#query-img", "i => { const r = i.getBoundingClientRect(); "
+                                 "return [r.left, r.top, r.width / i.naturalWidth, r.height / i.naturalHeight]; }")
+    x0, y0, x1, y1 = boxes[j]
+    assert page.inner_text("#query-info").endswith("box 0,0,320,240)")  # before the drag: the whole image
+    page.mouse.move(rect[0] + x0 * rect[2], rect[1] + y0 * rect[3])
+    page.mouse.down()
+    page.mouse.move(rect[0] + (x0 + x1) / 2 * rect[2], rect[1] + (y0 + y1) / 2 * rect[3], steps=4)
+    page.mouse.move(rect[0] + x1 * rect[2], rect[1] + y1 * rect[3], steps=4)
+    page.mouse.up()
+    until(page, "!document.getElementById('query-info').textContent.endsWith('box 0,0,320,240)')")
+    assert not page.is_hidden("#query-box")
+    # the box the server looked for (its answer's query_box, shown on the page): the one dragged, in the photo's pixels
+    shown = page.inner_text("#query-info").split("box ")[1].rstrip(")").split(",")
+    assert all(abs(float(a) - b) <= 3 for a, b in zip(shown, (x0, y0, x1, y1))), (shown, boxes[j])
+    until(page, "[...document.querySelectorAll('#results img')].every(i => i.naturalWidth > 0)")
+    hits = page.query_selector_all("#results .card")
+    assert hits[0].get_attribute("data-id") == f"{j:04d}.jpg"
+    # each hit's box is drawn over its thumbnail, inside it
+    for card in hits[:5]:
+        box = card.query_selector(".hit-box")
+        img = card.query_selector("img").bounding_box()
+        drawn = box.bounding_box()
+        assert drawn["width"] > 4 and drawn["height"] > 4
+        assert img["x"] - 3 <= drawn["x"] and drawn["x"] + drawn["width"] <= img["x"] + img["width"] + 3
+    first = [float(v) for v in hits[0].query_selector(".hit-box").get_attribute("data-box").split(",")]
+    assert first[0] < x1 and x0 < first[2] and first[1] < y1 and y0 < first[3]  # on the logo in its own photo
+    shots = Path(os.environ.get("BYOL_SCREENSHOTS") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shots / "ui-regions.png"), full_page=False)
     assert not errors, errors
     context.close()
