@@ -57,9 +57,7 @@ MULTIPART_SEARCH_SCHEMA: dict[str, Any] = {
     "properties": {"image": {"type": "string", "format": "binary", "description": "the query image"},
                    "k": {"type": "integer", "minimum": 1, "description": "as in the query string"},
                    "min_score": {"type": "number", "minimum": -1.0, "maximum": 1.0},
-                   "duplicates": {**BOOLEAN_TEXT, "type": "string"},
-                   "regions": {**BOOLEAN_TEXT, "type": "string"},
-                   "box": {"type": "string", "pattern": BOX_TEXT}},
+                   "duplicates": {**BOOLEAN_TEXT, "type": "string"}},
     "required": ["image"], "additionalProperties": False,
 }
 
@@ -158,7 +156,8 @@ def _k(value: Any, state: ServiceState) -> int:
              response_model=SearchResponse, responses={**EMBED_ERRORS, **error_responses(404)},
              openapi_extra=request_body(json_model=SearchBody, multipart=MULTIPART_SEARCH_SCHEMA),
              description="multipart/form-data with one `image` file, or JSON `{image: base64}` or `{id: ...}`; "
-                         "`k`, `min_score`, `duplicates`, `regions` and `box` in the body or the query string (k: default 10, capped "
+                         "`k`, `min_score` and `duplicates` in the body or the query string, `regions` and `box` in the query string "
+                         "or the JSON body (k: default 10, capped "
                          "by the server's search_max_k). `duplicates=true` asks whether the image is already in the "
                          "set: matches at or above the duplicate threshold (default: the measured dedup threshold), "
                          "each marked `exact` (the same bytes, by content hash) or `near`. `regions=true` searches "
@@ -183,7 +182,7 @@ async def search(request: Request, state: ReadyState, _: Auth,
     ctype = request.headers.get("content-type", "").lower()
     item_id, blob, body_k, body_min, body_dup, body_regions, body_box = None, None, None, None, None, None, None
     if ctype.startswith("multipart/form-data"):
-        form = await read_form(request, max_files=2, max_fields=8)
+        form = await read_form(request, max_files=2, max_fields=6)
         unknown = sorted(key for key in form.keys() if key not in FORM_FIELDS)
         items = form.getlist("image")
         if unknown or len(items) != 1 or not isinstance(items[0], UploadFile):
@@ -191,7 +190,6 @@ async def search(request: Request, state: ReadyState, _: Auth,
                                (f" (unknown fields {unknown})" if unknown else ""))
         blob = await items[0].read()
         body_k, body_min, body_dup = form.get("k"), form.get("min_score"), form.get("duplicates")
-        body_regions, body_box = form.get("regions"), form.get("box")
     elif ctype.startswith("application/json"):
         body = await read_json(request, SearchBody)
         if (body.image is None) == (body.id is None):
@@ -250,7 +248,7 @@ async def search(request: Request, state: ReadyState, _: Auth,
     return NumpyJSONResponse(body)
 
 
-FORM_FIELDS = ("image", "k", "min_score", "duplicates", "regions", "box")
+FORM_FIELDS = ("image", "k", "min_score", "duplicates")  # regions and box: in the query string
 
 
 def _box(value: Any) -> tuple[float, float, float, float] | None:

@@ -105,12 +105,9 @@ async function searchFile(file) {
   const form = new FormData();
   form.append("image", file);
   const inside = document.getElementById("regions").checked;
-  if (inside) {
-    form.append("regions", "true");
-    if (query.box) form.append("box", query.box.join(","));
-  }
+  const options = inside ? "&regions=true" + (query.box ? "&box=" + query.box.join(",") : "") : "";
   try {
-    showResults(await apiJSON("/search?k=" + k(), { method: "POST", body: form }), file.name);
+    showResults(await apiJSON("/search?k=" + k() + options, { method: "POST", body: form }), file.name);
     showMessage("", false);
   } catch (err) { if (err.message !== "unauthorized") showMessage("Search failed: " + err.message, true); }
 }
