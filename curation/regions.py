@@ -287,3 +287,23 @@ class RegionCodec:
 def _unit(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def folder_codec(store: Any, manifest: Any) -> RegionCodec:
+    """The region codec of an embedding folder (``storage.store.Store`` and its ``Manifest``), with a clear error
+    where the folder has no regions."""
+    from storage.errors import FolderError
+
+    if not manifest.regions or not manifest.region_codec:
+        raise FolderError(f"{store} has no regions: embed it with `byol-embed run --regions feature4` (an append "
+                          "keeps the settings, so a folder without regions is embedded again with --overwrite)")
+    try:
+        return RegionCodec.from_bytes(store.read_bytes(manifest.region_codec["file"]))
+    except FileNotFoundError:
+        raise FolderError(f"{store} lost its region codec {manifest.region_codec['file']}") from None
+
+
+def decoded(codec: RegionCodec, codes: np.ndarray) -> np.ndarray:
+    """``(n, windows x dims)`` int8 codes -> ``(n x windows, dims)`` unit float32 region vectors."""
+    vectors = codec.decode(np.asarray(codes).reshape(-1, codec.dims))
+    return _unit(vectors)

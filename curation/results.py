@@ -30,7 +30,7 @@ PAGE_ROWS = 2048  # rows per row group: a page of up to 500 rows reads one or tw
 MAP_SAMPLE = 100_000  # points the page's map draws at most (a canvas draws 100 k smoothly)
 
 
-ARROW_TYPES = ("string", "float32", "int64", "int32", "bool", "list<string>")
+ARROW_TYPES = ("string", "float32", "int64", "int32", "bool", "list<string>", "list<float32>")
 
 
 def arrow_type(name: str):
@@ -39,6 +39,8 @@ def arrow_type(name: str):
 
     if name == "list<string>":
         return pa.list_(pa.string())
+    if name == "list<float32>":
+        return pa.list_(pa.float32())
     return {"string": pa.string(), "float32": pa.float32(), "int64": pa.int64(), "int32": pa.int32(),
             "bool": pa.bool_()}[name]
 
@@ -117,7 +119,7 @@ def _c(name: str, type_: str, description: str, optional: bool = False) -> Colum
     return Column(name, type_, description, optional)
 
 
-STR, F32, I64, I32, BOOL, STRINGS = "string", "float32", "int64", "int32", "bool", "list<string>"
+STR, F32, I64, I32, BOOL, STRINGS, FLOATS = "string", "float32", "int64", "int32", "bool", "list<string>", "list<float32>"
 ID = _c("id", STR, "the image's id in the folder")
 PATH = _c("path", STR, "where the image was read from")
 
@@ -195,8 +197,20 @@ MAP_POINTS = Result(
      _c("flag", STR, "its quality reasons, comma-separated (byol-embed quality), if any")),
     order="the folder's order")
 
+SHARED_PARTS = Result(
+    "shared_parts", "shared", "pairs of images that share a part (a logo, a watermark, a product) without being "
+    "near-duplicates as wholes (a folder embedded with run --regions)", "shared_parts.parquet", "shared_parts.json",
+    (ID, PATH, _c("id_b", STR, "the other image of the pair"), _c("path_b", STR, "where it was read from"),
+     _c("similarity", F32, "cosine of the best pair of regions"),
+     _c("box", FLOATS, "the part in the first image: x0, y0, x1, y1 in its pixels"),
+     _c("box_b", FLOATS, "the part in the other image"),
+     _c("whole", F32, "cosine of the two images as wholes (below the duplicate threshold)"),
+     _c("kind", STR, "shared part")),
+    kinds=("shared part",), order="by similarity, highest first")
+
 RESULTS: dict[str, Result] = {r.name: r for r in (DUPLICATES, DUPLICATE_GROUPS, NN_SIMILARITY, OUTLIERS, LEAKS,
-                                                    CALIBRATION, QUALITY, LABELS, SELECTION, MAP, MAP_POINTS)}
+                                                    CALIBRATION, QUALITY, LABELS, SELECTION, MAP, MAP_POINTS,
+                                                    SHARED_PARTS)}
 
 
 def result(name: str | Result) -> Result:

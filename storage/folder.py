@@ -561,6 +561,48 @@ def load_rows(folder: Path | Store, manifest: Manifest, layer: str) -> Rows:
                 [path.rsplit("/", 1)[-1] for path in shard_paths], [s.metadata.num_rows for s in shards])
 
 
+@dataclass
+class RegionRows:
+    """Embedded rows of some shards with their region codes (``byol-embed run --regions``)."""
+
+    ids: list[str]
+    paths: list[str]
+    sha256: list[str | None]
+    shard: np.ndarray  # each row's shard (index into manifest.parts)
+    row: np.ndarray  # its row in that shard
+    seen: np.ndarray  # (n, 3) float32: left, top, side of the square the model saw, in the image's pixels
+    codes: np.ndarray | None = None  # (n, windows x dims) int8
+
+
+def iter_region_rows(folder: Path | Store, manifest: Manifest, parts: list[str],
+                     wanted: dict[str, set[int]] | None = None, batch_size: int = 4096):
+    """The embedded rows of the shards ``parts`` (names; of ``wanted[name]``'s rows where given) with their region
+    codes, a record batch at a time (:class:`RegionRows`)."""
+    store = as_store(folder)
+    names = [p["name"] for p in manifest.parts]
+    for name in parts:
+        parquet = open_parquet(store, store.path(name))
+        if REGION_CODES not in parquet.schema_arrow.names:
+            raise FolderError(f"{name} has no region codes (written before --regions); run again with --overwrite")
+        start = 0
+        for batch in parquet.iter_batches(batch_size=batch_size, columns=["id", "path", "sha256", "error",
+                                                                          REGION_CODES, REGION_SEEN]):
+            ok = np.array([e is None for e in batch.column("error").to_pylist()], bool)
+            embedded = np.flatnonzero(ok)
+            keep = embedded
+            if wanted is not None:
+                rows = wanted.get(name, set())
+                keep = np.array([k for k in embedded if start + k in rows], np.int64)
+            among = np.searchsorted(embedded, keep)  # flatten() holds the embedded rows only
+            codes = batch.column(REGION_CODES).flatten().to_numpy(zero_copy_only=False).reshape(len(embedded), -1)
+            seen = batch.column(REGION_SEEN).flatten().to_numpy(zero_copy_only=False).reshape(len(embedded), 3)
+            ids, paths, sha = (batch.column(c).to_pylist() for c in ("id", "path", "sha256"))
+            yield RegionRows([ids[k] for k in keep], [paths[k] for k in keep], [sha[k] for k in keep],
+                             np.full(len(keep), names.index(name), np.int32), (start + keep).astype(np.int64),
+                             seen[among].astype(np.float32), codes[among])
+            start += batch.num_rows
+
+
 def open_input(store: Store, manifest: Manifest) -> tuple[ImageSource, dict[str, int]]:
     """The folder's input as its ``byol-embed run`` read it, and each id's position in it (a listing: for a million
     objects on object storage, seconds to minutes). A folder made from vectors alone has none: said so."""

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from curation.regions import query_parts
+from curation.regions import decoded, folder_codec, query_parts
 from hub.layers import map_name, output_name
 from hub.preprocess import preprocess_one
 from service.embed.errors import EmbedJobError
@@ -25,8 +26,11 @@ class FolderModel:
     """``FolderModel(manifest).embed(images, layer)``: L2-normalized ``(n, dim)`` float32 vectors of PIL images.
     The model is loaded at the first ``embed`` (a command that finds a calibration never loads it)."""
 
-    def __init__(self, manifest: Manifest, *, batch_size: int = 32, maps: tuple[str, ...] = ()) -> None:
-        self.manifest, self.batch_size, self.maps = manifest, batch_size, tuple(maps)
+    def __init__(self, manifest: Manifest, *, batch_size: int = 32, maps: tuple[str, ...] = (),
+                 store: Any = None) -> None:
+        """``maps``: layers whose maps the backend also gives (region queries); ``store``: the folder (its region
+        codec, for :meth:`region_vectors`)."""
+        self.manifest, self.batch_size, self.maps, self.store = manifest, batch_size, tuple(maps), store
 
     @cached_property
     def _loaded(self):
@@ -60,3 +64,22 @@ class FolderModel:
             raise ValueError(f"this FolderModel gives no maps of {layer}; make it with maps=({layer!r},)")
         preprocessing, backend = self._loaded
         return query_parts(image, box, preprocessing, lambda pixels: backend.run(pixels)[map_name(layer)])
+
+    def region_vectors(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Images' stored region vectors as the folder's run made them: ``(n, windows, dims)`` unit float32 (the
+        folder's codec applied to the maps of its region layer)."""
+        layer = self.manifest.regions["layer"]
+        codec = self._codec
+        preprocessing, backend = self._loaded
+        out = []
+        for start in range(0, len(images), self.batch_size):
+            pixels = np.stack([preprocess_one(img, preprocessing) for img in images[start:start + self.batch_size]])
+            codes = codec.encode_maps(backend.run(pixels)[map_name(layer)])
+            out.append(decoded(codec, codes.reshape(len(codes), -1)).reshape(len(codes), len(codec.windows), -1))
+        return np.concatenate(out)
+
+    @cached_property
+    def _codec(self):
+        from storage.store import as_store
+
+        return folder_codec(as_store(self.store), self.manifest)

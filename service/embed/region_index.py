@@ -30,13 +30,12 @@ from typing import Any
 import numpy as np
 
 from curation.neighbours import TRAIN_PER_LIST, faiss_module
-from curation.regions import MAX_WINDOWS, RegionCodec, window_boxes
+from curation.regions import MAX_WINDOWS, RegionCodec, decoded, folder_codec, window_boxes
 from service.embed.errors import EmbedJobError
 from service.embed.index import GROWTH_LIMIT
 from storage.errors import FolderError
-from storage.folder import REGION_CODES, REGION_SEEN, REGIONS, Manifest, open_parquet
+from storage.folder import REGIONS, Manifest, RegionRows, iter_region_rows
 from storage.store import Store, as_store
-from storage.vectors import l2_normalize
 
 logger = logging.getLogger(__name__)
 REGION_INDEX = f"{REGIONS}/index"
@@ -62,55 +61,15 @@ def has_region_index(folder: Store) -> bool:
 
 
 def load_codec(folder: Store, manifest: Manifest) -> RegionCodec:
-    if not manifest.regions or not manifest.region_codec:
-        raise FolderError(f"{folder} has no regions: embed it with `byol-embed run --regions feature4` (an append "
-                          "keeps the settings, so a folder without regions is embedded again with --overwrite)")
-    try:
-        return RegionCodec.from_bytes(folder.read_bytes(manifest.region_codec["file"]))
-    except FileNotFoundError:
-        raise FolderError(f"{folder} lost its region codec {manifest.region_codec['file']}") from None
-
-
-@dataclass
-class _Images:
-    """The embedded images of some shards, with their region vectors."""
-
-    ids: list[str]
-    paths: list[str]
-    sha256: list[str | None]
-    shard: np.ndarray
-    row: np.ndarray
-    seen: np.ndarray  # (n, 3)
+    return folder_codec(folder, manifest)
 
 
 def _read_regions(folder: Store, manifest: Manifest, codec: RegionCodec, parts: list[str],
                   wanted: dict[str, set[int]] | None = None):
-    """Yield ``(images, vectors)`` a record batch at a time from the shards ``parts`` (names): the embedded rows
-    (of ``wanted[name]`` where given) and their regions decoded to unit float32, ``(n x windows, dims)``."""
-    names = [p["name"] for p in manifest.parts]
-    for name in parts:
-        parquet = open_parquet(folder, folder.path(name))
-        if REGION_CODES not in parquet.schema_arrow.names:
-            raise FolderError(f"{name} has no region codes (written before --regions); run again with --overwrite")
-        start = 0
-        for batch in parquet.iter_batches(batch_size=4096, columns=["id", "path", "sha256", "error", REGION_CODES,
-                                                                    REGION_SEEN]):
-            n = batch.num_rows
-            ok = np.array([e is None for e in batch.column("error").to_pylist()], bool)
-            keep = np.flatnonzero(ok)
-            if wanted is not None:
-                rows = wanted.get(name, set())
-                keep = np.array([k for k in keep if start + k in rows], np.int64)
-            codes = batch.column(REGION_CODES).flatten().to_numpy(zero_copy_only=False).reshape(int(ok.sum()), -1)
-            seen = batch.column(REGION_SEEN).flatten().to_numpy(zero_copy_only=False).reshape(int(ok.sum()), 3)
-            among_ok = np.searchsorted(np.flatnonzero(ok), keep)
-            ids, paths, sha = (batch.column(c).to_pylist() for c in ("id", "path", "sha256"))
-            images = _Images([ids[k] for k in keep], [paths[k] for k in keep], [sha[k] for k in keep],
-                             np.full(len(keep), names.index(name), np.int32), (start + keep).astype(np.int64),
-                             seen[among_ok].astype(np.float32))
-            vectors = codec.decode(codes[among_ok].reshape(-1, codec.dims))
-            yield images, l2_normalize(vectors, out=vectors)
-            start += n
+    """``(rows, vectors)`` a record batch at a time: the embedded rows of ``parts`` (of ``wanted`` where given) and
+    their regions as unit float32, ``(n x windows, dims)``."""
+    for rows in iter_region_rows(folder, manifest, parts, wanted):
+        yield rows, decoded(codec, rows.codes)
 
 
 def _labels(image_labels: np.ndarray, windows: int) -> np.ndarray:
@@ -136,8 +95,8 @@ def build_region_index(folder: str | Path | Store, *, factory: str | None = None
     trained_on = 0
     if not index.is_trained:
         trained_on = _train(index, folder, manifest, codec, parts, factory, train_size, seed)
-    images = _Images([], [], [], np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros((0, 3), np.float32))
-    chunks: list[_Images] = []
+    images = RegionRows([], [], [], np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros((0, 3), np.float32))
+    chunks: list[RegionRows] = []
     count = 0
     for batch, vectors in _read_regions(folder, manifest, codec, parts):
         labels = np.arange(count, count + len(batch.ids), dtype=np.int64)
@@ -185,13 +144,13 @@ def _train(index: Any, folder: Store, manifest: Manifest, codec: RegionCodec, pa
     return len(x)
 
 
-def _concat(chunks: list[_Images]) -> _Images:
-    return _Images([i for c in chunks for i in c.ids], [p for c in chunks for p in c.paths],
+def _concat(chunks: list[RegionRows]) -> RegionRows:
+    return RegionRows([i for c in chunks for i in c.ids], [p for c in chunks for p in c.paths],
                    [s for c in chunks for s in c.sha256], np.concatenate([c.shard for c in chunks]),
                    np.concatenate([c.row for c in chunks]), np.concatenate([c.seen for c in chunks]))
 
 
-def _publish(folder: Store, index: Any, meta: dict[str, Any], images: _Images, labels: np.ndarray) -> None:
+def _publish(folder: Store, index: Any, meta: dict[str, Any], images: RegionRows, labels: np.ndarray) -> None:
     import pyarrow as pa
     import pyarrow.feather as feather
 
@@ -253,7 +212,7 @@ def update_region_index(folder: str | Path | Store, *, storage_options: dict[str
     wanted: dict[str, set[int]] = {}
     for k in add:
         wanted.setdefault(parts[part_of[k]], set()).add(int(row_of[k]))
-    chunks: list[_Images] = []
+    chunks: list[RegionRows] = []
     next_label = int(meta["next_label"])
     for batch, vectors in _read_regions(folder, manifest, codec, [p for p in parts if p in wanted], wanted):
         new = np.arange(next_label, next_label + len(batch.ids), dtype=np.int64)
@@ -263,7 +222,7 @@ def update_region_index(folder: str | Path | Store, *, storage_options: dict[str
     kept_rows = np.flatnonzero(keep)
     where = now
     seen = table.column("seen").combine_chunks().flatten().to_numpy().reshape(-1, 3)
-    kept_images = _Images([ids[j] for j in kept_rows], [table.column("path")[int(j)].as_py() for j in kept_rows],
+    kept_images = RegionRows([ids[j] for j in kept_rows], [table.column("path")[int(j)].as_py() for j in kept_rows],
                           [sha[j] for j in kept_rows],
                           np.array([part_of[where[ids[j]]] for j in kept_rows], np.int32),
                           np.array([row_of[where[ids[j]]] for j in kept_rows], np.int64), seen[kept_rows])

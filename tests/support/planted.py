@@ -40,13 +40,15 @@ def objects() -> list[Image.Image]:
     return [logo, label, coins, camera]
 
 
-def planted_set(count: int, per_object: int, seed: int = 0):
-    """``count`` photos; the first ``per_object`` x 4 hold an object each (its index in ``holds``, -1: none)."""
+def planted_set(count: int, per_object: int, seed: int = 0, with_backgrounds: bool = False):
+    """``count`` photos; the first ``per_object`` x 4 hold an object each (its index in ``holds``, -1: none).
+    ``with_backgrounds``: also return which photo each was cropped from (crops of one photo share content)."""
     rng = np.random.default_rng(seed)
     bgs, objs = backgrounds(), objects()
-    images, holds, boxes = [], [], []
+    images, holds, boxes, sources = [], [], [], []
     for i in range(count):
-        bg = bgs[rng.integers(len(bgs))]
+        sources.append(int(rng.integers(len(bgs))))
+        bg = bgs[sources[-1]]
         scale = rng.uniform(0.35, 0.9)
         w, h = int(bg.width * scale), int(bg.height * scale)
         x, y = int(rng.integers(0, bg.width - w + 1)), int(rng.integers(0, bg.height - h + 1))
@@ -68,6 +70,8 @@ def planted_set(count: int, per_object: int, seed: int = 0):
         images.append(img)
         holds.append(k)
         boxes.append(box)
+    if with_backgrounds:
+        return images, np.array(holds), boxes, objs, np.array(sources)
     return images, np.array(holds), boxes, objs
 
 

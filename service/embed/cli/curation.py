@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from curation import calibration, select
+from curation import calibration, select, shared
 from curation import map as map_command
 from curation.calibration import DEFAULT_PRECISION, DEFAULT_SAMPLE, DEFAULT_THRESHOLD, calibrate
 from curation.dedup import KEEP_RULES, dedup, format_histogram
@@ -29,6 +29,7 @@ from curation.results import (
     OUTLIERS,
     QUALITY,
     SELECTION,
+    SHARED_PARTS,
 )
 from curation.select import STRATEGIES
 from service.embed.cli.common import (
@@ -104,6 +105,25 @@ def add_parsers(sub) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help="neighbours at or above this cosine are duplicates and left out (default: the folder's "
                         f"calibrated threshold, else {DEFAULT_THRESHOLD})")
+
+    p = sub.add_parser("shared", parents=[base, shown, knn], help="pairs of images that share a part without being "
+                       "near-duplicates (a folder embedded with run --regions)", description=shared.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(handler=run_shared)
+    p.add_argument("--threshold", type=float, default=None,
+                   help="cosine of two regions at or above which two images share a part (default: calibrated on "
+                        "the folder's random pairs, see above)")
+    p.add_argument("--duplicate-threshold", type=float, default=None,
+                   help="pairs whose image vectors (--layer) are at or above this cosine are near-duplicates as "
+                        "wholes and left to dedup (default: the folder's calibration; without one, only pairs where "
+                        "half of either image's regions match are left out)")
+    p.add_argument("--mutual", type=int, default=shared.DEFAULT_MUTUAL,
+                   help="two regions are candidates when each is among the other's this many nearest regions of "
+                        f"other images (default {shared.DEFAULT_MUTUAL})")
+    p.add_argument("--precision", type=float, default=shared.DEFAULT_PRECISION,
+                   help=f"the precision the calibrated threshold is chosen for (default {shared.DEFAULT_PRECISION})")
+    p.add_argument("--sample", type=int, default=shared.DEFAULT_SAMPLE,
+                   help=f"composites made for the calibration (default {shared.DEFAULT_SAMPLE})")
 
     p = sub.add_parser("calibrate", parents=[base, parent(add_layer)], help="measure this folder's near-duplicate "
                        "threshold", description=calibration.__doc__.split("\n\n", 1)[1].split("Written to")[0].strip(),
@@ -228,6 +248,25 @@ def run_outliers(args: argparse.Namespace) -> int:
         *(f"{rank:>3}  {item['score']:.4f}  {item['id']}" + (f"  ({', '.join(item['reasons'])})" if item["reasons"]
                                                              else "") for rank, item in enumerate(s["top"], 1)),
         *(f"  broken: {item_id}" for item_id in s["broken_ids"])])
+
+
+def run_shared(args: argparse.Namespace) -> int:
+    with locked(args) as folder:
+        manifest = Manifest.load(folder)
+        model = None
+        if args.threshold is None and manifest.regions:
+            model = FolderModel(manifest, maps=(manifest.regions["layer"],), store=folder)
+        summary = shared.shared_parts(folder, threshold=args.threshold, mutual=args.mutual, layer=args.layer,
+                                      duplicate_threshold=args.duplicate_threshold, model=model,
+                                      precision=args.precision, sample=args.sample, exact_limit=args.exact_limit,
+                                      nprobe=args.nprobe, progress=not args.no_progress)
+    return report(args, summary, lambda s: [
+        f"{s['pairs']} pairs of images share a part ({s['images_in_pairs']} of {s['images']} images; regions of "
+        f"{s['layer']}, mutual nearest, at cosine >= {s['threshold']}: {s['calibration']['rule']}; near-duplicates "
+        f"as wholes left out) -> {written(args.folder, SHARED_PARTS.table)}",
+        *(["warning: " + s["calibration"]["warning"]] if "warning" in s["calibration"] else []),
+        *(f"{rank:>3}  {p['similarity']:.4f}  {p['id']}  {p['id_b']}  (whole images {p['whole']:.3f})"
+          for rank, p in enumerate(s["top"], 1))])
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
