@@ -136,6 +136,7 @@ def region_model(trained_model, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def planted(tmp_path_factory):
+    """48 photos, four objects pasted into 8 each (tests/support/planted.py): (folder, holds, boxes)."""
     root = tmp_path_factory.mktemp("planted")
     holds, boxes = write_planted(root, COUNT, PER_OBJECT)
     return root, holds, boxes
@@ -143,11 +144,13 @@ def planted(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def regions_emb(region_model, planted, tmp_path_factory):
+    """The planted set embedded with regions of feature3 (at 128²), indexed, and its shared parts found."""
     root, _, _ = planted
     out = tmp_path_factory.mktemp("regions") / "emb"
     assert embed_main(["run", "--model", str(region_model), "--input", str(root / "images"), "--output", str(out),
                  "--regions", LAYER, "--shard-size", "20", "--no-progress"]) == 0
     assert embed_main(["index", str(out)]) == 0
+    assert embed_main(["shared", str(out), "--no-progress"]) == 0
     return out
 
 

@@ -24,6 +24,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -303,6 +304,18 @@ class LoadedRegionIndex:
         seen = table.column("seen").combine_chunks().flatten().to_numpy().reshape(-1, 3)
         return cls(store, manifest, meta, index, codec, table.column("id").to_pylist(),
                    table.column("path").to_pylist(), seen, table.column("label").to_numpy())
+
+    @cached_property
+    def _positions(self) -> dict[str, int]:
+        return {item_id: row for row, item_id in enumerate(self.ids)}
+
+    def size_of(self, item_id: str) -> list[int] | None:
+        """An indexed image's width and height (the centre crop's margins are equal), None for another id."""
+        row = self._positions.get(item_id)
+        if row is None:
+            return None
+        left, top, side = (float(v) for v in self.seen[row])
+        return [round(2 * left + side), round(2 * top + side)]
 
     def search(self, parts: np.ndarray, k: int, exclude: str | None = None) -> list[dict[str, Any]]:
         """Images holding the parts best: ``parts`` is ``(probes, C)`` pooled vectors of the layer (one part's

@@ -152,7 +152,7 @@ class SearchResponse(BaseModel):
 
 
 # The curation API's models: the kinds and files come from the results contract (curation/results.py)
-PAGED = ("duplicates", "outliers", "leaks", "map")  # the results the page has a tab for
+PAGED = ("duplicates", "outliers", "leaks", "map", "shared_parts")  # the results the page has a tab for
 
 CurationAvailable = create_model(
     "CurationAvailable",
@@ -223,6 +223,26 @@ class MapPoints(BaseModel):
     flag: list[str | None] | None = Field(None, description="quality reasons (byol-embed quality), comma-separated")
     nmi: float | None = Field(None, description="the clusters' NMI against the labels, where there are labels")
     note: str | None = Field(None, description="what an older map lacks, and how to make it again")
+
+
+class SharedPartRow(BaseModel):
+    id: str
+    id_b: str = Field(description="the other image of the pair")
+    similarity: float = Field(description="cosine of the best pair of regions")
+    box: list[float] = Field(min_length=4, max_length=4, description="the part in the first image, x0, y0, x1, y1 "
+                             "in its pixels")
+    box_b: list[float] = Field(min_length=4, max_length=4, description="the part in the other image")
+    size: list[int] | None = Field(None, min_length=2, max_length=2, description="the first image's width and "
+                                   "height (to draw its box on a thumbnail)")
+    size_b: list[int] | None = Field(None, min_length=2, max_length=2, description="the other image's")
+    whole: float = Field(description="cosine of the two images as wholes")
+
+
+class SharedPartsPage(BaseModel):
+    total: int
+    offset: int
+    rows: list[SharedPartRow]
+    threshold: float | None = None
 
 
 class OutliersPage(BaseModel):

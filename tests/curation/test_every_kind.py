@@ -57,7 +57,7 @@ def every_kind(trained_model, emb, tmp_path_factory):
     shutil.copy(emb.parent / "images" / "orig_04.jpg", images / "odd" / "leaked.jpg")  # the same bytes as emb's
     commands = [
         ["run", "--model", str(trained_model), "--input", str(images), "--output", str(out), "--no-progress",
-         "--labels", "folders"],
+         "--labels", "folders", "--regions", "feature3"],
         ["index", str(out)],
         ["calibrate", str(out), "--sample", "8"],
         ["quality", str(out), "--no-progress"],
@@ -67,6 +67,7 @@ def every_kind(trained_model, emb, tmp_path_factory):
         ["select", str(out), "-n", "6", "--no-progress"],
         ["map", str(out), "--no-progress", "--clusters", "3"],
         ["leaks", str(emb), str(out), "--no-progress"],
+        ["shared", str(out), "--no-progress", "--sample", "8"],
     ]
     for argv in commands:
         assert embed_main(argv) == 0, argv
@@ -135,8 +136,8 @@ def test_every_route_pages_every_kind_within_its_schema(every_kind):
     url = every_kind["url"]
     openapi = httpx.get(url + "/openapi.json", headers=AUTH).json()
     available = _get(url, "/curation", "CurationAvailable", openapi)
-    assert available == {"duplicates": True, "outliers": True, "leaks": True, "map": True, "generation": 1,
-                         "stale": {}}
+    assert available == {"duplicates": True, "outliers": True, "leaks": True, "map": True, "shared_parts": True,
+                         "generation": 1, "stale": {}}
 
     # outliers, page by page: no content first, then embedded by score, broken last (the 500 of the issue)
     rows, offset = [], 0
@@ -177,6 +178,10 @@ def test_every_route_pages_every_kind_within_its_schema(every_kind):
     assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
 
     # the map: its sample with the labels and quality flags already joined
+    shared = _get(url, "/curation/shared_parts", "SharedPartsPage", openapi, limit=3)
+    assert shared["total"] >= len(shared["rows"]) and shared["threshold"] is not None
+    for row in shared["rows"]:  # each image's size comes from the region index, to draw its box on a thumbnail
+        assert row["size"] is not None and row["box"][2] <= row["size"][0] + 0.5
     points = _get(url, "/curation/map", "MapPoints", openapi)
     assert points["total"] == points["shown"] == len(points["ids"]) == len(points["label"]) == len(points["flag"])
     label = dict(zip(points["ids"], points["label"]))

@@ -37,6 +37,7 @@ from service.server.schemas import (
     LeaksPage,
     MapPoints,
     OutliersPage,
+    SharedPartsPage,
     error_responses,
 )
 from service.server.state import Auth, State
@@ -163,6 +164,26 @@ async def leak_thumb(request: Request, state: State, _: Auth,
         raise ServiceError(404, "no_curation", f"curation/{LEAKS.summary} does not say which folder the leaks are "
                            "from")
     return await thumbnail(request, state, thumbnails.leak_partner, id, row["id_a"], row.get("locator_a"), other)
+
+
+@router.get("/curation/shared_parts", summary="pairs of images that share a part (byol-embed shared), most similar "
+            "first, a page at a time", response_model=SharedPartsPage, responses=error_responses(401, 404, 422))
+async def shared_part_rows(request: Request, state: State, _: Auth, offset: int = Query(0, ge=0),
+                           limit: int = Query(50, ge=1, le=500)) -> dict:
+    index = served_index(state)
+    return await in_lookup_pool(state, request, _shared_page, index, offset, limit)
+
+
+def _shared_page(index, offset: int, limit: int) -> dict:
+    reader = _reader(index, "shared_parts")
+    names = ["id", "id_b", "similarity", "box", "box_b", "whole"]
+    table, total = reader.page(offset, limit, names)
+    regions = getattr(index, "regions", None)
+    size = regions.size_of if regions is not None else (lambda item_id: None)
+    rows = [{"id": i, "id_b": b, "similarity": round(float(s), 5), "box": box, "box_b": box_b,
+             "whole": round(float(w), 5), "size": size(i), "size_b": size(b)}
+            for i, b, s, box, box_b, w in zip(*(table.column(c).to_pylist() for c in names))]
+    return {"total": total, "offset": offset, "rows": rows, "threshold": reader.summary().get("threshold")}
 
 
 @router.get("/curation/outliers", summary="outlier scores (byol-embed outliers), most unusual first, a page at a time",

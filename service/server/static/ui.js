@@ -1,7 +1,7 @@
 "use strict";
-const PAGE = { duplicates: 10, outliers: 50, leaks: 50 };
-const state = { dupOffset: 0, outOffset: 0, leakOffset: 0, stale: {},
-  selected: { duplicates: new Set(), outliers: new Set(), leaks: new Set() } };
+const PAGE = { duplicates: 10, outliers: 50, leaks: 50, shared_parts: 50 };
+const state = { dupOffset: 0, outOffset: 0, leakOffset: 0, sharedOffset: 0, stale: {},
+  selected: { duplicates: new Set(), outliers: new Set(), leaks: new Set(), shared_parts: new Set() } };
 
 function card(id, score, onClick) {
   const div = document.createElement("div");
@@ -219,6 +219,48 @@ async function showLeaks() {
   document.getElementById("leak-next").disabled = last >= body.total;
 }
 
+// a thumbnail with a box drawn over it (the box in the image's pixels, size its width and height)
+function boxedThumbCell(id, box, size) {
+  const td = document.createElement("td");
+  const wrap = document.createElement("div");
+  wrap.className = "boxed";
+  const img = document.createElement("img");
+  img.alt = id;
+  const mark = document.createElement("div");
+  mark.className = "box pair-box";
+  mark.dataset.box = box.join(",");
+  mark.hidden = true;
+  wrap.append(img, mark);
+  td.append(wrap);
+  if (size) img.addEventListener("load", () => placeBox(mark, box, size));
+  loadThumb(img, id);
+  return td;
+}
+
+async function showShared() {
+  const body = await apiJSON(`/curation/shared_parts?offset=${state.sharedOffset}&limit=${PAGE.shared_parts}`);
+  document.getElementById("shared-info").textContent =
+    `${body.total} pairs of images share a part (regions at cosine >= ${body.threshold}; near-duplicates as wholes left to Duplicates)`;
+  const rows = body.rows.map((r) => {
+    const tr = document.createElement("tr");
+    tr.dataset.id = r.id;
+    const box = document.createElement("td");
+    box.append(checkbox("shared_parts", r.id));
+    tr.append(box, boxedThumbCell(r.id, r.box, r.size), boxedThumbCell(r.id_b, r.box_b, r.size_b));
+    for (const value of [r.id, r.id_b, Number(r.similarity).toFixed(4), Number(r.whole).toFixed(3)]) {
+      const td = document.createElement("td");
+      td.textContent = value;
+      tr.append(td);
+    }
+    return tr;
+  });
+  document.getElementById("shared-rows").replaceChildren(...rows);
+  const last = Math.min(body.total, state.sharedOffset + body.rows.length);
+  document.getElementById("shared-page").textContent = `${state.sharedOffset + 1}-${last} of ${body.total}`;
+  document.getElementById("shared-prev").disabled = state.sharedOffset === 0;
+  document.getElementById("shared-next").disabled = last >= body.total;
+}
+
 function showStale(name) {
   const banner = document.getElementById("stale");
   const message = state.stale[name];
@@ -232,7 +274,8 @@ function selectTab(name) {
   }
   for (const panel of document.querySelectorAll(".panel")) panel.hidden = panel.id !== "panel-" + name;
   showStale(name);
-  const load = { duplicates: showDuplicates, outliers: showOutliers, leaks: showLeaks, map: () => showMap() }[name];
+  const load = { duplicates: showDuplicates, outliers: showOutliers, leaks: showLeaks, map: () => showMap(),
+    shared_parts: showShared }[name];
   if (load) load().catch((err) => { if (err.message !== "unauthorized") showMessage(err.message, true); });
 }
 
@@ -245,6 +288,7 @@ async function start() {
     document.querySelector('[data-tab="outliers"]').hidden = !curation.outliers;
     document.querySelector('[data-tab="leaks"]').hidden = !curation.leaks;
     document.querySelector('[data-tab="map"]').hidden = !curation.map;
+    document.querySelector('[data-tab="shared_parts"]').hidden = !curation.shared_parts;
     state.stale = curation.stale || {};
     for (const name of Object.keys(state.stale)) {
       document.querySelector(`[data-tab="${name}"]`).textContent += " (stale)";
@@ -284,6 +328,9 @@ document.getElementById("out-prev").addEventListener("click", () => { state.outO
 document.getElementById("out-next").addEventListener("click", () => { state.outOffset += PAGE.outliers; showOutliers(); });
 document.getElementById("leak-prev").addEventListener("click", () => { state.leakOffset = Math.max(0, state.leakOffset - PAGE.leaks); showLeaks(); });
 document.getElementById("leak-next").addEventListener("click", () => { state.leakOffset += PAGE.leaks; showLeaks(); });
+document.getElementById("shared-prev").addEventListener("click", () => { state.sharedOffset = Math.max(0, state.sharedOffset - PAGE.shared_parts); showShared(); });
+document.getElementById("shared-next").addEventListener("click", () => { state.sharedOffset += PAGE.shared_parts; showShared(); });
+document.getElementById("shared-export").addEventListener("click", () => downloadCSV("shared-parts-selected.csv", [...state.selected.shared_parts]));
 document.getElementById("leak-export").addEventListener("click", () => downloadCSV("leaks-selected.csv", [...state.selected.leaks]));
 document.getElementById("dup-export").addEventListener("click", () => downloadCSV("duplicates-selected.csv", [...state.selected.duplicates]));
 document.getElementById("dup-remove").addEventListener("click", async () => {

@@ -199,7 +199,7 @@ def test_index_search_curation_and_the_server_on_a_remote_folder(on_s3, on_disk,
         assert r.status_code == 200 and r.json()["results"][0]["id"] == "photo1/02.jpg"
         thumb = client.get("/thumb/photo1/02.jpg")  # read from the object its locator names, on S3
         assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
-        assert client.get("/curation").json() == {"duplicates": True, "outliers": True, "leaks": False, "map": False, "generation": 1,
+        assert client.get("/curation").json() == {"duplicates": True, "outliers": True, "leaks": False, "map": False, "shared_parts": False, "generation": 1,
                                                    "stale": {}}
         assert client.get("/info").json()["search"]["index"] == folder
         r = client.post("/search?k=3&regions=true", files={"image": ("q.jpg", blob, "image/jpeg")})

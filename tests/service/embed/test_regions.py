@@ -117,3 +117,33 @@ def test_errors_say_what_was_wrong(regions_emb, emb, planted, capsys):
                           (["search", str(emb), "--image", image, "--regions"], "has no regions")):
         assert main(argv) != 0, argv
         assert message in capsys.readouterr().err, argv
+
+
+def test_shared_parts_pair_images_holding_the_same_object(regions_emb, planted, capsys):
+    from curation.results import SHARED_PARTS, ResultReader
+
+    _, holds, _ = planted
+    reader = ResultReader(regions_emb, SHARED_PARTS)
+    summary = reader.summary()
+    calibration = summary["calibration"]
+    assert calibration["composites"] == 48 and summary["threshold"] == calibration["threshold"]
+    rows = reader.page(0, 10_000, ["id", "id_b", "similarity", "box", "box_b", "kind"])[0].to_pylist()
+    assert rows and len(rows) == summary["pairs"]
+    same = 0
+    for r in rows:
+        assert r["id"] < r["id_b"] and r["similarity"] >= summary["threshold"] - 1e-6 and r["kind"] == "shared part"
+        for box in (r["box"], r["box_b"]):
+            assert 0 <= box[0] < box[2] <= 320.5 and 0 <= box[1] < box[3] <= 240.5
+        a, b = holds[int(r["id"][:4])], holds[int(r["id_b"][:4])]
+        same += int(a >= 0 and a == b)
+    # pairs holding the same object are far more common among the pairs found than among all pairs
+    chance = 4 * 28 / (COUNT * (COUNT - 1) / 2)
+    print(f"shared parts: {len(rows)} pairs, {same} of them the same planted object (chance {chance:.3f})")
+    assert same >= 3 and same / len(rows) > 2 * chance
+    # a threshold of one's own, and a refusal that says what is accepted
+    capsys.readouterr()
+    assert main(["shared", str(regions_emb), "--threshold", "0.9999", "--no-progress", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["pairs"] < len(rows)
+    assert main(["shared", str(regions_emb), "--mutual", "0", "--threshold", "0.9"]) == 2
+    assert "--mutual must be >= 1" in capsys.readouterr().err
+    assert main(["shared", str(regions_emb), "--no-progress"]) == 0  # calibrated again: as the fixture left it

@@ -64,7 +64,7 @@ def test_pages_and_curation_routes(server):
         assert "default-src 'self'" in r.headers["content-security-policy"]
     assert httpx.get(f"{server}/ui/static/../app.py").status_code == 404
     assert httpx.get(f"{server}/curation").status_code == 401
-    assert httpx.get(f"{server}/curation", headers=AUTH).json() == {"duplicates": True, "outliers": True, "leaks": False, "map": False,
+    assert httpx.get(f"{server}/curation", headers=AUTH).json() == {"duplicates": True, "outliers": True, "leaks": False, "map": False, "shared_parts": False,
                                                                       "generation": 1, "stale": {}}
     dup = httpx.get(f"{server}/curation/duplicates?limit=2", headers=AUTH).json()
     assert dup["total"] >= 3 and len(dup["groups"]) == 2
@@ -299,5 +299,15 @@ def test_search_inside_images_a_box_dragged_on_the_query_and_the_hits_boxes(regi
     shots = Path(os.environ.get("BYOL_SCREENSHOTS") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(shots / "ui-regions.png"), full_page=False)
+    # the pairs that share a part (byol-embed shared), side by side, each with its box
+    page.click('[data-tab="shared_parts"]')
+    page.wait_for_selector("#shared-rows tr")
+    until(page, "[...document.querySelectorAll('#shared-rows .pair-box')].slice(0, 6).every(b => !b.hidden)")
+    pair = page.query_selector("#shared-rows tr")
+    boxes_drawn = pair.query_selector_all(".pair-box")
+    assert len(boxes_drawn) == 2 and all(b.bounding_box()["width"] > 2 for b in boxes_drawn)
+    total = httpx.get(f"{region_server}/curation/shared_parts?limit=1", headers=AUTH).json()["total"]
+    assert f"{total} pairs of images share a part" in page.inner_text("#shared-info")
+    page.screenshot(path=str(shots / "ui-shared-parts.png"), full_page=False)
     assert not errors, errors
     context.close()
