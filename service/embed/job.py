@@ -451,15 +451,18 @@ def _run_job(settings: EmbedSettings, runtime: RuntimeSettings, resolved: Resolv
     return summary
 
 
-REGION_SAMPLE = 256  # images whose regions the codec's PCA is fitted on (256 x 36 windows: ~9 k vectors)
+# images whose regions the codec's PCA is fitted on (256 x 36 windows: ~9 k vectors), at most a twentieth of the
+# run's (each is embedded once more), at least 64 (2 304 windows for 64 dimensions)
+REGION_SAMPLE, REGION_SAMPLE_SHARE, REGION_SAMPLE_MIN = 256, 20, 64
 
 
 def _region_codec(out: Store, pending: Manifest, committed: Manifest | None, source: ImageSource,
                   resolved: ResolvedModel, backend: Any, runtime: RuntimeSettings, settings: EmbedSettings
                   ) -> tuple[RegionCodec, dict[str, Any], bool]:
     """The codec this generation's region codes are made with: the folder's (an append, or a resumed run), else
-    fitted now on :data:`REGION_SAMPLE` images spread over the input and written to ``regions/`` before any
-    shard (a rerun and every Ray actor read it from there)."""
+    fitted now on up to :data:`REGION_SAMPLE` images spread over the input (a twentieth of them, at least
+    :data:`REGION_SAMPLE_MIN`) and written to ``regions/`` before any shard (a rerun and every Ray actor read it
+    from there)."""
     for known in (committed, Manifest.load_pending(out)):
         if known is not None and known.regions == pending.regions and known.region_codec:
             try:
@@ -470,7 +473,7 @@ def _region_codec(out: Store, pending: Manifest, committed: Manifest | None, sou
                                       "cannot be extended: run again with --overwrite") from None
     started = time.perf_counter()
     layer = pending.regions["layer"]
-    count = min(REGION_SAMPLE, len(source))
+    count = min(len(source), max(REGION_SAMPLE_MIN, min(REGION_SAMPLE, len(source) // REGION_SAMPLE_SHARE)))
     picks = sorted(set(np.linspace(0, len(source) - 1, count).round().astype(int).tolist()))
     backend = backend or build_backend(resolved, runtime, settings.maps)
 

@@ -317,12 +317,13 @@ class LoadedRegionIndex:
         left, top, side = (float(v) for v in self.seen[row])
         return [round(2 * left + side), round(2 * top + side)]
 
-    def search(self, parts: np.ndarray, k: int, exclude: str | None = None) -> list[dict[str, Any]]:
+    def search(self, parts: np.ndarray, k: int, exclude: str | None = None,
+               candidates: int = MAX_CANDIDATES) -> list[dict[str, Any]]:
         """Images holding the parts best: ``parts`` is ``(probes, C)`` pooled vectors of the layer (one part's
         probes); each result carries the best window's box in that image's pixels and its score."""
         windows = int(self.meta["windows"])
         queries = self.codec.reduce(np.asarray(parts, np.float32).reshape(len(parts), -1))
-        want = min(MAX_CANDIDATES, (k + (1 if exclude else 0)) * windows, int(self.index.ntotal))
+        want = min(candidates, (k + (1 if exclude else 0)) * windows, int(self.index.ntotal))
         scores, found = self.index.search(queries, want)
         best: dict[int, tuple[float, int]] = {}
         for score, label in zip(scores.reshape(-1), found.reshape(-1)):
