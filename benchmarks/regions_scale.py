@@ -102,8 +102,9 @@ def child(args: list[str]) -> tuple[float, float, str]:
 def exact_top(codec_regions: np.ndarray, owner_of: int, queries: np.ndarray, k: int) -> list[int]:
     """Exact best-region-per-image ranking of ``queries`` (probes) over every region, top ``k`` images."""
     best = np.full(len(codec_regions) // owner_of, -np.inf, np.float32)
-    for start in range(0, len(codec_regions), 1_000_000):
-        block = codec_regions[start:start + 1_000_000]
+    step = owner_of * (1_000_000 // owner_of)  # whole images a block
+    for start in range(0, len(codec_regions), step):
+        block = codec_regions[start:start + step]
         scores = (block @ queries.T).max(axis=1).reshape(-1, owner_of).max(axis=1)
         first = start // owner_of
         best[first:first + len(scores)] = np.maximum(best[first:first + len(scores)], scores)
@@ -146,7 +147,7 @@ def main() -> None:
 
         # recall against exact search, on the index as the server reads it
         from service.embed.model import FolderModel
-        from service.embed.region_index import LoadedRegionIndex
+        from service.embed.region_index import DEFAULT_NPROBE, LoadedRegionIndex
 
         loaded = LoadedRegionIndex.open(folder)
         model_q = FolderModel(manifest, maps=("feature3",))
@@ -171,7 +172,8 @@ def main() -> None:
             overlap.append(len({loaded.ids[i] for i in want} & {r["id"] for r in got}) / 10)
         del every
         print(f"recall@10 of the IVF-PQ index against exact search over the same regions: {np.mean(overlap):.3f} "
-              f"({len(queries)} queries, nprobe 32); the index search alone: p50 {1000 * np.median(search_s):.1f} ms")
+              f"({len(queries)} queries, nprobe {DEFAULT_NPROBE}); the index search alone: p50 "
+              f"{1000 * np.median(search_s):.1f} ms")
 
         # a query's latency on a real server
         import httpx

@@ -18,6 +18,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 from starlette.formparsers import MultiPartParser
 
+from hub.hardware import usable_cpus
 from service.runtime.backend import Backend
 from service.runtime.batcher import Batcher
 from service.runtime.factory import build_planned_backend, inference_plan, resolve_for_backend
@@ -132,7 +133,8 @@ def create_app(settings: ServiceSettings | None = None, backend: Backend | None 
         await asyncio.to_thread(state.backend.warmup, resolved.config.input_size)
         if settings.index:
             outputs = state.backend.outputs
-            state.region_queries = RegionQueries(resolved, settings, plan.threads_per_stream)
+            # a region query's probes run beside the batcher on every core the process may use (the model is its latency)
+            state.region_queries = RegionQueries(resolved, settings, settings.threads or usable_cpus())
             state.index_watch = IndexWatcher(state, lambda: open_search_index(settings, resolved, outputs))
             await state.index_watch.start()
         state.batcher = Batcher(state.backend, max_batch_size=settings.max_batch_size,

@@ -63,7 +63,7 @@ def add_parsers(sub) -> None:
                         "width and height when all four are at most 1 (default: the whole image)")
     p.add_argument("-k", type=int, default=10, help="results (default 10)")
     p.add_argument("--nprobe", type=int, default=None, help="IVF lists probed per query (default: FAISS's; region "
-                                                            "index: 32)")
+                                                            "index: 64)")
     p.add_argument("--json", action="store_true",
                    help='print {"results": [{"id", "path", "score"}, ...]}; with --regions each result also has '
                         '"box": [x0, y0, x1, y1] in that image\'s pixels')

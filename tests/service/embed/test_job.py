@@ -23,7 +23,7 @@ pytest.importorskip("faiss")
 
 from service.embed.cli import main  # noqa: E402
 from service.embed.index import LoadedIndex  # noqa: E402
-from storage.folder import QUALITY_COLUMNS  # noqa: E402
+from storage.folder import QUALITY_COLUMNS, Manifest  # noqa: E402
 from storage.lock import folder_lock  # noqa: E402
 from storage.sources import read_located  # noqa: E402
 from tests.support import REPO  # noqa: E402
@@ -132,7 +132,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(trained_model, photos, t
     data.mkdir()
     write_images(data, photos, copies=24)  # 147 images in 30 shards of 5
     out = tmp_path / "killed"
-    args = common(trained_model, data, out)
+    args = [*common(trained_model, data, out), "--regions", "feature3"]  # the codec too is the killed run's
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "service.embed", "run", *args, "--no-progress"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -146,12 +146,15 @@ def test_killed_run_resumes_to_the_uninterrupted_result(trained_model, photos, t
     assert 3 <= len(done_before) < 30
     kept = {name: (out / name.replace(".done", ".parquet")).stat().st_mtime_ns for name in done_before}
     (out / ".part-00029.tmp-424242").write_bytes(b"half a shard from a dead run")
+    (codec,) = (out / "regions").glob("codec-*.npz")
 
     assert run_cli(*args) == 0
+    assert list((out / "regions").glob("codec-*.npz")) == [codec]  # resumed with the codec its shards were made with
+    assert Manifest.load(out).region_codec["file"] == f"regions/{codec.name}"
     assert not list(out.glob(".part-*.tmp-*"))
     assert all((out / n.replace(".done", ".parquet")).stat().st_mtime_ns == t for n, t in kept.items())
     ref = tmp_path / "uninterrupted"
-    assert run_cli(*common(trained_model, data, ref)) == 0
+    assert run_cli(*common(trained_model, data, ref), "--regions", "feature3") == 0
     assert sorted(p.name for p in out.glob("*.parquet")) == sorted(p.name for p in ref.glob("*.parquet"))
     assert read_all(out).equals(read_all(ref))
 

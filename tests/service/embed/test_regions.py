@@ -147,3 +147,27 @@ def test_shared_parts_pair_images_holding_the_same_object(regions_emb, planted, 
     assert main(["shared", str(regions_emb), "--mutual", "0", "--threshold", "0.9"]) == 2
     assert "--mutual must be >= 1" in capsys.readouterr().err
     assert main(["shared", str(regions_emb), "--no-progress"]) == 0  # calibrated again: as the fixture left it
+
+
+def test_a_large_sets_factory_is_trained_and_answers_like_the_exact_one(regions_emb, region_model, planted, tmp_path):
+    """Past a million regions the index is OPQ + IVF + PQ (trained on a sample): built small here, it finds what
+    the exact index finds."""
+    import shutil
+
+    from service.embed.model import FolderModel
+    from service.embed.region_index import FLAT_LIMIT, build_region_index, factory_for
+
+    assert factory_for(FLAT_LIMIT) == "IDMap2,Flat" and factory_for(36_000_000) == "OPQ32,IVF16384,PQ32"
+    root, _, _ = planted
+    copy = tmp_path / "emb"
+    shutil.copytree(regions_emb, copy)
+    exact = LoadedRegionIndex.open(regions_emb)
+    meta = build_region_index(copy, factory="OPQ8,IVF8,PQ16")
+    assert meta["trained_on"] >= 8 * 39 and meta["regions"] == COUNT * WINDOWS
+    trained = LoadedRegionIndex.open(copy, nprobe=8)
+    from PIL import Image
+
+    parts = FolderModel(exact.manifest, maps=(LAYER,)).region_parts(Image.open(root / "object0.png"), None)
+    want = {r["id"] for r in exact.search(parts, 10)}
+    got = {r["id"] for r in trained.search(parts, 10)}
+    assert len(want & got) >= 6, (want, got)
