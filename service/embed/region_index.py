@@ -51,6 +51,14 @@ DEFAULT_NPROBE = 64
 MAX_CANDIDATES = 4096  # regions a probe asks the index for, at most
 
 
+def nlist_of(factory: str) -> int:
+    """The IVF lists of a factory string (1 for a flat one)."""
+    import re
+
+    match = re.search(r"IVF(\d+)", factory)
+    return int(match.group(1)) if match else 1
+
+
 def factory_for(regions: int) -> str:
     """``IDMap2,Flat`` up to :data:`FLAT_LIMIT` regions, else ``OPQ32,IVF<n>,PQ32`` with ~2 sqrt(n) lists."""
     if regions <= FLAT_LIMIT:
@@ -123,10 +131,7 @@ def _train(index: Any, folder: Store, manifest: Manifest, codec: RegionCodec, pa
            train_size: int, seed: int, total: int) -> int:
     """Train an IVF-PQ index on a sample of the regions: each region of shards taken in a random order kept at
     the rate that gives the sample's size from all ``total`` regions (and a quarter more)."""
-    import re
-
-    match = re.search(r"IVF(\d+)", factory)
-    nlist = int(match.group(1)) if match else 1
+    nlist = nlist_of(factory)
     want = train_size or max(TRAIN_PER_LIST * nlist, 65_536)
     rng = np.random.default_rng(seed)
     sample: list[np.ndarray] = []
