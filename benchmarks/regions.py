@@ -111,6 +111,26 @@ def measure(name: str, model: Path, layer: str, root: Path, work: Path, holds: n
     return out
 
 
+def cost(model: Path, layer: str, work: Path, images: int) -> tuple[float, float, str]:
+    """The same run without and with ``--regions`` on ``images`` planted photos (after the graphs are exported):
+    seconds of each, and the line the run with regions printed."""
+    import contextlib
+    import io
+
+    write_planted(work / "cost-set", images, 10)
+    seconds = []
+    printed = ""
+    for kind, extra in (("without", []), ("with", ["--regions", layer])):
+        out = io.StringIO()
+        started = time.perf_counter()
+        with contextlib.redirect_stdout(out):
+            assert embed(["run", "--model", str(model), "--input", str(work / "cost-set" / "images"), "--output",
+                          str(work / f"cost-{kind}"), "--no-progress", *extra]) == 0
+        seconds.append(time.perf_counter() - started)
+        printed = out.getvalue().strip().splitlines()[-1]
+    return seconds[0], seconds[1], printed
+
+
 def shared_pairs(emb: Path, holds: np.ndarray, sources: np.ndarray, whole: LoadedIndex) -> dict:
     """Precision and recall of ``byol-embed shared`` (calibrated) and of whole-image dedup at its threshold on the
     planted pairs."""
@@ -150,6 +170,9 @@ def main() -> None:
     parser.add_argument("--per-object", type=int, default=15, help="photos holding each object (default 15)")
     parser.add_argument("--models", default="demo,test", help="demo, test or both (default demo,test)")
     parser.add_argument("--layer", default="feature3", help="the region layer (default feature3)")
+    parser.add_argument("--cost-images", type=int, default=3000,
+                        help="photos of the run timed with and without --regions, with the last model (default "
+                             "3000; 0: skip)")
     args = parser.parse_args()
     print(f"machine: {cpu_summary()}")
     with tempfile.TemporaryDirectory(prefix="byol-regions-") as tmp:
@@ -191,6 +214,11 @@ def main() -> None:
             s = r["shared"]
             print(f"  shared parts (calibrated cosine {s['threshold']}, composites {s['calibration']}): "
                   f"{s['regions']}; whole-image dedup at {s['dedup threshold']}: {s['whole-image dedup']}")
+        if args.cost_images and models:
+            name, folder = models[-1]
+            without, with_regions, line = cost(folder, args.layer, work, args.cost_images)
+            print(f"\nthe run's extra cost on {args.cost_images} photos ({name}): {without:.1f} s without regions, "
+                  f"{with_regions:.1f} s with: {100 * (with_regions / without - 1):+.1f} %\n  it printed: {line}")
 
 
 if __name__ == "__main__":

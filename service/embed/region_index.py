@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from curation.neighbours import TRAIN_PER_LIST, faiss_module
+from curation.progress import bar
 from curation.regions import MAX_WINDOWS, RegionCodec, decoded, folder_codec, window_boxes
 from service.embed.errors import EmbedJobError
 from service.embed.index import GROWTH_LIMIT
@@ -88,7 +89,7 @@ def _labels(image_labels: np.ndarray, windows: int) -> np.ndarray:
 
 
 def build_region_index(folder: str | Path | Store, *, factory: str | None = None, train_size: int = 0, seed: int = 0,
-                       storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+                       progress: bool = False, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build ``folder/regions/index/`` from every shard's region codes; returns its description."""
     faiss = faiss_module()
     folder = as_store(folder, storage_options)
@@ -109,11 +110,17 @@ def build_region_index(folder: str | Path | Store, *, factory: str | None = None
     images = RegionRows([], [], [], np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros((0, 3), np.float32))
     chunks: list[RegionRows] = []
     count = 0
+    shown = bar(embedded, "region index", progress)
     for batch, vectors in _read_regions(folder, manifest, codec, parts):
         labels = np.arange(count, count + len(batch.ids), dtype=np.int64)
         index.add_with_ids(vectors, _labels(labels, windows))
+        batch.codes = None  # added: only the image's id, place and seen square stay
         chunks.append(batch)
         count += len(batch.ids)
+        if shown is not None:
+            shown.update(len(batch.ids))
+    if shown is not None:
+        shown.close()
     if count == 0:
         raise EmbedJobError("no embedded rows with regions to index (every row has an error)")
     images = _concat(chunks) if chunks else images
@@ -226,6 +233,7 @@ def update_region_index(folder: str | Path | Store, *, storage_options: dict[str
     for batch, vectors in _read_regions(folder, manifest, codec, [p for p in parts if p in wanted], wanted):
         new = np.arange(next_label, next_label + len(batch.ids), dtype=np.int64)
         index.add_with_ids(vectors, _labels(new, windows))
+        batch.codes = None
         chunks.append(batch)
         next_label += len(batch.ids)
     kept_rows = np.flatnonzero(keep)

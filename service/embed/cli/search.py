@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from curation.regions import parse_box
@@ -86,7 +87,7 @@ def index(args: argparse.Namespace) -> int:
                       f"{factory})")
         if Manifest.load(folder).regions and not args.no_regions:
             regions = (update_region_index(folder) if has_region_index(folder) and not args.rebuild else
-                       {**build_region_index(folder), "action": "built"})
+                       {**build_region_index(folder, progress=sys.stderr.isatty()), "action": "built"})
     print(f"index {action}: {meta['count']} vectors of {meta['layer']} ({meta['dim']}-d, {meta['factory']}, "
           f"cosine), generation {meta.get('generation')} -> {join(args.folder, 'index')}")
     if regions is not None:
