@@ -25,6 +25,7 @@ from service.embed.errors import EmbedJobError
 from service.embed.index import LoadedIndex, StaleIndexError
 from service.embed.region_index import LoadedRegionIndex, has_region_index
 from service.runtime.factory import build_backend
+from service.runtime.onnx import OnnxRuntimeError
 from service.server.errors import ServiceError
 from service.server.pipeline import (
     NumpyJSONResponse,
@@ -281,7 +282,10 @@ async def _search_regions(state: ServiceState, request: Request, index: LoadedIn
         parts = state.region_queries.parts(image, query_box, regions.layer)
         return regions.search(parts, count)
 
-    results = await in_lookup_pool(state, request, run)
+    try:
+        results = await in_lookup_pool(state, request, run)
+    except OnnxRuntimeError as err:  # e.g. a graph without the layer's maps and no torch to export one
+        raise ServiceError(503, "regions_unavailable", f"this server cannot make region vectors: {err}") from None
     if cut is not None:
         results = [r for r in results if r["score"] >= cut]
     state.metrics.searches.inc()

@@ -77,3 +77,21 @@ def test_refusals_say_what_is_accepted(client, trained_model, emb, planted):
         assert r.status_code == 404 and r.json()["error"]["code"] == "no_region_index"
         assert "byol-embed run --regions" in r.json()["error"]["message"]
         assert plain.get("/info").json()["search"]["regions"] is None
+
+
+def test_a_server_that_cannot_make_region_vectors_says_why(client, planted, monkeypatch):
+    """A model folder whose graph lacks the layer's maps, on an image without torch to export one: 503 with the
+    reason, and image search goes on."""
+    from service.runtime.onnx import OnnxRuntimeError
+    from service.server.routes.search import RegionQueries
+
+    def refuse(self, image, box, layer):
+        raise OnnxRuntimeError(f"model.onnx does not give the maps of {layer} and torch is not installed")
+
+    monkeypatch.setattr(RegionQueries, "parts", refuse)
+    root, _, _ = planted
+    files = {"image": ("q.png", (root / "object0.png").read_bytes(), "image/png")}
+    r = client.post("/search?regions=true", files=files)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "regions_unavailable"
+    assert "torch is not installed" in r.json()["error"]["message"]
+    assert client.post("/search", files=files).status_code == 200
