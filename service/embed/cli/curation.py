@@ -32,6 +32,7 @@ from curation.results import (
     SHARED_PARTS,
 )
 from curation.select import STRATEGIES
+from hub import spectrum
 from service.embed.cli.common import (
     add_folder,
     add_json,
@@ -124,6 +125,15 @@ def add_parsers(sub) -> None:
                    help=f"the precision the calibrated threshold is chosen for (default {shared.DEFAULT_PRECISION})")
     p.add_argument("--sample", type=int, default=shared.DEFAULT_SAMPLE,
                    help=f"composites made for the calibration (default {shared.DEFAULT_SAMPLE})")
+
+    p = sub.add_parser("spectrum", parents=[parent(add_folder, add_storage, add_json)],
+                       help="the model's feature quality on this folder without labels: RankMe and the normalized "
+                       "outputs' spread, per embedded layer", description=spectrum.__doc__.split("\n\n")[0] + " "
+                       "Computed on a sample of the folder's stored vectors (each L2-normalized), per layer; reads "
+                       "only, writes nothing.")
+    p.set_defaults(handler=run_spectrum)
+    p.add_argument("--sample", type=int, default=10_000,
+                   help="vectors per layer, drawn at random (RankMe needs at least the dimension) (default 10000)")
 
     p = sub.add_parser("calibrate", parents=[base, parent(add_layer)], help="measure this folder's near-duplicate "
                        "threshold", description=calibration.__doc__.split("\n\n", 1)[1].split("Written to")[0].strip(),
@@ -267,6 +277,30 @@ def run_shared(args: argparse.Namespace) -> int:
         *(["warning: " + s["calibration"]["warning"]] if "warning" in s["calibration"] else []),
         *(f"{rank:>3}  {p['similarity']:.4f}  {p['id']}  {p['id_b']}  (whole images {p['whole']:.3f})"
           for rank, p in enumerate(s["top"], 1))])
+
+
+def run_spectrum(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    if args.sample < 2:
+        raise CurationError(f"--sample must be >= 2, got {args.sample}")
+    store = Store(args.folder, args.storage_options)
+    manifest = Manifest.load(store)
+    layers = {}
+    for layer in manifest.layers:
+        vectors = load_rows(store, manifest, layer).vectors
+        if len(vectors) > args.sample:
+            vectors = vectors[np.sort(np.random.default_rng(0).choice(len(vectors), args.sample, replace=False))]
+        if len(vectors) < 2:
+            raise CurationError(f"{layer}: {len(vectors)} embedded vectors; RankMe needs at least 2")
+        layers[layer] = spectrum.label_free(vectors)
+    summary = {"folder": args.folder, "model": manifest.model_id, "weights_sha256": manifest.weights_sha256,
+               "generation": manifest.generation, "layers": layers}
+    return report(args, summary, lambda s: [
+        f"{s['model']} on {args.folder} (generation {s['generation']}), without labels:",
+        *(f"  {layer:<9} RankMe {v['rankme']:>8.2f} of {min(v['samples'], v['dim'])} ({100 * v['rankme_share']:.1f} %)"
+          f"   normalized std {v['std']:.4f} (spread evenly: {v['std_ideal']:.4f}; collapsed: 0)"
+          f"   {v['samples']} vectors" for layer, v in s["layers"].items())])
 
 
 def run_calibrate(args: argparse.Namespace) -> int:

@@ -1,0 +1,48 @@
+"""A model's feature quality without labels, from a matrix of its embeddings (groundwork of issue #38).
+
+- **RankMe** (Garrido et al., ICML 2023): the effective rank of the embeddings, ``exp`` of the entropy of their
+  normalized singular values. It reaches the dimension for features that use every direction equally, and falls
+  towards 1 as they collapse. The paper found it tracks downstream accuracy across hyper-parameters of one method.
+- **The standard deviation of the L2-normalized outputs**, per dimension and averaged (the collapse signal
+  lightly logs): 0 for a collapsed model, ``1/sqrt(d)`` for outputs spread evenly over the sphere.
+
+Plain numpy: it serves the trainer, ``byol-embed`` and the model card alike.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+EPS = 1e-7  # the paper's epsilon in p_k = sigma_k / ||sigma||_1 + eps
+
+
+def rankme(x: np.ndarray) -> float:
+    """The effective rank of ``(n, d)`` embeddings: ``exp(-sum p_k log p_k)``, ``p_k = sigma_k / sum sigma + eps``."""
+    x = np.asarray(x, np.float64)
+    if x.ndim != 2 or min(x.shape) < 2:
+        raise ValueError(f"RankMe needs an (n, d) matrix with n, d >= 2; got shape {x.shape}")
+    sigma = np.linalg.svd(x, compute_uv=False)
+    total = sigma.sum()
+    if total <= 0:
+        return 1.0
+    p = sigma / total + EPS
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def normalized_std(x: np.ndarray) -> float:
+    """The mean over dimensions of the standard deviation, across samples, of the L2-normalized rows."""
+    x = np.asarray(x, np.float64)
+    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return float(unit.std(axis=0).mean())
+
+
+def label_free(x: np.ndarray) -> dict[str, Any]:
+    """RankMe, its share of the dimension, and the normalized outputs' standard deviation with its ideal
+    ``1/sqrt(d)``, for ``(n, d)`` embeddings (RankMe cannot exceed ``min(n, d)``: use n >= d samples)."""
+    n, d = np.asarray(x).shape
+    rank = rankme(x)
+    return {"rankme": round(rank, 2), "rankme_share": round(rank / min(n, d), 4),
+            "std": round(normalized_std(x), 5), "std_ideal": round(1 / np.sqrt(d), 5), "samples": int(n),
+            "dim": int(d)}
