@@ -4,12 +4,13 @@ dimension) that a folder stores so that queries are reduced the same way.
 
 The grid. Each region is a square window of the layer's cells whose side is 2/7 of the grid (4 cells of
 ``feature4``'s 14 x 14 at 224², 2 of a 7 x 7 grid, 8 of a 28 x 28), placed every half side, the last moved in to end
-on the edge: 6 x 6 = 36 windows an image whatever the grid. Why that size: the parts worth finding cover 5-20 % of
-an image (a side of 0.22-0.45 of it), and a window of 0.29 overlaps such a part by at least half wherever it is.
-Measured on the planted set (``benchmarks/regions.py``), 36 windows of 4 cells find the parts as well as 85
-windows of 3 and 5 cells (recall@10 0.88 against 0.88, object queries) and better than 49 of 3 (0.70); 169 of 2
-cells were worse (0.30): one cell's receptive field already spans most of the image. 36 a region keeps a million
-images' index at 36 M codes (:mod:`service.embed.regions`).
+on the edge: 6 x 6 = 36 windows an image on grids of 7, 14 and 28 (25 on 16, 49 on 8). Why that size: the parts worth finding cover 5-20 % of
+an image (a side of 0.22-0.45 of it), and with windows of 0.29 every 0.15 some window lies mostly on such a part
+wherever it is.
+Measured on the planted set (test model at 224², ``feature4``, exact vectors), 36 windows of 4 cells find the
+parts as well as 85 windows of 3 and 5 cells (recall@10 0.88 against 0.88, object queries) and better than 49 of 3
+(0.70); 169 of 2 cells were worse (0.30): one cell's receptive field already spans most of the image. 36 windows an
+image keep a million images' index at 36 M codes (:mod:`service.embed.region_index`).
 
 Where a cell is. The model sees the image resized (shorter side to ``resize_size``) and center-cropped to
 ``crop_size``; cell ``(r, c)`` of an ``n x n`` grid covers ``1/n`` of that crop, which :func:`crop_box` maps back
