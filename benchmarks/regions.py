@@ -25,7 +25,6 @@ Models: the demo model (``scripts/serve.py``'s, made if missing) and the test su
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
@@ -37,12 +36,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hub import BYOLModel  # noqa: E402
 from hub.hardware import cpu_summary  # noqa: E402
 from service.embed.cli import main as embed  # noqa: E402
 from service.embed.index import LoadedIndex  # noqa: E402
 from service.embed.model import FolderModel  # noqa: E402
 from service.embed.region_index import LoadedRegionIndex  # noqa: E402
+from tests.support.models import seen_at  # noqa: E402
 from tests.support.planted import planted_set, write_planted  # noqa: E402
 
 
@@ -53,14 +52,6 @@ def _scores(truth: np.ndarray, ranked: list[int], total: int) -> tuple[float, fl
     recall = hits[:10].sum() / min(10, truth.sum())
     precision = np.cumsum(hits) / np.arange(1, len(hits) + 1)
     return float(recall), float((precision * hits).sum() / hits.sum())
-
-
-def save_at(src: Path, dst: Path, crop: int) -> Path:
-    model = BYOLModel.from_pretrained(src)
-    model.config.preprocessing = dataclasses.replace(model.config.preprocessing, crop_size=crop,
-                                                     resize_size=round(crop * 256 / 224))
-    model.save_pretrained(dst)
-    return dst
 
 
 def measure(name: str, model: Path, layer: str, root: Path, work: Path, holds: np.ndarray, boxes, sources) -> dict:
@@ -187,14 +178,14 @@ def main() -> None:
 
             if not (demo_folder() / "config.json").exists():
                 make_demo_model(demo_folder())
-            models += [("demo (96²)", demo_folder()), ("demo at 224²", save_at(demo_folder(), work / "demo224", 224))]
+            models += [("demo (96²)", demo_folder()), ("demo at 224²", seen_at(demo_folder(), work / "demo224", 224))]
         if "test" in args.models:
             from tests.support.images import PHOTOS, skimage_data_dir
             from tests.support.models import train_test_model
 
             (work / "trained").mkdir()
             trained = train_test_model(work / "trained", [skimage_data_dir() / p for p in PHOTOS])
-            models += [("test (64²)", trained), ("test at 224²", save_at(trained, work / "test224", 224))]
+            models += [("test (64²)", trained), ("test at 224²", seen_at(trained, work / "test224", 224))]
         results = []
         for name, folder in models:
             r = measure(name.split()[0] + name.split()[-1].rstrip("²"), folder, args.layer, work / "set", work, holds,

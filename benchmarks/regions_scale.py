@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=60, help="timed queries on the server (default 60)")
     args = parser.parse_args()
     print(f"machine: {cpu_summary()}")
-    from benchmarks.regions import save_at
+    from tests.support.models import seen_at
     from tests.support.planted import objects
     from tests.support.server import start_server
 
@@ -130,7 +130,7 @@ def main() -> None:
         make_demo_model(demo_folder())
     with tempfile.TemporaryDirectory(prefix="byol-regions-scale-") as tmp:
         work = Path(tmp)
-        model = save_at(demo_folder(), work / "demo224", 224)
+        model = seen_at(demo_folder(), work / "demo224", 224)
         seed = real_folder(work, model)
         folder = work / "emb"
         started = time.perf_counter()

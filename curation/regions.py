@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from storage.vectors import l2_normalize
+
 WINDOW_SHARE = 2 / 7  # a window's side, as a share of the grid's
 PROBE_SCALES = (0.5, 0.35)  # a query part pasted at these sides of a canvas (besides the part in its own image)
 CANVAS_FILL = (124, 116, 104)  # the canvas around a pasted part: ImageNet's mean colour
@@ -222,7 +224,7 @@ class RegionCodec:
         mean = sample.mean(axis=0)
         _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
         basis = vt[:dims].T.astype(np.float32)
-        reduced = _unit((sample - mean) @ basis)
+        reduced = l2_normalize((sample - mean) @ basis)
         scale = np.maximum(np.abs(reduced).max(axis=0), 1e-6) / 127.0
         return cls(mean.astype(np.float32), basis, scale.astype(np.float32))
 
@@ -232,7 +234,7 @@ class RegionCodec:
 
     def reduce(self, vectors: np.ndarray) -> np.ndarray:
         """``(n, C)`` -> ``(n, dims)`` float32, unit length (what the codes approximate)."""
-        return _unit((np.asarray(vectors, np.float32) - self.mean) @ self.basis)
+        return l2_normalize((np.asarray(vectors, np.float32) - self.mean) @ self.basis)
 
     def encode(self, vectors: np.ndarray) -> np.ndarray:
         return np.clip(np.rint(self.reduce(vectors) / self.scale), -127, 127).astype(np.int8)
@@ -252,7 +254,7 @@ class RegionCodec:
         out = np.empty((n, len(self.windows), self.dims), np.int8)
         for i in range(n):
             pooled = pool_windows(np.moveaxis(cells[i].reshape(h, w, -1), -1, 0), self.windows) - offset
-            out[i] = np.clip(np.rint(_unit(pooled) / self.scale), -127, 127).astype(np.int8)
+            out[i] = np.clip(np.rint(l2_normalize(pooled) / self.scale), -127, 127).astype(np.int8)
         return out
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -285,11 +287,6 @@ class RegionCodec:
                    np.asarray(arrays["scale"], np.float32), wins, int(arrays.get("grid", 0)))
 
 
-def _unit(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
 def folder_codec(store: Any, manifest: Any) -> RegionCodec:
     """The region codec of an embedding folder (``storage.store.Store`` and its ``Manifest``), with a clear error
     where the folder has no regions."""
@@ -307,4 +304,4 @@ def folder_codec(store: Any, manifest: Any) -> RegionCodec:
 def decoded(codec: RegionCodec, codes: np.ndarray) -> np.ndarray:
     """``(n, windows x dims)`` int8 codes -> ``(n x windows, dims)`` unit float32 region vectors."""
     vectors = codec.decode(np.asarray(codes).reshape(-1, codec.dims))
-    return _unit(vectors)
+    return l2_normalize(vectors)

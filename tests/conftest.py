@@ -30,7 +30,7 @@ from tests.support.images import (
     photos_for_quality,
     skimage_data_dir,
 )
-from tests.support.models import randomize_bn, train_test_model
+from tests.support.models import randomize_bn, seen_at, train_test_model
 from tests.support.planted import COUNT, LAYER, PER_OBJECT, write_planted
 from tests.support.s3 import S3, S3_ENV
 from tests.support.server import make_client
@@ -123,15 +123,7 @@ def emb(tmp_path_factory, trained_model) -> Path:
 def region_model(trained_model, tmp_path_factory):
     """The test model's weights seen at 128² (it was trained at 64², where feature3 is an 8x8 grid of cells that
     each see most of the image): the same weights, another preprocessing, saved as a user would."""
-    import dataclasses
-
-    from hub import BYOLModel
-
-    model = BYOLModel.from_pretrained(trained_model)
-    model.config.preprocessing = dataclasses.replace(model.config.preprocessing, crop_size=128, resize_size=146)
-    folder = tmp_path_factory.mktemp("model128") / "model"
-    model.save_pretrained(folder)
-    return folder
+    return seen_at(trained_model, tmp_path_factory.mktemp("model128") / "model", 128)
 
 
 @pytest.fixture(scope="session")

@@ -245,6 +245,12 @@ def local_folder(store: Store) -> Path:
         raise FolderError(f"{store} has no index; build one with `byol-embed index {store}`") from None
     curation = [f"{CURATION}/{n}" for n in store.child(CURATION).names("*")]  # none: an empty listing
     names = [f"{INDEX_DIR}/{INDEX_FILE}", f"{INDEX_DIR}/{IDS_FILE}", f"{INDEX_DIR}/{META_FILE}"] + curation
+    return versioned_copy(store, names, described)
+
+
+def versioned_copy(store: Store, names: list[str], described: bytes) -> Path:
+    """A local copy of ``names`` (the store itself on local disk), keyed by ``described`` (an index description's
+    bytes) and each file's size and version, and checked against those versions once downloaded."""
     key = [described]
     versions: dict[str, str | None] = {}
     for name in names:
@@ -252,6 +258,15 @@ def local_folder(store: Store) -> Path:
         versions[name] = info["version"]
         key.append(f"{name}\0{info['size']}\0{info['version']}\n".encode())
     return store.local_copy(names, b"".join(key), versions)
+
+
+def read_mapped(path: Path) -> Any:
+    """A FAISS index memory-mapped read-only where FAISS can map its type, else read into memory (e.g. HNSW)."""
+    faiss = faiss_module()
+    try:
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    except RuntimeError:
+        return faiss.read_index(str(path))
 
 
 def _exact_codes(factory: str) -> bool:
@@ -301,10 +316,7 @@ class LoadedIndex:
         folder = local_folder(store)
         root = folder / INDEX_DIR
         meta = json.loads((root / META_FILE).read_text())
-        try:
-            index = faiss.read_index(str(root / INDEX_FILE), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-        except RuntimeError:  # index types FAISS cannot map (e.g. HNSW) are read into memory
-            index = faiss.read_index(str(root / INDEX_FILE))
+        index = read_mapped(root / INDEX_FILE)
         try:
             ivf = faiss.extract_index_ivf(index)
         except RuntimeError:

@@ -4,7 +4,7 @@ it to the curation commands that need one (:class:`curation.calibration.Embedder
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import cached_property
 from typing import Any
 
@@ -47,14 +47,17 @@ class FolderModel:
                                 f"({manifest.weights_sha256[:12]})")
         return resolved.config.preprocessing, build_backend(resolved, settings, self.maps)
 
-    def embed(self, images: Sequence[Image.Image], layer: str) -> np.ndarray:
+    def _outputs(self, images: Sequence[Image.Image], name: str) -> Iterator[tuple[int, np.ndarray]]:
+        """``(start, the output name of the batch images[start:start + batch_size])``, a batch at a time."""
         preprocessing, backend = self._loaded
-        name = output_name(layer, self.manifest.pooling)
-        out = np.zeros((len(images), self.manifest.dims[layer]), np.float32)
         for start in range(0, len(images), self.batch_size):
-            chunk = images[start:start + self.batch_size]
-            pixels = np.stack([preprocess_one(img, preprocessing) for img in chunk])
-            out[start:start + len(chunk)] = backend.run(pixels)[name].reshape(len(chunk), -1)
+            pixels = np.stack([preprocess_one(img, preprocessing) for img in images[start:start + self.batch_size]])
+            yield start, backend.run(pixels)[name]
+
+    def embed(self, images: Sequence[Image.Image], layer: str) -> np.ndarray:
+        out = np.zeros((len(images), self.manifest.dims[layer]), np.float32)
+        for start, values in self._outputs(images, output_name(layer, self.manifest.pooling)):
+            out[start:start + len(values)] = values.reshape(len(values), -1)
         return l2_normalize(out, out=out)
 
     def region_parts(self, image: Image.Image, box: tuple[float, float, float, float] | None) -> np.ndarray:
@@ -68,13 +71,10 @@ class FolderModel:
     def region_vectors(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Images' stored region vectors as the folder's run made them: ``(n, windows, dims)`` unit float32 (the
         folder's codec applied to the maps of its region layer)."""
-        layer = self.manifest.regions["layer"]
         codec = self._codec
-        preprocessing, backend = self._loaded
         out = []
-        for start in range(0, len(images), self.batch_size):
-            pixels = np.stack([preprocess_one(img, preprocessing) for img in images[start:start + self.batch_size]])
-            codes = codec.encode_maps(backend.run(pixels)[map_name(layer)])
+        for _, maps in self._outputs(images, map_name(self.manifest.regions["layer"])):
+            codes = codec.encode_maps(maps)
             out.append(decoded(codec, codes.reshape(len(codes), -1)).reshape(len(codes), len(codec.windows), -1))
         return np.concatenate(out)
 

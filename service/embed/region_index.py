@@ -36,7 +36,7 @@ from curation.neighbours import TRAIN_PER_LIST, faiss_module
 from curation.progress import bar
 from curation.regions import MAX_WINDOWS, RegionCodec, decoded, folder_codec, window_boxes
 from service.embed.errors import EmbedJobError
-from service.embed.index import GROWTH_LIMIT
+from service.embed.index import GROWTH_LIMIT, read_mapped, versioned_copy
 from storage.errors import FolderError
 from storage.folder import REGIONS, Manifest, RegionRows, iter_region_rows
 from storage.store import Store, as_store
@@ -72,10 +72,6 @@ def has_region_index(folder: Store) -> bool:
     return folder.exists(f"{REGION_INDEX}/{META_FILE}")
 
 
-def load_codec(folder: Store, manifest: Manifest) -> RegionCodec:
-    return folder_codec(folder, manifest)
-
-
 def _read_regions(folder: Store, manifest: Manifest, codec: RegionCodec, parts: list[str],
                   wanted: dict[str, set[int]] | None = None):
     """``(rows, vectors)`` a record batch at a time: the embedded rows of ``parts`` (of ``wanted`` where given) and
@@ -94,7 +90,7 @@ def build_region_index(folder: str | Path | Store, *, factory: str | None = None
     faiss = faiss_module()
     folder = as_store(folder, storage_options)
     manifest = Manifest.load(folder)
-    codec = load_codec(folder, manifest)
+    codec = folder_codec(folder, manifest)
     started = time.perf_counter()
     windows = len(codec.windows)
     embedded = sum(int(p["rows"]) - int(p.get("errors") or 0) for p in manifest.parts)
@@ -107,7 +103,6 @@ def build_region_index(folder: str | Path | Store, *, factory: str | None = None
     trained_on = 0
     if not index.is_trained:
         trained_on = _train(index, folder, manifest, codec, parts, factory, train_size, seed, embedded * windows)
-    images = RegionRows([], [], [], np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros((0, 3), np.float32))
     chunks: list[RegionRows] = []
     count = 0
     shown = bar(embedded, "region index", progress)
@@ -123,7 +118,7 @@ def build_region_index(folder: str | Path | Store, *, factory: str | None = None
         shown.close()
     if count == 0:
         raise EmbedJobError("no embedded rows with regions to index (every row has an error)")
-    images = _concat(chunks) if chunks else images
+    images = _concat(chunks)
     meta = {"layer": manifest.regions["layer"], "factory": factory, "dim": codec.dims, "windows": windows,
             "grid": codec.grid, "images": count, "regions": count * windows, "trained_on": trained_on,
             "trained_count": count * windows if trained_on else None, "codec": manifest.region_codec["file"],
@@ -203,7 +198,7 @@ def update_region_index(folder: str | Path | Store, *, storage_options: dict[str
     if meta.get("codec") != manifest.region_codec.get("file"):
         return {**build_region_index(folder), "action": "rebuilt (the folder's codec changed)"}
     started = time.perf_counter()
-    codec = load_codec(folder, manifest)
+    codec = folder_codec(folder, manifest)
     windows = int(meta["windows"])
     columns = read_columns(folder, manifest, ("id", "sha256", "error"))
     ok = columns.column("error").is_null().to_numpy(zero_copy_only=False)
@@ -262,12 +257,7 @@ def local_region_folder(store: Store) -> Path:
     except FileNotFoundError:
         raise FolderError(f"{store} has no region index; build it with `byol-embed index {store}`") from None
     names = [f"{REGION_INDEX}/{n}" for n in (INDEX_FILE, IMAGES_FILE, META_FILE)]
-    key, versions = [described], {}
-    for name in names:
-        info = store.info(name)
-        versions[name] = info["version"]
-        key.append(f"{name}\0{info['size']}\0{info['version']}\n".encode())
-    return store.local_copy(names, b"".join(key), versions) / REGION_INDEX
+    return versioned_copy(store, names, described) / REGION_INDEX
 
 
 @dataclass
@@ -300,16 +290,13 @@ class LoadedRegionIndex:
         faiss = faiss_module()
         store = as_store(folder, storage_options)
         manifest = Manifest.load(store)
-        codec = load_codec(store, manifest)
+        codec = folder_codec(store, manifest)
         local = local_region_folder(store)
         meta = json.loads((local / META_FILE).read_text())
         if meta.get("codec") != manifest.region_codec.get("file"):
             raise FolderError(f"the region index of {store} was built with another codec than the folder's; rebuild "
                               f"it with `byol-embed index {store}`")
-        try:
-            index = faiss.read_index(str(local / INDEX_FILE), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
-        except RuntimeError:
-            index = faiss.read_index(str(local / INDEX_FILE))
+        index = read_mapped(local / INDEX_FILE)
         try:
             faiss.extract_index_ivf(index).nprobe = nprobe or DEFAULT_NPROBE
         except RuntimeError:

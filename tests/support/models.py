@@ -58,3 +58,17 @@ def train_test_model(root: Path, photo_paths: list[Path]) -> Path:
                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out / "final"
+
+
+def seen_at(src: Path, dst: Path, crop: int) -> Path:
+    """The model at ``src`` saved again at ``dst`` with a preprocessing of ``crop``² (resized to ``crop`` x 256/224
+    first, as ImageNet's 224/256): the same weights seeing larger images."""
+    import dataclasses
+
+    from hub import BYOLModel
+
+    model = BYOLModel.from_pretrained(src)
+    model.config.preprocessing = dataclasses.replace(model.config.preprocessing, crop_size=crop,
+                                                     resize_size=round(crop * 256 / 224))
+    model.save_pretrained(dst)
+    return dst

@@ -155,11 +155,8 @@ async function showDuplicates() {
     return div;
   });
   document.getElementById("groups").replaceChildren(...groups);
-  const last = Math.min(body.total, state.dupOffset + body.groups.length);
-  document.getElementById("dup-page").textContent =
-    `groups ${state.dupOffset + 1}-${last} of ${body.total}` + (body.keep ? ` · kept by --keep ${body.keep}` : "");
-  document.getElementById("dup-prev").disabled = state.dupOffset === 0;
-  document.getElementById("dup-next").disabled = last >= body.total;
+  showPager("dup", state.dupOffset, body.groups.length, body.total, "groups ",
+    body.keep ? ` · kept by --keep ${body.keep}` : "");
 }
 
 async function showOutliers() {
@@ -180,10 +177,7 @@ async function showOutliers() {
     return tr;
   });
   document.getElementById("outlier-rows").replaceChildren(...rows);
-  const last = Math.min(body.total, state.outOffset + body.rows.length);
-  document.getElementById("out-page").textContent = `${state.outOffset + 1}-${last} of ${body.total}`;
-  document.getElementById("out-prev").disabled = state.outOffset === 0;
-  document.getElementById("out-next").disabled = last >= body.total;
+  showPager("out", state.outOffset, body.rows.length, body.total);
 }
 
 function thumbCell(id, route) {
@@ -199,24 +193,33 @@ async function showLeaks() {
   const body = await apiJSON(`/curation/leaks?offset=${state.leakOffset}&limit=${PAGE.leaks}`);
   document.getElementById("leak-info").textContent =
     `${body.total} images of this set are copies of images in ${body.other} (cosine >= ${body.threshold}, or the same bytes)`;
-  const rows = body.rows.map((r) => {
-    const tr = document.createElement("tr");
-    tr.dataset.id = r.id;
-    const box = document.createElement("td");
-    box.append(checkbox("leaks", r.id));
-    tr.append(box, thumbCell(r.id), thumbCell(r.id, "/curation/leaks/thumb"));
-    for (const value of [r.id, r.id_a, Number(r.similarity).toFixed(4), r.kind]) {
-      const td = document.createElement("td");
-      td.textContent = value;
-      tr.append(td);
-    }
-    return tr;
-  });
+  const rows = body.rows.map((r) => pairRow("leaks", r.id, [thumbCell(r.id), thumbCell(r.id, "/curation/leaks/thumb")],
+    [r.id, r.id_a, Number(r.similarity).toFixed(4), r.kind]));
   document.getElementById("leak-rows").replaceChildren(...rows);
-  const last = Math.min(body.total, state.leakOffset + body.rows.length);
-  document.getElementById("leak-page").textContent = `${state.leakOffset + 1}-${last} of ${body.total}`;
-  document.getElementById("leak-prev").disabled = state.leakOffset === 0;
-  document.getElementById("leak-next").disabled = last >= body.total;
+  showPager("leak", state.leakOffset, body.rows.length, body.total);
+}
+
+// a row of a pair of images: its checkbox, the two images' cells, then one text cell per value
+function pairRow(tab, id, images, values) {
+  const tr = document.createElement("tr");
+  tr.dataset.id = id;
+  const box = document.createElement("td");
+  box.append(checkbox(tab, id));
+  tr.append(box, ...images);
+  for (const value of values) {
+    const td = document.createElement("td");
+    td.textContent = value;
+    tr.append(td);
+  }
+  return tr;
+}
+
+// a tab's pager: "<before>first-last of total<after>", previous and next enabled where there is a page
+function showPager(prefix, offset, shown, total, before = "", after = "") {
+  const last = Math.min(total, offset + shown);
+  document.getElementById(prefix + "-page").textContent = `${before}${offset + 1}-${last} of ${total}${after}`;
+  document.getElementById(prefix + "-prev").disabled = offset === 0;
+  document.getElementById(prefix + "-next").disabled = last >= total;
 }
 
 // a thumbnail with a box drawn over it (the box in the image's pixels, size its width and height)
@@ -241,24 +244,11 @@ async function showShared() {
   const body = await apiJSON(`/curation/shared_parts?offset=${state.sharedOffset}&limit=${PAGE.shared_parts}`);
   document.getElementById("shared-info").textContent =
     `${body.total} pairs of images share a part (regions at cosine >= ${body.threshold}; near-duplicates as wholes left to Duplicates)`;
-  const rows = body.rows.map((r) => {
-    const tr = document.createElement("tr");
-    tr.dataset.id = r.id;
-    const box = document.createElement("td");
-    box.append(checkbox("shared_parts", r.id));
-    tr.append(box, boxedThumbCell(r.id, r.box, r.size), boxedThumbCell(r.id_b, r.box_b, r.size_b));
-    for (const value of [r.id, r.id_b, Number(r.similarity).toFixed(4), Number(r.whole).toFixed(3)]) {
-      const td = document.createElement("td");
-      td.textContent = value;
-      tr.append(td);
-    }
-    return tr;
-  });
+  const rows = body.rows.map((r) => pairRow("shared_parts", r.id,
+    [boxedThumbCell(r.id, r.box, r.size), boxedThumbCell(r.id_b, r.box_b, r.size_b)],
+    [r.id, r.id_b, Number(r.similarity).toFixed(4), Number(r.whole).toFixed(3)]));
   document.getElementById("shared-rows").replaceChildren(...rows);
-  const last = Math.min(body.total, state.sharedOffset + body.rows.length);
-  document.getElementById("shared-page").textContent = `${state.sharedOffset + 1}-${last} of ${body.total}`;
-  document.getElementById("shared-prev").disabled = state.sharedOffset === 0;
-  document.getElementById("shared-next").disabled = last >= body.total;
+  showPager("shared", state.sharedOffset, body.rows.length, body.total);
 }
 
 function showStale(name) {
