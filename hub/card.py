@@ -185,11 +185,32 @@ def _recipe(config: ModelConfig, entry: ZooEntry | None) -> str:
                       f"epochs; the config's full schedule is {budget['full_steps']} steps) from a measured "
                       f"{budget['step_s']:g} s per step; {budget.get('done_steps', '?')} steps were done in "
                       f"{budget.get('wall_min', '?')} min."]
+        lines += _label_free(config.training)
         lines.append("")
         lines.append("Training run recorded with these weights:")
         lines.append("")
         lines.append("```json\n" + json.dumps(config.training, indent=2, sort_keys=True, default=str) + "\n```")
     return "\n".join(lines) if lines else "No training recipe was recorded with these weights."
+
+
+def _label_free(training: dict[str, Any]) -> list[str]:
+    """The label-free figures the trainer measured on its held-out images, one row per layer."""
+    entry = training.get("label_free")
+    lines: list[str] = []
+    selected = training.get("selected")
+    if selected:
+        lines += ["", f"Published weights: step {selected['step']} of {selected['last_step']}, the evaluation with the "
+                  f"highest {selected['by']} ({selected['rankme']:g}; the last step's: {selected.get('last_rankme')})."]
+    if not entry:
+        return lines
+    lines += ["", f"Quality without labels, on {entry['held_out_images']} training images held out of training "
+              "(RankMe: the effective rank of the features, Garrido et al. 2023; std: of the L2-normalized features, "
+              "ideal 1/sqrt(dim), 0 when collapsed):", "",
+              "| layer | dim | RankMe | RankMe / min(n, dim) | std | ideal std |", "|---|---|---|---|---|---|"]
+    for layer, f in entry["layers"].items():
+        lines.append(f"| `{layer}` | {f['dim']} | {f['rankme']:g} | {f['rankme_share']:.2f} | {f['std']:.4f} | "
+                     f"{f['std_ideal']:.4f} |")
+    return lines
 
 
 def render_card(config: ModelConfig, folder: str | Path | None = None,

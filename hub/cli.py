@@ -126,6 +126,46 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spectrum(args: argparse.Namespace) -> int:
+    import re
+
+    from hub.card import write_card
+    from hub.layers import check_layers
+    from hub.model import BYOLModel
+    from hub.spectrum import measure_images
+    from hub.zoo import result
+    from storage.files import atomic_write_text
+
+    layers = check_layers(args.layers) if args.layers else None
+    model = BYOLModel.from_pretrained(args.model)
+    summary = measure_images(model, args.images, sample=args.sample, layers=layers, progress=not args.json)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        skipped = f" ({summary['unreadable']} unreadable)" if summary["unreadable"] else ""
+        print(f"{args.model} on {args.images}, {summary['sampled']} images sampled{skipped}, without labels:")
+        for layer, v in summary["layers"].items():
+            print(f"  {layer:<9} RankMe {v['rankme']:>8.2f} of {min(v['samples'], v['dim'])} "
+                  f"({100 * v['rankme_share']:.1f} %)   normalized std {v['std']:.4f} (spread evenly: "
+                  f"{v['std_ideal']:.4f}; collapsed: 0)")
+    if args.record:
+        if not Path(args.model).is_dir():
+            raise HubError(f"--record writes into a model folder; {args.model} is not one")
+        dataset = args.dataset_name or Path(args.images.rstrip("/")).name
+        entries = [result("label-free", dataset, metric, v[key], layer=layer, source="measured", mode="features",
+                          samples=v["samples"])
+                   for layer, v in summary["layers"].items()
+                   for metric, key in (("rankme", "rankme"), ("normalized_std", "std"))]
+        slug = re.sub(r"[^A-Za-z0-9.-]+", "_", dataset)
+        path = Path(args.model) / "results" / f"label-free-{slug}-features.json"
+        atomic_write_text(path, json.dumps({"protocol": "label-free", "dataset": dataset, "mode": "features",
+                                            "splits": {"sample": summary["sampled"]},
+                                            "weights_sha256": model.config.weights_sha256,
+                                            "results": entries}, indent=2) + "\n")
+        print(f"wrote {path} and {write_card(args.model)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="byol-hub", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -193,6 +233,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", default=None,
                    help="folder of sample images to calibrate int8 on (default: scikit-image's photos if installed)")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("spectrum", help="a model's feature quality on your own images, without labels: RankMe and "
+                       "the normalized outputs' spread, per layer",
+                       description="Embeds a random sample of IMAGES with MODEL (its own center-crop preprocessing, "
+                       "each layer global-average pooled) and reports, per layer, RankMe (the effective rank of the "
+                       "features, Garrido et al. 2023: higher is better, at most min(sample, dim)) and the standard "
+                       "deviation of the L2-normalized features (1/sqrt(dim) when spread evenly, 0 when collapsed).")
+    p.add_argument("model", help="model folder or Hub repo id")
+    p.add_argument("images", help="folder of images (recursive), .txt list, .tar shards or Parquet, local or a URL")
+    p.add_argument("--sample", type=int, default=1024,
+                   help="images drawn at random (RankMe needs at least the layer's dimension) (default 1024)")
+    p.add_argument("--layers", default=None,
+                   help="comma-separated layers among feature1..feature5, avgpool (default: all six)")
+    p.add_argument("--record", action="store_true",
+                   help="write the figures into MODEL's results/ and its card (a model folder only)")
+    p.add_argument("--dataset-name", default=None, help="the images' name in the card (default: the folder's name)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(func=_spectrum)
     return parser
 
 

@@ -46,3 +46,59 @@ def label_free(x: np.ndarray) -> dict[str, Any]:
     return {"rankme": round(rank, 2), "rankme_share": round(rank / min(n, d), 4),
             "std": round(normalized_std(x), 5), "std_ideal": round(1 / np.sqrt(d), 5), "samples": int(n),
             "dim": int(d)}
+
+
+def measure_images(model: Any, images: str, *, sample: int = 1024, layers: tuple[str, ...] | None = None,
+                   batch_size: int = 64, seed: int = 0, progress: bool = False) -> dict[str, Any]:
+    """:func:`label_free` per layer of ``model`` (a :class:`hub.BYOLModel`) on a random sample of the images under
+    ``images`` (a folder, list, tar shards or Parquet: whatever ``storage.sources.open_source`` reads), each
+    center-cropped by the model's own preprocessing and global-average pooled. Unreadable images are skipped
+    and counted."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from hub.layers import LAYERS
+    from hub.preprocess import preprocess_one, to_rgb
+    from storage.sources import open_source
+
+    from hub.errors import HubError
+
+    if sample < 2:
+        raise HubError(f"--sample must be >= 2, got {sample}")
+    layers = tuple(layers or LAYERS)
+    source = open_source(images)
+    count = min(sample, len(source))
+    picked = np.sort(np.random.default_rng(seed).choice(len(source), count, replace=False)) if count else []
+    model = model.eval()
+    parts: dict[str, list[np.ndarray]] = {layer: [] for layer in layers}
+    unreadable = 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=count, unit="img", desc="label-free")
+    for start in range(0, count, batch_size):
+        pixels = []
+        for index in picked[start:start + batch_size]:
+            try:
+                with Image.open(io.BytesIO(source.read(int(index)))) as img:
+                    img.load()
+                    pixels.append(preprocess_one(to_rgb(img), model.config.preprocessing))
+            except Exception:
+                unreadable += 1
+        if pixels:
+            with torch.inference_mode():
+                out = model.features(torch.from_numpy(np.stack(pixels)), layers, "gap")
+            for layer in layers:
+                parts[layer].append(out[layer].float().numpy())
+        if bar is not None:
+            bar.update(min(batch_size, count - start))
+    if bar is not None:
+        bar.close()
+    read = sum(len(p) for p in parts[layers[0]])
+    if read < 2:
+        raise HubError(f"{images}: {read} readable images of {count} sampled; RankMe needs at least 2")
+    return {"images": images, "sampled": int(count), "unreadable": unreadable,
+            "layers": {layer: label_free(np.concatenate(parts[layer])) for layer in layers}}

@@ -24,7 +24,8 @@ RUN_RECORD = "config.yaml"
 OPERATIONAL_FIELDS = frozenset({
     "name", "num_workers", "log_every", "checkpoint_every", "keep_checkpoints", "knn_monitor", "export_onnx", "demo",
     "channels_last", "fuse_views", "mixed_precision", "cpu_precision", "time_budget_min", "dataset_name",
-    "export_transformers",
+    "export_transformers", "epoch_checkpoints", "checkpoint_every_min", "decode_cache_mb", "label_free_sample",
+    "label_free_evals", "keep_best",
 })
 
 

@@ -45,8 +45,17 @@ class TrainConfig:
                 "loader workers (opencv measured 2.7x faster per core); device decodes JPEGs on the training device "
                 "(torchvision decode_jpeg, the GPU there) and applies the recipe as batched per-sample tensor ops, so "
                 "a GPU is not capped by the CPUs' augmentation"})
+    low_res_scale: float = field(default=0.0, metadata={
+        "help": "progressive resizing: after the budget's calibration steps, the views are shrunk to this fraction "
+                "of image_size (0.75: 64 -> 48) for the first low_res_fraction of the optimizer steps, then trained "
+                "at image_size (0: off)"})
+    low_res_fraction: float = field(default=0.6, metadata={"help": "the share of the steps made at low_res_scale"})
     eval_resize: int = field(default=256, metadata={"help": "resize of the published model's preprocessing"})
-    num_workers: int = field(default=8, metadata={"help": "data loader worker processes per rank"})
+    num_workers: int = field(default=8, metadata={
+        "help": "data loader worker processes per rank; -1: one per two cores this process may use (at least one)"})
+    decode_cache_mb: int = field(default=0, metadata={
+        "help": "opencv/pil backends: keep decoded images in memory, up to this many MiB per loader worker, each "
+                "shrunk to a shorter side of 2 x image_size: decoded once, augmented from uint8 every epoch (0: off)"})
     # batch and schedule
     batch_size_per_device: int = field(default=64, metadata={"help": "images per device per micro-batch"})
     grad_accum_steps: int = field(default=8, metadata={"help": "micro-batches per optimizer step"})
@@ -81,14 +90,28 @@ class TrainConfig:
         "help": "run both views as one batch with per-view BatchNorm statistics (the same method as one forward per "
                 "view, tested); used on GPUs, under mixed precision and in fp32 on CPU with channels_last (measured "
                 "+5 %% there, ResNet-50 64² batch 32), not under SyncBatchNorm"})
+    machine_settings: bool = field(default=False, metadata={
+        "help": "choose precision, batch and where the crops are made from the machine (training/machine.py); "
+                "fields given on the command line are kept"})
     # bookkeeping
     seed: int = field(default=0, metadata={"help": "seed of init, shuffling and augmentation"})
     log_every: int = field(default=10, metadata={"help": "optimizer steps between log lines"})
     checkpoint_every: int = field(default=500, metadata={"help": "optimizer steps between checkpoints (and every epoch end)"})
+    epoch_checkpoints: bool = field(default=True, metadata={"help": "also checkpoint at every epoch end"})
+    checkpoint_every_min: float = field(default=0.0, metadata={
+        "help": "also checkpoint every this many wall-clock minutes (0: off)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "complete checkpoints kept"})
     knn_monitor: str = field(default="", metadata={
         "help": "folder with train/ and val/ ImageFolder trees: weighted kNN (k=20) of the online encoder at "
                 "every epoch end, logged as knn_top1 (main process; empty: off)"})
+    label_free_sample: int = field(default=512, metadata={
+        "help": "hold out this many training images (at most a tenth of them; none under 160 images) and log RankMe "
+                "and the std of the L2-normalized avgpool outputs on them, label_free_evals times over the run, and "
+                "every layer's in the card (0: off)"})
+    label_free_evals: int = field(default=10, metadata={"help": "label-free evaluations over the run (and the last step)"})
+    keep_best: str = field(default="", metadata={
+        "help": "rankme: publish the weights of the label-free evaluation with the highest RankMe (kept in "
+                "OUTPUT/best/), not the last step's; empty: the last step's"})
     export_onnx: bool = field(default=True, metadata={"help": "write model.onnx into the final folder"})
     export_transformers: bool = field(default=True, metadata={
         "help": "write the transformers/ subfolder (transformers' ResNetModel) into the final folder; doubles its size"})
@@ -108,8 +131,23 @@ class TrainConfig:
             raise ConfigError(f"cpu_precision {self.cpu_precision!r}; accepted: {', '.join(CPU_PRECISIONS)}")
         if self.augment_backend not in ("opencv", "pil", "device"):
             raise ConfigError(f"augment_backend {self.augment_backend!r}; accepted: opencv, pil, device")
+        if self.low_res_scale and not 0.25 <= self.low_res_scale < 1.0:
+            raise ConfigError(f"low_res_scale {self.low_res_scale} must be in [0.25, 1) (0: off)")
+        if not 0.0 <= self.low_res_fraction <= 1.0:
+            raise ConfigError(f"low_res_fraction must be in [0, 1], got {self.low_res_fraction}")
+        if self.keep_best not in ("", "rankme"):
+            raise ConfigError(f"keep_best {self.keep_best!r}; accepted: rankme, or empty (the last step's weights)")
+        if self.keep_best and self.label_free_sample <= 0:
+            raise ConfigError("keep_best rankme needs the label-free monitor: label_free_sample must be > 0")
+        if self.label_free_evals < 1:
+            raise ConfigError(f"label_free_evals must be >= 1, got {self.label_free_evals}")
         if len(self.blur_probs) != 2 or len(self.solarize_probs) != 2:
             raise ConfigError("blur_probs and solarize_probs take two values (view 1, view 2)")
+
+    @property
+    def low_res_size(self) -> int:
+        """The views' size during the low-resolution phase (0: no such phase)."""
+        return round(self.image_size * self.low_res_scale) if self.low_res_scale else 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

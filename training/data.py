@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,34 +36,92 @@ class TwoViewDataset(Dataset):
 
     max_substitutes = 16
 
-    def __init__(self, source: ImageSource, augment: AugmentConfig, seed: int, backend: str = "pil") -> None:
+    def __init__(self, source: ImageSource, augment: AugmentConfig, seed: int, backend: str = "pil",
+                 cache_mb: int = 0) -> None:
         if len(source) == 0:
             raise DataError("the dataset is empty: no images with extensions " + ", ".join(IMAGE_EXTENSIONS))
         if backend not in (*BACKENDS, "device"):
             raise DataError(f"unknown augmentation backend {backend!r}; accepted: {', '.join(BACKENDS)}, device")
+        if cache_mb < 0:
+            raise DataError(f"decode_cache_mb must be >= 0 (0: off), got {cache_mb}")
         self.source, self.augment, self.seed, self.backend = source, augment, seed, backend
+        # decoded images kept per process (each loader worker its own), at most cache_mb MiB, shrunk to what the
+        # crops need: decoded once, augmented from uint8 every epoch
+        self.cache_bytes = cache_mb * 2**20 if backend != "device" else 0
+        self.cache_side = 2 * augment.size
+        self._cache: dict[int, Image.Image | np.ndarray] = {}
+        self._cached = 0
+        self.threads = 1  # a batch's items made on this many threads (the training process's loader: its cores)
+        self._pool = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:  # loader workers get no thread pool (each makes its items itself)
+        return {**self.__dict__, "_pool": None, "_lock": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[tuple[Any, Any, int]]:
+        """A batch's items: on ``threads`` threads where the training process makes them itself (OpenCV's decoding
+        and resizing release the GIL), one after the other elsewhere."""
+        if self.threads <= 1 or len(keys) < 2:
+            return [self[key] for key in keys]
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="views")
+        return list(self._pool.map(self.__getitem__, keys))
 
     def __len__(self) -> int:
         return len(self.source)
 
+    def _shrunk(self, img: Image.Image | np.ndarray) -> Image.Image | np.ndarray:
+        """The image with its shorter side at most ``2 x size`` (a crop of 8 % of it still has ~0.57 x size pixels
+        a side); the crop's area fraction and aspect ratio are what the recipe draws, so the views keep their
+        distribution."""
+        height, width = img.shape[:2] if isinstance(img, np.ndarray) else img.size[::-1]
+        scale = self.cache_side / min(width, height)
+        if scale >= 1:
+            return img
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        if isinstance(img, np.ndarray):
+            import cv2
+
+            return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+        return img.resize(size, Image.Resampling.BOX)
+
     def load(self, index: int) -> Image.Image | np.ndarray | tuple[bytes, tuple[int, int]] | None:
         """The decoded image (``opencv``: an array; ``pil``: a PIL image), or for ``device`` the bytes and the
         displayed size read from the header (decoding happens in the step); None when unreadable."""
+        if index in self._cache:
+            return self._cache[index]
         try:
-            data = self.source.read(index)
-            if self.backend == "device":
-                from training.device_augment import header_size
-
-                size = header_size(data)
-                return None if size is None else (data, size)
-            if self.backend == "opencv":  # OpenCV's decoder straight to an array (no PIL copy)
-                return decode_rgb(data)
-            with Image.open(io.BytesIO(data)) as img:
-                img.load()
-                return to_rgb(img)
+            loaded = self._decode(index)
         except Exception as err:  # a corrupt file costs one sample, not the run
             logger.debug("skipping unreadable image %d: %s", index, err)
             return None
+        if self.cache_bytes:
+            loaded = self._shrunk(loaded)
+            size = loaded.nbytes if isinstance(loaded, np.ndarray) else loaded.width * loaded.height * 3
+            with self._lock:
+                if index not in self._cache and self._cached + size <= self.cache_bytes:
+                    self._cache[index] = loaded
+                    self._cached += size
+        return loaded
+
+    def _decode(self, index: int) -> Image.Image | np.ndarray | tuple[bytes, tuple[int, int]] | None:
+        """Raises on an unreadable file (``device``: None where the header cannot be read)."""
+        data = self.source.read(index)
+        if self.backend == "device":
+            from training.device_augment import header_size
+
+            size = header_size(data)
+            return None if size is None else (data, size)
+        if self.backend == "opencv":  # OpenCV's decoder straight to an array (no PIL copy)
+            return decode_rgb(data)
+        with Image.open(io.BytesIO(data)) as img:
+            img.load()
+            return to_rgb(img)
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[Any, Any, int]:
         """``(view1, view2, skipped)``; for the ``device`` backend ``(bytes, (draw1, draw2), skipped)``."""
@@ -114,6 +173,40 @@ class ResumableSampler(Sampler):
             indices = self.epoch_indices(epoch)
             for index in indices[self.start if epoch == self.start_epoch else 0:]:
                 yield epoch, index
+
+
+class SubsetSource(ImageSource):
+    """The items ``indices`` of ``source``, renumbered from 0 (the training images once a sample is held out)."""
+
+    def __init__(self, source: ImageSource, indices: list[int]) -> None:
+        self.source, self.indices = source, indices
+        self.kind = source.kind
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def read(self, index: int) -> bytes:
+        return self.source.read(self.indices[index])
+
+    def item_id(self, index: int) -> str:
+        return self.source.item_id(self.indices[index])
+
+    def item_path(self, index: int) -> str:
+        return self.source.item_path(self.indices[index])
+
+    def fingerprint(self) -> str:
+        return self.source.fingerprint()
+
+
+def hold_out(size: int, sample: int, seed: int, share: float = 0.1) -> tuple[list[int], list[int]]:
+    """``(train, held)`` indices: ``min(sample, share x size)`` items drawn with ``seed`` are held out (the same ones
+    on every rank and every resume), the rest train. Fewer than 16 held-out items: none (too few to measure)."""
+    count = min(sample, int(size * share))
+    if count < 16:
+        return list(range(size)), []
+    held = sorted(np.random.default_rng([seed, 0x1ab]).choice(size, count, replace=False).tolist())
+    chosen = set(held)
+    return [i for i in range(size) if i not in chosen], held
 
 
 def single_threaded_worker(worker_id: int = 0) -> None:

@@ -17,12 +17,16 @@ has native bf16, fp32 otherwise). A time budget (--time-budget-min) plans the sc
 
 from __future__ import annotations
 
+import time
+
+PROCESS_START = time.monotonic()  # a time budget counts the whole process, imports included
+
 import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +35,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a file (accelerate launch training/pretrain.py): make the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
 import torch
 import yaml
 
@@ -53,16 +58,19 @@ from training.config import ConfigError, TrainConfig, add_config_arguments, reso
 from training.data import (
     DataError,
     ResumableSampler,
+    SubsetSource,
     TwoViewDataset,
     collate_raw,
     collate_views,
     device_views,
+    hold_out,
     open_source,
     single_threaded_worker,
     steps_per_epoch,
     to_device_views,
 )
 from training.lars import LARS, lars_param_groups
+from training.machine import machine_settings
 from training.precision import precision_label, resolve_precision
 from training.schedule_plan import (
     CALIBRATION_STEPS,
@@ -72,6 +80,7 @@ from training.schedule_plan import (
     estimate_export_s,
     plan_for_budget,
 )
+from training.wallclock import WallClock
 
 logger = logging.getLogger("training.pretrain")
 
@@ -127,6 +136,11 @@ class Run:
     budget_spent_s: float = 0.0  # wall seconds a resumed run had already spent
     last_loss: float = float("nan")  # the last logged loss (kept in checkpoints: a resumed card keeps it)
     dry_run: bool = False
+    clock: WallClock | None = None  # where this process's wall time went
+    source: Any = None  # the whole input (the held-out sample included)
+    held: list[int] = dataclasses.field(default_factory=list)  # the label-free sample's indices in ``source``
+    best: dict[str, Any] | None = None  # keep_best: the best evaluation so far ({"step", "rankme"})
+    last_save_s: float = 0.0  # wall_s at the last checkpoint (time-based checkpoints)
 
     @property
     def main(self) -> bool:
@@ -148,7 +162,19 @@ class Run:
                 "stopped_by_budget": stopped_by_budget}
 
     def save(self) -> None:
-        save_checkpoint(self.accelerator, self.output, self.step, self.cfg.keep_checkpoints, self.trainer_state())
+        with self.clock.section("checkpoints") if self.clock else nullcontext():
+            save_checkpoint(self.accelerator, self.output, self.step, self.cfg.keep_checkpoints, self.trainer_state())
+        self.last_save_s = self.wall_s
+
+    def checkpoint_due(self) -> bool:
+        """A checkpoint every ``checkpoint_every`` steps, at epoch ends (``epoch_checkpoints``), and every
+        ``checkpoint_every_min`` minutes of wall time; never after the last step (the final save follows)."""
+        cfg = self.cfg
+        if self.dry_run or self.step >= self.plan.total_steps:
+            return False
+        return (self.step % cfg.checkpoint_every == 0
+                or (cfg.epoch_checkpoints and self.step % self.plan.steps_per_epoch == 0)
+                or (cfg.checkpoint_every_min > 0 and self.wall_s - self.last_save_s >= cfg.checkpoint_every_min * 60))
 
     def write_record(self) -> None:
         if self.main:
@@ -159,10 +185,13 @@ class Run:
 def dry_run_overrides(cfg: TrainConfig) -> TrainConfig:
     """A dry run is one optimizer step on one micro-batch, with nothing that outlives it."""
     return dataclasses.replace(cfg, grad_accum_steps=1, total_batch_size=cfg.batch_size_per_device, max_steps=1,
-                               epochs=1, time_budget_min=0.0, knn_monitor="", export_onnx=False)
+                               epochs=1, time_budget_min=0.0, knn_monitor="", export_onnx=False,
+                               label_free_sample=0, keep_best="")
 
 
-def make_accelerator(cfg: TrainConfig, output: Path):
+def make_accelerator(cfg: TrainConfig, output: Path, explicit: set[str] = frozenset()):
+    """``(accelerator, precision, reason, cfg, machine choices)``: ``cfg`` with the machine's settings applied
+    where it asks for them (:func:`training.machine.machine_settings`)."""
     from accelerate import Accelerator, PartialState
     from accelerate.utils import ProjectConfiguration
     from accelerate.utils.environment import parse_flag_from_env
@@ -171,22 +200,29 @@ def make_accelerator(cfg: TrainConfig, output: Path):
     # machine with no GPU would give N independent single-process runs instead of N MULTI_CPU ranks.
     cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
     state = PartialState(cpu=cpu)
+    bf16 = state.device.type == "cuda" and torch.cuda.is_bf16_supported()
+    cfg, chosen = machine_settings(cfg, state.device.type, state.num_processes, set(explicit), bf16)
     precision, reason = resolve_precision(cfg.mixed_precision, cfg.cpu_precision, state.device.type)
     accelerator = Accelerator(cpu=cpu, mixed_precision=precision, log_with="tensorboard",
                               project_config=ProjectConfiguration(project_dir=str(output),
                                                                   logging_dir=str(output / "logs")))
-    return accelerator, precision, reason
+    return accelerator, precision, reason, cfg, chosen
 
 
-def build_run(args: argparse.Namespace) -> Run:
-    started = time.monotonic()
+def build_run(args: argparse.Namespace, started: float | None = None) -> Run:
+    """``started``: ``time.monotonic()`` when the run began (the process's start when run as a script)."""
+    started = time.monotonic() if started is None else started
     cfg = resolve_config(args.config, args)
     if args.dry_run:
         cfg = dry_run_overrides(cfg)
     output = Path(args.output)
-    accelerator, precision, reason = make_accelerator(cfg, output)
+    explicit = {f.name for f in dataclasses.fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    accelerator, precision, reason, cfg, chosen = make_accelerator(cfg, output, explicit)
     logging.basicConfig(level=logging.INFO if accelerator.is_main_process else logging.WARNING,
                         format=f"%(asctime)s [rank {accelerator.process_index}] %(levelname)s %(message)s")
+    if chosen:
+        logger.info("settings chosen for this machine: %s", "; ".join(f"{k} {v} ({why})" for k, (v, why) in
+                                                                        chosen.items()))
     device, world = accelerator.device, accelerator.num_processes
     logger.info("%s on %s x %d (%s), precision %s (%s; config asked %s)", cfg.name, device.type, world,
                 accelerator.distributed_type, precision_label(precision), reason, cfg.mixed_precision)
@@ -197,7 +233,26 @@ def build_run(args: argparse.Namespace) -> Run:
                             view2=ViewParams(cfg.blur_probs[1], cfg.solarize_probs[1]))
     source = open_source(args.data, image_column=args.image_column,
                          storage_options=args.storage_options)
-    dataset = TwoViewDataset(source, augment, cfg.seed, cfg.augment_backend)
+    held: list[int] = []
+    if cfg.label_free_sample > 0:
+        kept, held = hold_out(len(source), cfg.label_free_sample, cfg.seed)
+        if held:
+            logger.info("label-free monitor: %d of %d images held out (never trained on)", len(held), len(source))
+        else:
+            logger.info("label-free monitor off: %d images are too few to hold out a sample (at least 160 needed)",
+                        len(source))
+            if cfg.keep_best:
+                raise DataError(f"--keep-best {cfg.keep_best} needs a held-out sample, and {len(source)} images are "
+                                "too few (at least 160); drop --keep-best")
+    dataset = TwoViewDataset(SubsetSource(source, kept) if held else source, augment, cfg.seed, cfg.augment_backend,
+                             cfg.decode_cache_mb)
+    if chosen and "batch_size_per_device" in chosen and len(dataset) < world * cfg.batch_size_per_device * \
+            cfg.grad_accum_steps:  # a small folder still trains: the largest power of two that one step can fill
+        fit = 2 ** max(int(np.log2(max(len(dataset) // (world * cfg.grad_accum_steps), 2))), 1)
+        cfg = dataclasses.replace(cfg, batch_size_per_device=fit, total_batch_size=fit * cfg.grad_accum_steps * world)
+        chosen["batch_size_per_device"] = [fit, f"{len(dataset)} images fill no larger step"]
+        chosen["total_batch_size"] = [cfg.total_batch_size, "the batch actually used"]
+        logger.info("batch %d per device: %d training images fill no larger step", fit, len(dataset))
     batch, accum = cfg.batch_size_per_device, cfg.grad_accum_steps
     spe = steps_per_epoch(len(dataset), world, batch, accum)
     plan = config_plan(spe, cfg.epochs, cfg.warmup_epochs, cfg.max_steps)
@@ -238,8 +293,13 @@ def build_run(args: argparse.Namespace) -> Run:
               "optimizer_batch": actual_batch, "lr": peak_lr, "precision": precision, "precision_reason": reason,
               "steps_per_epoch": spe, "total_steps": plan.total_steps, "git_commit": git_commit(),
               "versions": package_versions()}
+    if held:
+        record["label_free_held_out"] = len(held)
+    if chosen:
+        record["machine_settings"] = chosen
     run = Run(cfg, output, accelerator, precision, dataset, model_config, model, accelerator.unwrap_model(model),
-              optimizer, peak_lr, plan, record, started=started, dry_run=args.dry_run)
+              optimizer, peak_lr, plan, record, started=started, dry_run=args.dry_run, clock=WallClock(started),
+              source=source, held=held)
     if args.resume:
         resume(run, args.resume)
     run.write_record()
@@ -259,6 +319,8 @@ def resume(run: Run, resume_arg: str) -> None:
         if run.plan.budget:
             run.record["time_budget"] = run.plan.budget
     run.budget_spent_s = state.get("budget_spent_s", 0.0)
+    run.last_save_s = run.budget_spent_s
+    run.best = read_best(run.output)
     run.last_loss = state.get("last_loss", float("nan"))
     logger.info("resumed from %s at step %d of %d", checkpoint, run.step, run.plan.total_steps)
 
@@ -273,7 +335,10 @@ def make_loader(run: Run) -> torch.utils.data.DataLoader:
                                start_epoch=run.step // plan.steps_per_epoch,
                                start=(run.step % plan.steps_per_epoch) * cfg.grad_accum_steps * batch,
                                end_epoch=ceil_epochs(max(full_steps, plan.total_steps), plan.steps_per_epoch))
-    workers = cfg.num_workers
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", run.accelerator.num_processes))
+    workers = loader_workers(cfg.num_workers, per_node)
+    if workers == 0:  # the views are made here, between steps: decoding on this process's share of the cores
+        run.dataset.threads = max(1, usable_cores() // max(per_node, 1))
     return torch.utils.data.DataLoader(run.dataset, batch_size=batch, sampler=sampler, num_workers=workers,
                                        collate_fn=collate_raw if cfg.augment_backend == "device" else collate_views,
                                        pin_memory=run.accelerator.device.type == "cuda" and cfg.augment_backend != "device",
@@ -282,21 +347,109 @@ def make_loader(run: Run) -> torch.utils.data.DataLoader:
                                        prefetch_factor=4 if workers > 0 else None)
 
 
+def loader_workers(asked: int, processes_per_node: int) -> int:
+    """``asked``, or for -1 one worker per two cores this process may use (its share of the node), at least one:
+    on a CPU the workers' augmentation takes cores from the step, so they get half of them."""
+    if asked >= 0:
+        return asked
+    return max(1, usable_cores() // max(processes_per_node, 1) // 2)
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Stage 2: the loop
+
+BEST_DIR = "best"  # keep_best: OUTPUT/best/ is a hub model folder of the best weights so far, with best.json
+
+
+def read_best(output: Path) -> dict[str, Any] | None:
+    path = output / BEST_DIR / "best.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+class LabelFreeEvals:
+    """RankMe and the normalized outputs' std of the online encoder on the held-out sample, ``label_free_evals``
+    times over the run and at its last step (main process); with ``keep_best rankme``, the best weights so far
+    are kept in OUTPUT/best/."""
+
+    def __init__(self, run: Run) -> None:
+        from training.evaluation.monitor import LabelFreeMonitor
+
+        self.run = run
+        self.monitor = (LabelFreeMonitor(run.source, run.held, run.model_config.preprocessing)
+                        if run.held and run.main else None)
+        self.history: list[dict[str, Any]] = []
+        self.seconds = 0.0  # one evaluation, measured
+
+    def due(self) -> bool:
+        run, evals = self.run, self.run.cfg.label_free_evals
+        if self.monitor is None:
+            return False
+        total = run.plan.total_steps
+        return run.step == total or run.step * evals // total > (run.step - 1) * evals // total
+
+    def __call__(self, log) -> None:
+        run = self.run
+        t0 = time.monotonic()
+        with run.clock.section("evaluation"), run.accelerator.autocast():
+            scores = self.monitor(run.byol.online.backbone)["avgpool"]
+        entry = {"step": run.step, "rankme": scores["rankme"], "rankme_share": scores["rankme_share"],
+                 "label_free_std": scores["std"]}
+        log(entry)
+        self.history.append(entry)
+        logger.info("step %d: RankMe %.1f (%.0f%% of %d), std of normalized outputs %.4f (ideal %.4f) on %d held-out "
+                    "images", run.step, scores["rankme"], 100 * scores["rankme_share"], min(scores["samples"],
+                    scores["dim"]), scores["std"], scores["std_ideal"], scores["samples"])
+        if run.cfg.keep_best and (run.best is None or scores["rankme"] > run.best["rankme"]):
+            run.best = {"step": run.step, "rankme": scores["rankme"], "label_free_std": scores["std"]}
+            with run.clock.section("checkpoints"):
+                save_best(run)
+        self.seconds = time.monotonic() - t0
+
+
+def online_encoder(run: Run, name: str) -> BYOLModel:
+    """The online backbone as a standalone hub model (float32 weights, the run's preprocessing)."""
+    encoder = BYOLModel(ModelConfig.from_dict(run.model_config.to_dict()))
+    state = {k: v.detach().float().contiguous() for k, v in run.byol.online.backbone.state_dict().items()}
+    encoder.load_state_dict(state, strict=True)
+    encoder.config.name = name
+    return encoder
+
+
+def save_best(run: Run) -> None:
+    """OUTPUT/best/: complete or absent (written aside, then renamed over the previous best)."""
+    import shutil
+
+    folder, staging, old = run.output / BEST_DIR, run.output / f".tmp_{BEST_DIR}", run.output / f".old_{BEST_DIR}"
+    shutil.rmtree(staging, ignore_errors=True)
+    online_encoder(run, f"{run.output.name}-best").save_pretrained(staging, onnx=False, transformers=False)
+    atomic_write_text(staging / "best.json", json.dumps(run.best))
+    if folder.exists():
+        folder.rename(old)
+    staging.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 class Budget:
     """The time budget: calibrate over the first steps, plan once, and stop as a safety net if the plan overruns."""
 
-    def __init__(self, run: Run, monitor_images: int) -> None:
+    def __init__(self, run: Run, monitor_images: int, label_free: LabelFreeEvals | None = None) -> None:
         self.run = run
+        self.label_free = label_free
         self.seconds = run.cfg.time_budget_min * 60
         self.monitor_images = monitor_images
         self.active = self.seconds > 0
         self.planned = bool(run.plan.budget)
         self.calibration_start = run.step
         self.t_first: float | None = None
+        self.full = run.plan  # the config's plan, what a budget plan fits
+        self.checkpoint_s = 0.0
+        self.full_step_s = 0.0  # progressive resizing: a full-size step, measured in the calibration
+        self.mark: tuple[float, float, int] | None = None
+        self.replan_at: int | None = None  # the step of the one re-plan
 
     def deadline_passed(self) -> bool:
         if not self.active:
@@ -304,10 +457,16 @@ class Budget:
         flag = torch.tensor(float(self.run.wall_s >= self.seconds), device=self.run.accelerator.device)
         return bool(self.run.accelerator.gather(flag).max() > 0)
 
-    def after_step(self) -> None:
-        """Time the calibration steps; after the last one, measure a checkpoint and plan the schedule."""
+    def after_step(self, log) -> None:
+        """Time the calibration steps; after the last one, measure a checkpoint and plan the schedule. Once the run
+        has taken an eighth of the plan's steps (at least 10), plan again from the step time measured over them
+        (the first steps run slower: allocations, caches still filling), so that the run uses its budget."""
         run = self.run
-        if not self.active or self.planned:
+        if not self.active:
+            return
+        if self.planned:
+            if self.replan_at is not None and run.step >= self.replan_at:
+                self._replan(log)
             return
         done = run.step - self.calibration_start
         if done == 1:
@@ -321,26 +480,80 @@ class Budget:
         run.save()
         checkpoint_s = time.monotonic() - t0
         # every rank plans from the slowest rank's figures, so all agree
-        measured = run.accelerator.gather(torch.tensor([step_s, checkpoint_s], device=run.accelerator.device)
-                                          .view(1, 2)).view(-1, 2).max(dim=0).values.tolist()
-        step_s, checkpoint_s = measured
-        images_per_step = run.cfg.batch_size_per_device * run.cfg.grad_accum_steps
-        # one training image = two views forward + backward, about 6 forward passes; evaluation decodes too: x2
-        monitor_s = self.monitor_images * step_s / max(images_per_step * 6, 1) * 2
-        run.plan = plan_for_budget(run.plan, budget_s=self.seconds, elapsed_s=run.wall_s, done_steps=run.step,
-                                   step_s=step_s, checkpoint_s=checkpoint_s,
-                                   checkpoint_every=run.cfg.checkpoint_every, monitor_s=monitor_s,
-                                   export_s=estimate_export_s(checkpoint_s, run.cfg.export_onnx))
+        step_s, checkpoint_s = self._slowest(step_s, checkpoint_s)
+        # the label-free evaluations: one measured now (the run's first point), the rest and the card's reserved
+        if self.label_free is not None and self.label_free.monitor is not None:
+            self.label_free(log)
+        self.full, self.checkpoint_s = run.plan, checkpoint_s
+        self._plan(step_s, f"{step_s:.3f} s/step measured over {CALIBRATION_STEPS - 1} steps")
         self.planned = True
-        budget = run.plan.budget
-        logger.info("time budget %.3g min: %.3f s/step measured over %d steps, checkpoint %.2f s; planned %d "
-                    "optimizer steps (%.3g epochs, warmup %d) of the config's %d", run.cfg.time_budget_min, step_s,
-                    CALIBRATION_STEPS - 1, checkpoint_s, run.plan.total_steps, run.plan.epochs,
-                    run.plan.warmup_steps, budget["full_steps"])
-        run.record.update(total_steps=run.plan.total_steps, time_budget=budget)
-        run.write_record()
+        self.mark = self._mark()
+        self.replan_at = run.step + max(10, (run.plan.total_steps - run.step) // 8)
         # the calibration checkpoint now carries the plan: a resume follows it instead of re-planning
         update_state(run.accelerator, run.output, run.step, run.trainer_state())
+
+    def _slowest(self, *values: float) -> list[float]:
+        device = self.run.accelerator.device
+        gathered = self.run.accelerator.gather(torch.tensor(values, device=device).view(1, -1))
+        return gathered.view(-1, len(values)).max(dim=0).values.tolist()
+
+    def _mark(self) -> tuple[float, float, int]:
+        """(now, the seconds spent on evaluations and checkpoints so far, the step)."""
+        spent = self.run.clock.spent
+        return time.monotonic(), spent["evaluation"] + spent["checkpoints"], self.run.step
+
+    def _replan(self, log) -> None:
+        run = self.run
+        self.replan_at = None
+        _sync(run.accelerator.device)
+        t0, aside0, step0 = self.mark
+        t1, aside1, step1 = self._mark()
+        # 3 % above the measured mean: a step's time drifts up and down by about that over a run (measured on 2
+        # cores); an overrun would stop the run before its schedule ends
+        (step_s,) = self._slowest(1.03 * ((t1 - t0) - (aside1 - aside0)) / max(step1 - step0, 1))
+        before = run.plan.total_steps
+        self._plan(step_s, f"re-planned at step {run.step} from {step_s:.3f} s/step over {step1 - step0} steps",
+                   replanned_from=before)
+
+    def _plan(self, step_s: float, how: str, replanned_from: int | None = None) -> None:
+        run, cfg = self.run, self.run.cfg
+        if cfg.low_res_size:  # progressive resizing: the remaining steps' mix of low-resolution and full-size steps
+            if replanned_from is None:  # calibrated at full size; a low-resolution step taken at the pixel ratio
+                self.full_step_s, low_s = step_s, step_s * (cfg.low_res_size / cfg.image_size) ** 2
+            else:  # measured at the low size, the full size from the calibration
+                low_s = step_s
+            total, done = run.plan.total_steps, run.step
+            share = max(cfg.low_res_fraction * total - done, 0) / max(total - done, 1)
+            step_s = share * low_s + (1 - share) * self.full_step_s
+        evals_s = 0.0
+        if self.label_free is not None and self.label_free.monitor is not None:
+            done = len(self.label_free.history)
+            evals_s = (max(cfg.label_free_evals + 1 - done, 0) + 2) * self.label_free.seconds
+        (evals_s,) = self._slowest(evals_s)
+        images_per_step = cfg.batch_size_per_device * cfg.grad_accum_steps
+        # one training image = two views forward + backward, about 6 forward passes; evaluation decodes too: x2
+        monitor_s = self.monitor_images * step_s / max(images_per_step * 6, 1) * 2
+        run.plan = plan_for_budget(self.full, budget_s=self.seconds, elapsed_s=run.wall_s, done_steps=run.step,
+                                   step_s=step_s, checkpoint_s=self.checkpoint_s,
+                                   checkpoint_every=cfg.checkpoint_every, monitor_s=monitor_s,
+                                   epoch_checkpoints=cfg.epoch_checkpoints,
+                                   checkpoint_every_s=cfg.checkpoint_every_min * 60,
+                                   export_s=estimate_export_s(self.checkpoint_s, cfg.export_onnx) + evals_s)
+        budget = run.plan.budget
+        if replanned_from is not None:
+            budget["replanned_from_steps"] = replanned_from
+        logger.info("time budget %.3g min: %s, checkpoint %.2f s; planned %d optimizer steps (%.3g epochs, warmup "
+                    "%d) of the config's %d", cfg.time_budget_min, how, self.checkpoint_s, run.plan.total_steps,
+                    run.plan.epochs, run.plan.warmup_steps, budget["full_steps"])
+        run.record.update(total_steps=run.plan.total_steps, time_budget=budget)
+        run.write_record()
+
+
+def shrink_views(views: torch.Tensor, size: int, channels_last: bool) -> torch.Tensor:
+    """Progressive resizing: the batch of views at ``size`` (bilinear, antialiased), in the same memory format."""
+    out = torch.nn.functional.interpolate(views, size=(size, size), mode="bilinear", antialias=True,
+                                          align_corners=False)
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out.contiguous()
 
 
 def _sync(device: torch.device) -> None:
@@ -353,6 +566,7 @@ class LoopResult:
     last_loss: float = float("nan")
     skipped: int = 0
     stopped_by_budget: bool = False
+    label_free: LabelFreeEvals | None = None
 
 
 def train_loop(run: Run) -> LoopResult:
@@ -363,7 +577,8 @@ def train_loop(run: Run) -> LoopResult:
         from training.evaluation.monitor import KnnMonitor
 
         knn = KnnMonitor(cfg.knn_monitor)
-    budget = Budget(run, len(knn) if knn is not None else 0)
+    label_free = LabelFreeEvals(run)
+    budget = Budget(run, len(knn) if knn is not None else 0, label_free)
     micro_batches = iter(make_loader(run))
     mean, std = run.model_config.preprocessing.mean, run.model_config.preprocessing.std
 
@@ -383,7 +598,10 @@ def train_loop(run: Run) -> LoopResult:
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
 
+
         model.train()
+        clock = run.clock
+        clock.start_up_done()
         while run.step < run.plan.total_steps:
             if budget.deadline_passed():
                 logger.warning("time budget of %g min reached at step %d of the planned %d: the plan overran",
@@ -396,27 +614,37 @@ def train_loop(run: Run) -> LoopResult:
             for group in optimizer.param_groups:
                 group["lr"] = lr_now
             step_loss, z_last = torch.zeros((), device=device), None
+            # progressive resizing, once the budget's calibration has timed full-size steps
+            low_res = (cfg.low_res_size if CALIBRATION_STEPS <= run.step < run.plan.total_steps * cfg.low_res_fraction
+                       else 0)
             for micro in range(cfg.grad_accum_steps):
-                batch = next(micro_batches)
-                if cfg.augment_backend == "device":  # decode + augment here, on the training device
-                    v1, v2, skipped = device_views(batch, device, run.dataset.augment, mean, std, cfg.channels_last)
-                else:
-                    v1, v2, skipped = batch
-                    v1 = to_device_views(v1, device, mean, std, cfg.channels_last)
-                    v2 = to_device_views(v2, device, mean, std, cfg.channels_last)
+                with clock.section("data"):
+                    batch = next(micro_batches)
+                    if cfg.augment_backend == "device":  # decode + augment here, on the training device
+                        v1, v2, skipped = device_views(batch, device, run.dataset.augment, mean, std,
+                                                       cfg.channels_last)
+                    else:
+                        v1, v2, skipped = batch
+                        v1 = to_device_views(v1, device, mean, std, cfg.channels_last)
+                        v2 = to_device_views(v2, device, mean, std, cfg.channels_last)
+                    if low_res:
+                        v1, v2 = shrink_views(v1, low_res, cfg.channels_last), shrink_views(v2, low_res,
+                                                                                            cfg.channels_last)
                 result.skipped += skipped
                 last_micro = micro == cfg.grad_accum_steps - 1
-                with (nullcontext() if last_micro else accelerator.no_sync(model)), accelerator.autocast():
-                    loss, z_last = model(v1, v2)
-                    accelerator.backward(loss / cfg.grad_accum_steps)
-                step_loss += loss.detach().float() / cfg.grad_accum_steps  # stays on the device: no sync here
+                with clock.section("steps"):
+                    with (nullcontext() if last_micro else accelerator.no_sync(model)), accelerator.autocast():
+                        loss, z_last = model(v1, v2)
+                        accelerator.backward(loss / cfg.grad_accum_steps)
+                    step_loss += loss.detach().float() / cfg.grad_accum_steps  # stays on the device: no sync here
                 images_since += v1.shape[0] * world
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            run.byol.update_target(tau)  # once per optimizer step, on the unwrapped model
+            with clock.section("steps"):
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                run.byol.update_target(tau)  # once per optimizer step, on the unwrapped model
             run.step += 1
             bar.update(1)
-            budget.after_step()
+            budget.after_step(log)
             if bar.total != run.plan.total_steps:
                 bar.total = run.plan.total_steps
                 bar.refresh()
@@ -431,16 +659,19 @@ def train_loop(run: Run) -> LoopResult:
                 t_last, images_since = now, 0
                 log(record)
                 bar.set_postfix(loss=f"{result.last_loss:.3f}", ips=f"{record['images_per_s']:.1f}")
-            if knn is not None and (run.step % spe == 0 or run.step == run.plan.total_steps):
-                with accelerator.autocast():
+            knn_now = knn is not None and (run.step % spe == 0 or run.step == run.plan.total_steps)
+            if knn_now:
+                with clock.section("evaluation"), accelerator.autocast():
                     top1 = knn(run.byol.online.backbone)
                 log({"step": run.step, "epoch": run.step / spe, "knn_top1": top1})
                 logger.info("epoch %.3g: kNN top-1 %.2f%% on %s", run.step / spe, top1, cfg.knn_monitor)
-            at_epoch_end = run.step % spe == 0
-            if not run.dry_run and (run.step % cfg.checkpoint_every == 0 or at_epoch_end) \
-                    and run.step < run.plan.total_steps:
+            measured_now = bool(label_free.history) and label_free.history[-1]["step"] == run.step
+            if label_free.monitor is not None and not measured_now and (label_free.due() or knn_now):
+                label_free(log)  # where kNN is measured, RankMe is too: the two can be compared step by step
+            if run.checkpoint_due():
                 run.save()
     bar.close()
+    result.label_free = label_free
     if result.skipped:
         logger.warning("%d unreadable images were skipped", result.skipped)
     return result
@@ -453,10 +684,15 @@ def train_loop(run: Run) -> LoopResult:
 def publish(run: Run, result: LoopResult, name: str, budget: dict[str, Any] | None = None) -> Path:
     """Save the online backbone as a hub model folder with its card."""
     cfg, record = run.cfg, run.record
-    encoder = BYOLModel(ModelConfig.from_dict(run.model_config.to_dict()))
-    state = {k: v.detach().float().contiguous() for k, v in run.byol.online.backbone.state_dict().items()}
-    encoder.load_state_dict(state, strict=True)
-    encoder.config.name = name
+    encoder = online_encoder(run, name)
+    selected = None
+    if cfg.keep_best and run.best is not None:
+        best = BYOLModel.from_pretrained(run.output / BEST_DIR)
+        encoder.load_state_dict(best.state_dict(), strict=True)
+        last = result.label_free.history[-1] if result.label_free and result.label_free.history else {}
+        selected = {"by": cfg.keep_best, **run.best, "last_step": run.step, "last_rankme": last.get("rankme")}
+        logger.info("keep_best %s: publishing step %d (RankMe %.1f), not the last step %d (RankMe %s)",
+                    cfg.keep_best, run.best["step"], run.best["rankme"], run.step, last.get("rankme"))
     encoder.config.demo = cfg.demo
     encoder.config.provenance = {"identity": f"Trained by this project's BYOL trainer (config `{cfg.name}`).",
                                  "git_commit": record["git_commit"], "package_versions": record["versions"]}
@@ -468,13 +704,23 @@ def publish(run: Run, result: LoopResult, name: str, budget: dict[str, Any] | No
                                "skipped_images": result.skipped, "resolved_config": cfg.to_dict()}
     if budget:
         encoder.config.training["time_budget"] = budget
+    if selected:
+        encoder.config.training["selected"] = selected
+    monitor = result.label_free.monitor if result.label_free else None
+    if monitor is not None:  # every layer's label-free figures on the held-out sample, in the card
+        with run.accelerator.autocast():
+            layers = monitor.every_layer(encoder)
+        encoder.config.training["label_free"] = {
+            "held_out_images": len(monitor), "layers": layers, "history": result.label_free.history,
+            "note": "RankMe and the std of the L2-normalized outputs (global average pooled per layer) on training "
+                    "images held out of training; no labels used"}
     folder = encoder.save_pretrained(run.output / "final", onnx=cfg.export_onnx, transformers=cfg.export_transformers)
     logger.info("published the online encoder to %s (final loss %.4f)", folder, result.last_loss)
     return folder
 
 
-def train(args: argparse.Namespace) -> Path | None:
-    run = build_run(args)
+def train(args: argparse.Namespace, started: float | None = None) -> Path | None:
+    run = build_run(args, started)
     if run.main:
         run.accelerator.init_trackers("byol", config={k: v for k, v in run.cfg.to_dict().items()
                                                       if isinstance(v, (int, float, str, bool))})
@@ -486,21 +732,24 @@ def train(args: argparse.Namespace) -> Path | None:
         run.save()
         if run.main:
             budget = run.budget_outcome(result.stopped_by_budget)
-            final = publish(run, result, args.model_name or run.output.name, budget)
+            with run.clock.section("publish"):
+                final = publish(run, result, args.model_name or run.output.name, budget)
             if budget:
                 run.record["time_budget"] = budget
-                run.write_record()
                 logger.info("time budget %.3g min: %d of %d planned steps done in %.2f min", run.cfg.time_budget_min,
                             run.step, run.plan.total_steps, budget["wall_min"])
+            run.record["wall_time"] = run.clock.report(run.budget_spent_s)
+            run.write_record()
+            logger.info("%s", run.clock.line(run.record["wall_time"]))
     run.accelerator.wait_for_everyone()
     run.accelerator.end_training()
     return final
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, started: float | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        train(args)
+        train(args, started)
     except (ConfigError, DataError) as err:
         print(f"pretrain: error: {err}", file=sys.stderr)
         return 2
@@ -510,4 +759,4 @@ def main(argv: list[str] | None = None) -> int:
 __all__ = ["STATE_FILE", "build_parser", "main", "publish", "train"]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(started=PROCESS_START))

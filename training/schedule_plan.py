@@ -52,13 +52,16 @@ def config_plan(steps_per_epoch: int, epochs: int, warmup_epochs: float, max_ste
 
 
 def plan_for_budget(full: StepPlan, *, budget_s: float, elapsed_s: float, done_steps: int, step_s: float,
-                    checkpoint_s: float, checkpoint_every: int, monitor_s: float, export_s: float) -> StepPlan:
+                    checkpoint_s: float, checkpoint_every: int, monitor_s: float, export_s: float,
+                    epoch_checkpoints: bool = True, checkpoint_every_s: float = 0.0,
+                    monitor_every: int = 0) -> StepPlan:
     """Fit ``full`` into what is left of ``budget_s``.
 
     ``elapsed_s``: wall time already spent (set-up and the calibration steps); ``step_s``: measured seconds per
     optimizer step; ``checkpoint_s``: one checkpoint; ``monitor_s``: one kNN monitor pass (0 when off), run at
-    each epoch end; ``export_s``: the final checkpoint, card and export. Checkpoints are taken every
-    ``checkpoint_every`` steps and at epoch ends. Never plans more than ``full`` nor fewer than ``done_steps + 1``.
+    each epoch end, or every ``monitor_every`` steps where that is set; ``export_s``: the final checkpoint, card
+    and export. Checkpoints are taken every ``checkpoint_every`` steps, at epoch ends (``epoch_checkpoints``) and
+    every ``checkpoint_every_s`` seconds. Never plans more than ``full`` nor fewer than ``done_steps + 1``.
 
     Example:
         >>> full = StepPlan(steps_per_epoch=10, total_steps=1000, warmup_steps=100)
@@ -72,8 +75,10 @@ def plan_for_budget(full: StepPlan, *, budget_s: float, elapsed_s: float, done_s
     def overhead(steps: int) -> float:
         new = max(steps - done_steps, 0)
         epoch_ends = steps // full.steps_per_epoch - done_steps // full.steps_per_epoch
-        saves = min(new // max(checkpoint_every, 1) + epoch_ends, new)
-        return saves * checkpoint_s + epoch_ends * monitor_s
+        timed = int(new * step_s / checkpoint_every_s) if checkpoint_every_s > 0 else 0
+        saves = min(new // max(checkpoint_every, 1) + (epoch_ends if epoch_checkpoints else 0) + timed, new)
+        monitors = new // monitor_every if monitor_every > 0 else epoch_ends
+        return saves * checkpoint_s + monitors * monitor_s
 
     # the most steps whose time plus overheads fits (overheads grow with the steps: search down from the estimate)
     steps = done_steps + max(int(left / max(step_s, 1e-9)), 0)
