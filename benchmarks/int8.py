@@ -41,7 +41,7 @@ def photos() -> tuple[list[Image.Image], list[Image.Image]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(Path.home() / ".cache" / "byol" / "demo-resnet18-short"),
+    parser.add_argument("--model", default=str(Path.home() / ".cache" / "byol" / "demo-resnet18"),
                         help="model folder with model.onnx (default: the demo model)")
     parser.add_argument("--batch", type=int, default=8, help="images per inference call (default 8)")
     parser.add_argument("--rounds", type=int, default=10, help="timed calls per graph (default 10)")

@@ -7,8 +7,8 @@ architecture and the same evaluation, with random initialisation beside them.
     python benchmarks/learning.py --minutes 2 --trainers ours --keep-runs runs/learning   # keep the run folders
 
 Data (made here, nothing downloaded): crops of the photos that ship with scikit-image, unlabeled, for pretraining
-(26 photos x 96 crops at 128²). Evaluation, kNN top-1 (weighted, k=20, on the ``avgpool`` features at 64²) on two
-labelled sets that pretraining never sees: other crops of the same photos labelled by photo (26 classes), and
+(each photo of at least 300 px with some contrast, 20 with scikit-image 0.26, x 96 crops at 128²). Evaluation, kNN top-1 (weighted, k=20, on the ``avgpool`` features at 64²) on two
+labelled sets that pretraining never sees: other crops of the same photos labelled by photo (20 classes), and
 scikit-learn's digits upsampled to 64² (10 classes).
 
 Trainers, each a whole process timed from its start to its exit:
@@ -233,10 +233,13 @@ def checkpoint_correlation(run_dir: Path) -> dict | None:
     for line in path.read_text().splitlines():
         entry = json.loads(line)
         by_step.setdefault(entry["step"], {}).update(entry)
-    pairs = [(e["rankme"], e["knn_top1"]) for e in by_step.values() if "rankme" in e and "knn_top1" in e]
-    if len(pairs) < 3:
+    rows = [(e["step"], e["rankme"], e["label_free_std"], e["knn_top1"]) for e in by_step.values()
+            if "rankme" in e and "knn_top1" in e]
+    if len(rows) < 3:
         return None
-    return {"points": len(pairs), "spearman": round(spearman(*map(list, zip(*pairs))), 3), "pairs": pairs}
+    _, ranks, stds, knns = map(list, zip(*rows))
+    return {"points": len(rows), "spearman": round(spearman(ranks, knns), 3),
+            "spearman_std": round(spearman(stds, knns), 3), "rows": rows}
 
 
 def step_only_rate(config: dict, precision: str, steps: int = 8) -> float:
@@ -322,7 +325,8 @@ def main() -> None:
     os.environ["BYOL_CACHE"] = str(tmp / "cache")
     try:
         sets = make_data(tmp / "data", args.per_photo)
-        print(f"data: {len(list(sets['unlabeled'].iterdir()))} unlabeled crops; kNN on photos (26 classes) and "
+        classes = len(list((sets["photos"] / "train").iterdir()))
+        print(f"data: {len(list(sets['unlabeled'].iterdir()))} unlabeled crops; kNN on photos ({classes} classes) and "
               "digits (10 classes)", flush=True)
         runs: list[dict] = []
         trainers = [(t, []) for t in args.trainers] + [(f"ours:{n}", a) for n, a in map(parse_variant, args.variant)]
@@ -384,10 +388,12 @@ def summarize(runs: list[dict], minutes: float, cpu: str) -> dict:
               f"photos, {gains['digits']:+.1f} on digits (target >= +6)")
     trained = [r for r in runs if r["trainer"] != "random"]
     if len(trained) >= 3:
-        corr = {s: spearman([r["rankme"] for r in trained], [r["knn"][s] for r in trained]) for s in ("photos", "digits")}
-        summary["spearman_across_runs"] = corr
-        print(f"RankMe against kNN across the {len(trained)} trained runs: Spearman {corr['photos']:.2f} on photos, "
-              f"{corr['digits']:.2f} on digits")
+        for signal in ("rankme", "label_free_std"):
+            corr = {s: spearman([r[signal] for r in trained], [r["knn"][s] for r in trained])
+                    for s in ("photos", "digits")}
+            summary[f"spearman_across_runs_{signal}"] = corr
+            print(f"{signal} against kNN across the {len(trained)} trained runs: Spearman {corr['photos']:.2f} on "
+                  f"photos, {corr['digits']:.2f} on digits")
     layers = {}
     for r in runs:
         layers[f"{r['trainer']} seed {r['seed']}"] = {
@@ -399,8 +405,8 @@ def summarize(runs: list[dict], minutes: float, cpu: str) -> dict:
     within = [r["checkpoints"] for r in runs if r.get("checkpoints")]
     if within:
         summary["spearman_within_runs"] = [c["spearman"] for c in within]
-        print("RankMe against kNN over each run's evaluations (Spearman): " +
-              ", ".join(f"{c['spearman']:.2f} ({c['points']} points)" for c in within))
+        print("RankMe (and std) against kNN over each run's evaluations (Spearman): " +
+              ", ".join(f"{c['spearman']:.2f} ({c['spearman_std']:.2f}) over {c['points']} points" for c in within))
     ours = [r for r in runs if r["trainer"] == "ours"]
     if ours:
         rate = step_only_rate(ours[0]["config"], ours[0]["precision"])

@@ -59,11 +59,10 @@ def measure_images(model: Any, images: str, *, sample: int = 1024, layers: tuple
     import torch
     from PIL import Image
 
+    from hub.errors import HubError
     from hub.layers import LAYERS
     from hub.preprocess import preprocess_one, to_rgb
     from storage.sources import open_source
-
-    from hub.errors import HubError
 
     if sample < 2:
         raise HubError(f"--sample must be >= 2, got {sample}")

@@ -140,6 +140,7 @@ class Run:
     source: Any = None  # the whole input (the held-out sample included)
     held: list[int] = dataclasses.field(default_factory=list)  # the label-free sample's indices in ``source``
     best: dict[str, Any] | None = None  # keep_best: the best evaluation so far ({"step", "rankme"})
+    low_res_end: int | None = None  # progressive resizing: the step the full size began
     last_save_s: float = 0.0  # wall_s at the last checkpoint (time-based checkpoints)
 
     @property
@@ -152,7 +153,19 @@ class Run:
         return self.budget_spent_s + time.monotonic() - self.started
 
     def trainer_state(self) -> dict[str, Any]:
-        return {"plan": self.plan.to_dict(), "budget_spent_s": self.wall_s, "last_loss": self.last_loss}
+        return {"plan": self.plan.to_dict(), "budget_spent_s": self.wall_s, "last_loss": self.last_loss,
+                "low_res_end": self.low_res_end}
+
+    def low_res_now(self) -> bool:
+        """Progressive resizing: whether this step's views are shrunk. The low-resolution phase starts after the
+        budget's calibration steps and ends once ``low_res_fraction`` of the planned steps are done; that step is
+        kept (a later re-plan never brings the low size back)."""
+        if not self.cfg.low_res_size or self.step < CALIBRATION_STEPS or self.low_res_end is not None:
+            return False
+        if self.step >= self.plan.total_steps * self.cfg.low_res_fraction:
+            self.low_res_end = self.step
+            return False
+        return True
 
     def budget_outcome(self, stopped_by_budget: bool) -> dict[str, Any] | None:
         """What a time budget planned and what was done (None without a budget): for the run record and the card."""
@@ -322,6 +335,7 @@ def resume(run: Run, resume_arg: str) -> None:
     run.last_save_s = run.budget_spent_s
     run.best = read_best(run.output)
     run.last_loss = state.get("last_loss", float("nan"))
+    run.low_res_end = state.get("low_res_end")
     logger.info("resumed from %s at step %d of %d", checkpoint, run.step, run.plan.total_steps)
 
 
@@ -447,7 +461,8 @@ class Budget:
         self.t_first: float | None = None
         self.full = run.plan  # the config's plan, what a budget plan fits
         self.checkpoint_s = 0.0
-        self.full_step_s = 0.0  # progressive resizing: a full-size step, measured in the calibration
+        self.full_step_s = self.low_step_s = 0.0  # progressive resizing: a step at each size
+        self.switch_pending = False  # progressive resizing: the re-plan after the switch to the full size is to come
         self.mark: tuple[float, float, int] | None = None
         self.replan_at: int | None = None  # the step of the one re-plan
 
@@ -460,13 +475,17 @@ class Budget:
     def after_step(self, log) -> None:
         """Time the calibration steps; after the last one, measure a checkpoint and plan the schedule. Once the run
         has taken an eighth of the plan's steps (at least 10), plan again from the step time measured over them
-        (the first steps run slower: allocations, caches still filling), so that the run uses its budget."""
+        (the first steps run slower: allocations, caches still filling), so that the run uses its budget; with
+        progressive resizing, once more 10 steps after the switch to the full size, from those steps."""
         run = self.run
         if not self.active:
             return
         if self.planned:
             if self.replan_at is not None and run.step >= self.replan_at:
                 self._replan(log)
+            if self.switch_pending and self.mark is not None and run.low_res_end is not None:
+                self.switch_pending = False  # the full size from here: time it over 10 steps, then plan again
+                self.mark, self.replan_at = self._mark(), run.step + 10
             return
         done = run.step - self.calibration_start
         if done == 1:
@@ -489,6 +508,7 @@ class Budget:
         self.planned = True
         self.mark = self._mark()
         self.replan_at = run.step + max(10, (run.plan.total_steps - run.step) // 8)
+        self.switch_pending = bool(run.cfg.low_res_size)
         # the calibration checkpoint now carries the plan: a resume follows it instead of re-planning
         update_state(run.accelerator, run.output, run.step, run.trainer_state())
 
@@ -519,12 +539,15 @@ class Budget:
         run, cfg = self.run, self.run.cfg
         if cfg.low_res_size:  # progressive resizing: the remaining steps' mix of low-resolution and full-size steps
             if replanned_from is None:  # calibrated at full size; a low-resolution step taken at the pixel ratio
-                self.full_step_s, low_s = step_s, step_s * (cfg.low_res_size / cfg.image_size) ** 2
-            else:  # measured at the low size, the full size from the calibration
-                low_s = step_s
+                self.full_step_s, self.low_step_s = step_s, step_s * (cfg.low_res_size / cfg.image_size) ** 2
+            elif run.low_res_end is None:  # measured at the low size
+                self.low_step_s = step_s
+            else:  # measured at the full size, after the switch
+                self.full_step_s = step_s
             total, done = run.plan.total_steps, run.step
-            share = max(cfg.low_res_fraction * total - done, 0) / max(total - done, 1)
-            step_s = share * low_s + (1 - share) * self.full_step_s
+            share = 0.0 if run.low_res_end is not None else max(cfg.low_res_fraction * total - done, 0) / max(
+                total - done, 1)
+            step_s = share * self.low_step_s + (1 - share) * self.full_step_s
         evals_s = 0.0
         if self.label_free is not None and self.label_free.monitor is not None:
             done = len(self.label_free.history)
@@ -614,9 +637,7 @@ def train_loop(run: Run) -> LoopResult:
             for group in optimizer.param_groups:
                 group["lr"] = lr_now
             step_loss, z_last = torch.zeros((), device=device), None
-            # progressive resizing, once the budget's calibration has timed full-size steps
-            low_res = (cfg.low_res_size if CALIBRATION_STEPS <= run.step < run.plan.total_steps * cfg.low_res_fraction
-                       else 0)
+            low_res = cfg.low_res_size if run.low_res_now() else 0  # progressive resizing
             for micro in range(cfg.grad_accum_steps):
                 with clock.section("data"):
                     batch = next(micro_batches)
@@ -708,8 +729,9 @@ def publish(run: Run, result: LoopResult, name: str, budget: dict[str, Any] | No
         encoder.config.training["selected"] = selected
     monitor = result.label_free.monitor if result.label_free else None
     if monitor is not None:  # every layer's label-free figures on the held-out sample, in the card
-        with run.accelerator.autocast():
-            layers = monitor.every_layer(encoder)
+        with run.accelerator.autocast():  # on the training device (a GPU's run measures there), then back
+            layers = monitor.every_layer(encoder.to(run.accelerator.device))
+        encoder.cpu()
         encoder.config.training["label_free"] = {
             "held_out_images": len(monitor), "layers": layers, "history": result.label_free.history,
             "note": "RankMe and the std of the L2-normalized outputs (global average pooled per layer) on training "

@@ -63,12 +63,13 @@ def test_budgeted_run_ends_its_schedule_in_time_and_resume_keeps_the_plan(tmp_pa
     out = tmp_path / "budget"
     args = ["--config", "smoke", "--data", str(photo_dir), "--output", str(out), "--batch-size-per-device", "4",
             "--total-batch-size", "8", "--num-workers", "0", "--no-export-onnx", "--no-export-transformers",
-            "--epochs", "500", "--time-budget-min", "0.1", "--log-every", "1"]
+            "--epochs", "500", "--time-budget-min", "0.25", "--log-every", "1"]
     start = time.monotonic()
     proc = run(args, launcher=[sys.executable])
     wall = time.monotonic() - start
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert wall < 0.1 * 60 + 12, f"{wall:.1f} s for a 6 s budget (+ interpreter start-up)"
+    # the budget counts the whole process, imports included: only the interpreter's own start is outside it
+    assert wall < 0.25 * 60 + 4, f"{wall:.1f} s for a 15 s budget"
     metrics = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
     record = yaml.safe_load((out / "config.yaml").read_text())
     planned = record["time_budget"]["planned_steps"]

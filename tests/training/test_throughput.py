@@ -156,3 +156,17 @@ def test_a_batch_made_on_threads_equals_one_made_item_by_item(big_photo):
 
     clone = pickle.loads(pickle.dumps(threaded))  # what a loader worker gets: no pool, a lock of its own
     assert clone._pool is None and clone.__getitems__(keys[:2])[0][0].shape == (32, 32, 3)
+
+
+def test_the_knn_monitor_votes_in_float32_under_the_trainers_bf16_autocast():
+    import torch
+
+    from training.evaluation.knn import weighted_knn
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(3, 16))
+    labels = np.repeat(np.arange(3), 20)
+    x = (centers[labels] + 0.1 * rng.normal(size=(60, 16))).astype(np.float32)
+    plain = weighted_knn(x, labels, x, labels, ks=(5,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as train_loop calls the kNN monitor on a bf16 CPU
+        assert weighted_knn(x, labels, x, labels, ks=(5,)) == plain == {5: 100.0}

@@ -9,7 +9,15 @@ import torch.nn.functional as F
 
 def weighted_knn(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *,
                  ks: tuple[int, ...] = (20, 200), temperature: float = 0.07, chunk: int = 1024) -> dict[int, float]:
-    """Top-1 accuracy (%) for each ``k`` (capped at the training set size). Features: ``(N, D)``."""
+    """Top-1 accuracy (%) for each ``k`` (capped at the training set size). Features: ``(N, D)``.
+
+    Computed in float32 whatever autocast is active (the trainer's monitor runs under bf16 autocast on CPU)."""
+    with torch.autocast("cpu", enabled=False):
+        return _weighted_knn(train_x, train_y, test_x, test_y, ks=ks, temperature=temperature, chunk=chunk)
+
+
+def _weighted_knn(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, *,
+                  ks: tuple[int, ...], temperature: float, chunk: int) -> dict[int, float]:
     train = F.normalize(torch.from_numpy(train_x).float(), dim=1)
     test = F.normalize(torch.from_numpy(test_x).float(), dim=1)
     labels = torch.from_numpy(train_y).long()
