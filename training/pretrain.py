@@ -621,7 +621,6 @@ def train_loop(run: Run) -> LoopResult:
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
 
-
         model.train()
         clock = run.clock
         clock.start_up_done()

