@@ -7,7 +7,7 @@ A user passes the data, the output, the image size and the budget; the rest foll
 - **batch**: :data:`CPU_BATCH` images per step on CPU, :data:`GPU_BATCH` per GPU; the lr follows the optimizer
   batch linearly (``base_lr x batch / 256``);
 - **crops**: where the views are made. On CPU the training process makes them itself between steps, with OpenCV
-  from decoded images kept in memory (``decode_cache_mb``), decoding on its cores in threads: a loader process
+  from decoded images kept in memory (``decode_cache_mb``): a loader process
   would take cores from the step and preempt its threads; on GPUs the step decodes and augments on the GPU
   (``augment_backend device``), the loader workers only read bytes.
 
@@ -51,8 +51,8 @@ def machine_settings(cfg: TrainConfig, device_type: str, world: int, explicit: s
         choices["cpu_precision"] = ("auto", "bf16 where the CPU has native bf16, fp32 otherwise")
         choices["batch_size_per_device"] = (CPU_BATCH, "per step on CPU")
         choices["augment_backend"] = ("opencv", "OpenCV: 2.7x PIL's speed per core")
-        choices["num_workers"] = (0, "the views are made in the training process between steps, decoding on its "
-                                     "cores: a loader process would preempt the step's threads")
+        choices["num_workers"] = (0, "the views are made in the training process between steps: a loader process "
+                                     "would preempt the step's threads")
         choices["decode_cache_mb"] = (min(CACHE_MB_MAX, memory_mb() // 8), "decode each image once, augment from "
                                       "memory")
     if "image_size" in explicit:  # the published preprocessing follows the size asked for (resize 8/7 x crop)

@@ -350,9 +350,7 @@ def make_loader(run: Run) -> torch.utils.data.DataLoader:
                                start=(run.step % plan.steps_per_epoch) * cfg.grad_accum_steps * batch,
                                end_epoch=ceil_epochs(max(full_steps, plan.total_steps), plan.steps_per_epoch))
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", run.accelerator.num_processes))
-    workers = loader_workers(cfg.num_workers, per_node)
-    if workers == 0:  # the views are made here, between steps: decoding on this process's share of the cores
-        run.dataset.threads = max(1, usable_cores() // max(per_node, 1))
+    workers = loader_workers(cfg.num_workers, per_node)  # 0: the views are made here, between steps
     return torch.utils.data.DataLoader(run.dataset, batch_size=batch, sampler=sampler, num_workers=workers,
                                        collate_fn=collate_raw if cfg.augment_backend == "device" else collate_views,
                                        pin_memory=run.accelerator.device.type == "cuda" and cfg.augment_backend != "device",
