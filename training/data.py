@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -51,26 +50,6 @@ class TwoViewDataset(Dataset):
         self.cache_side = 2 * augment.size
         self._cache: dict[int, Image.Image | np.ndarray] = {}
         self._cached = 0
-        self.threads = 1  # a batch's items made on this many threads (the training process's loader: its cores)
-        self._pool = None
-        self._lock = threading.Lock()
-
-    def __getstate__(self) -> dict[str, Any]:  # loader workers get no thread pool (each makes its items itself)
-        return {**self.__dict__, "_pool": None, "_lock": None}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _lock=threading.Lock())
-
-    def __getitems__(self, keys: list[tuple[int, int]]) -> list[tuple[Any, Any, int]]:
-        """A batch's items: on ``threads`` threads where the training process makes them itself (OpenCV's decoding
-        and resizing release the GIL), one after the other elsewhere."""
-        if self.threads <= 1 or len(keys) < 2:
-            return [self[key] for key in keys]
-        if self._pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="views")
-        return list(self._pool.map(self.__getitem__, keys))
 
     def __len__(self) -> int:
         return len(self.source)
@@ -103,10 +82,9 @@ class TwoViewDataset(Dataset):
         if self.cache_bytes:
             loaded = self._shrunk(loaded)
             size = loaded.nbytes if isinstance(loaded, np.ndarray) else loaded.width * loaded.height * 3
-            with self._lock:
-                if index not in self._cache and self._cached + size <= self.cache_bytes:
-                    self._cache[index] = loaded
-                    self._cached += size
+            if self._cached + size <= self.cache_bytes:
+                self._cache[index] = loaded
+                self._cached += size
         return loaded
 
     def _decode(self, index: int) -> Image.Image | np.ndarray | tuple[bytes, tuple[int, int]] | None:

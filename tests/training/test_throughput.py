@@ -143,21 +143,6 @@ def test_progressive_resizing_shrinks_the_views_in_their_memory_format():
         TrainConfig(image_size=64, low_res_scale=1.0)
 
 
-def test_a_batch_made_on_threads_equals_one_made_item_by_item(big_photo):
-    source = open_source(str(big_photo))
-    keys = [(e, i) for e in range(3) for i in range(len(source))]
-    plain = TwoViewDataset(source, AugmentConfig(size=32), seed=1, backend="opencv", cache_mb=16)
-    threaded = TwoViewDataset(source, AugmentConfig(size=32), seed=1, backend="opencv", cache_mb=16)
-    threaded.threads = 2
-    for (a1, a2, sa), (b1, b2, sb) in zip(plain.__getitems__(keys), threaded.__getitems__(keys)):
-        assert np.array_equal(a1, b1) and np.array_equal(a2, b2) and sa == sb
-    assert len(threaded._cache) == 2 and threaded._pool is not None  # the broken file is never cached
-    import pickle
-
-    clone = pickle.loads(pickle.dumps(threaded))  # what a loader worker gets: no pool, a lock of its own
-    assert clone._pool is None and clone.__getitems__(keys[:2])[0][0].shape == (32, 32, 3)
-
-
 def test_the_knn_monitor_votes_in_float32_under_the_trainers_bf16_autocast():
     import torch
 
