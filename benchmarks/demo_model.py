@@ -1,19 +1,24 @@
 """The demo model, a newcomer's first impression: its recipe against the short-budget one, in the same time.
 
     python benchmarks/demo_model.py               # both recipes, then dedup and copy retrieval on held-out images
+    python benchmarks/demo_model.py --variant fast=--cpu-precision,auto,--decode-cache-mb,256,--epochs,400
+                                                  # and the demo's recipe with these overrides, in the same time
 
 Both are trained on the 48 demo photos that ``scripts/serve.py`` uses (scikit-image's, with crops, flips and
 rotations), as whole processes: first the demo's recipe (``scripts/serve.demo_arguments``: the ``smoke`` preset at
-96² for 40 epochs), timed; then ``byol_r18_short`` at 96² with that same wall time as its budget.
-Held-out images: each of 25 photos of scikit-image as an original and four near-duplicate copies (JPEG quality 20,
-halved, cropped to 90 %, brightness +-10 %), among 300 distinct crops of the same photos. Printed, on each model's
-``avgpool`` vectors: the best pair F1 over cosine thresholds (a pair is a duplicate when both come from one
-original), and the copy retrieval top-1 (each copy's nearest other image is of its original), beside the CPU's
-capabilities.
+96² for 40 epochs), timed; then ``byol_r18_short`` at 96² with that same wall time as its budget, and each
+``--variant``: the demo's arguments with its overrides, with that same budget.
+
+Held-out images: each of up to 25 photos of scikit-image as an original and four near-duplicate copies (JPEG quality
+20, halved, cropped to 90 %, brightness +-10 %), among 12 distinct crops of each of the same photos (scikit-image 0.26
+has 20 such photos: 340 images). Printed, on each model's ``avgpool`` vectors: the best pair F1 over cosine
+thresholds (a pair is a duplicate when both come from one original), and the copy retrieval top-1 (each copy's
+nearest other image is of its original), beside the CPU's capabilities.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import sys
@@ -34,7 +39,7 @@ SHORT = ["--config", "byol_r18_short", "--image-size", "96", "--eval-resize", "1
 
 
 def held_out(folder: Path) -> tuple[list[Path], np.ndarray]:
-    """The 400 held-out images and each one's group (its original's number; -1 for a distinct crop)."""
+    """The held-out images and each one's group (its original's number; -1 for a distinct crop)."""
     from benchmarks.learning import photos
     from tests.support.images import make_near_duplicate_fixture
 
@@ -78,16 +83,30 @@ def scores(model_dir: Path, paths: list[Path], groups: np.ndarray) -> dict[str, 
             "copy_top1": round(100 * float((groups[nearest] == groups[copies]).mean()), 1)}
 
 
-def train(args: list[str]) -> float:
+def train(args: list[str]) -> tuple[float, int]:
+    """Wall seconds of the whole process, and its optimizer steps."""
+    import yaml
+
     t0 = time.monotonic()
     processes.run([sys.executable, str(REPO / "training" / "pretrain.py"), *args], check=True, cwd=REPO)
-    return time.monotonic() - t0
+    wall = time.monotonic() - t0
+    record = yaml.safe_load((Path(args[args.index("--output") + 1]) / "config.yaml").read_text())
+    return wall, (record.get("time_budget") or {}).get("done_steps") or record["total_steps"]
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=--FLAG,VALUE",
+                        help="also the demo's recipe with these overrides, budgeted to the demo's wall time "
+                             "(repeatable), e.g. bf16=--cpu-precision,auto,--epochs,400")
+    parser.add_argument("--no-short", action="store_true", help="skip byol_r18_short")
+    args = parser.parse_args()
     from serve import demo_arguments, write_demo_photos
 
+    from benchmarks.learning import parse_variant
     from hub.hardware import cpu_summary
+
+    variants = [parse_variant(v) for v in args.variant]
 
     cpu = cpu_summary()
     print(f"CPU: {cpu}", flush=True)
@@ -98,16 +117,20 @@ def main() -> None:
         photos.mkdir()
         write_demo_photos(photos)
         paths, groups = held_out(tmp / "held-out")
-        demo_s = train(demo_arguments(photos, tmp / "demo"))
-        short_s = train([*SHORT, "--data", str(photos), "--output", str(tmp / "short"), "--time-budget-min",
-                         str(demo_s / 60)])
-        table = {"demo (smoke, 40 epochs)": (demo_s, scores(tmp / "demo" / "final", paths, groups)),
-                 "byol_r18_short": (short_s, scores(tmp / "short" / "final", paths, groups))}
+        demo_s, demo_steps = train(demo_arguments(photos, tmp / "demo"))
+        table = {"demo (smoke, 40 epochs)": (demo_s, demo_steps, scores(tmp / "demo" / "final", paths, groups))}
+        if not args.no_short:
+            short_s, short_steps = train([*SHORT, "--data", str(photos), "--output", str(tmp / "short"), "--time-budget-min",
+                             str(demo_s / 60)])
+            table["byol_r18_short"] = (short_s, short_steps, scores(tmp / "short" / "final", paths, groups))
+        for name, extra in variants:
+            wall, steps = train([*demo_arguments(photos, tmp / name), "--time-budget-min", str(demo_s / 60), *extra])
+            table[name] = (wall, steps, scores(tmp / name / "final", paths, groups))
         print(f"\ndemo model: 48 photos at 96²; {len(paths)} held-out images ({(groups >= 0).sum()} originals and "
-              f"copies of 25 photos, {(groups < 0).sum()} distinct crops); CPU: {cpu}")
-        print(f"{'recipe':<28}{'wall s':>8}{'best pair F1':>14}{'at cosine':>11}{'copy top-1':>12}")
-        for name, (wall, s) in table.items():
-            print(f"{name:<28}{wall:>8.0f}{s['best_pair_f1']:>14.3f}{s['at_cosine']:>11.3f}{s['copy_top1']:>12.1f}")
+              f"copies of {len(set(groups[groups >= 0]))} photos, {(groups < 0).sum()} distinct crops); CPU: {cpu}")
+        print(f"{'recipe':<28}{'wall s':>8}{'steps':>7}{'best pair F1':>14}{'at cosine':>11}{'copy top-1':>12}")
+        for name, (wall, steps, s) in table.items():
+            print(f"{name:<28}{wall:>8.0f}{steps:>7}{s['best_pair_f1']:>14.3f}{s['at_cosine']:>11.3f}{s['copy_top1']:>12.1f}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

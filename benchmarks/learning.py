@@ -242,6 +242,31 @@ def checkpoint_correlation(run_dir: Path) -> dict | None:
             "spearman_std": round(spearman(stds, knns), 3), "rows": rows}
 
 
+def checkpoint_series(run_dir: Path, sets: dict[str, Path], work: Path) -> dict | None:
+    """Every checkpoint of one run (``--checkpoints N``) evaluated as the final model is: kNN on both sets and the
+    label-free figures; Spearman of each label-free signal against kNN over the run's course."""
+    from hub.convert.checkpoint import convert_checkpoint
+
+    steps = sorted((int(p.name.removeprefix("step_")), p) for p in (run_dir / "checkpoints").glob("step_*")
+                   if (p / "model.safetensors").exists())
+    rows = []
+    for step, ckpt in steps:
+        model = convert_checkpoint(ckpt / "model.safetensors", prefix="online.backbone.", name=f"step-{step}")
+        folder = model.save_pretrained(work / f"step_{step}", onnx=False, transformers=False)
+        figures = evaluate(str(folder), sets)
+        shutil.rmtree(folder, ignore_errors=True)
+        rows.append({"step": step, "rankme": figures["rankme"], "label_free_std": figures["label_free_std"],
+                     **{f"knn_{s}": figures["knn"][s] for s in ("photos", "digits")}})
+        print(f"  checkpoint step {step}: kNN photos {figures['knn']['photos']:.1f}, digits "
+              f"{figures['knn']['digits']:.1f}; RankMe {figures['rankme']:.1f}, std {figures['label_free_std']:.4f}",
+              flush=True)
+    if len(rows) < 3:
+        return None
+    return {"points": len(rows), "rows": rows, **{
+        f"spearman_{signal}_{s}": round(spearman([r[signal] for r in rows], [r[f"knn_{s}"] for r in rows]), 3)
+        for signal in ("rankme", "label_free_std") for s in ("photos", "digits")}}
+
+
 def step_only_rate(config: dict, precision: str, steps: int = 8) -> float:
     """Images per minute of the training step alone (two views forward, backward, LARS, the target's update) at the
     run's batch, precision, memory format and heads, on random pixels: the ceiling the whole run is measured against."""
@@ -308,6 +333,9 @@ def main() -> None:
     parser.add_argument("--knn-monitor", action="store_true",
                         help="ours: kNN on the photo set at every epoch end, beside RankMe (its cost is in the run's "
                              "wall time): the correlation across one run's evaluations")
+    parser.add_argument("--checkpoints", type=int, default=0, metavar="N",
+                        help="ours: a checkpoint every 1/N of the budget, each evaluated afterwards like the final "
+                             "model (outside the run's wall time): label-free signals against kNN over one run")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     parser.add_argument("--keep-runs", type=Path, default=None, help="keep the run folders here")
     parser.add_argument("--data", type=Path, default=None, help=argparse.SUPPRESS)
@@ -345,8 +373,13 @@ def main() -> None:
                     config = "byol_r18_cifar10" if name == "before" else args.config
                     if args.knn_monitor and name != "before":
                         extra = [*extra, "--knn-monitor", str(sets["photos"])]
+                    if args.checkpoints:
+                        extra = [*extra, "--checkpoint-every-min", str(args.minutes / args.checkpoints),
+                                 "--keep-checkpoints", str(args.checkpoints + 2)]
                     entry = run_ours(config, sets["unlabeled"], out, args.minutes, seed, extra)
                     entry["checkpoints"] = checkpoint_correlation(out)
+                    if args.checkpoints:
+                        entry["series"] = checkpoint_series(out, sets, tmp / "series")
                 entry.update(trainer=name, seed=seed, **evaluate(entry["model"], sets))
                 entry["images_per_min"] = round(entry["images"] / entry["wall_s"] * 60, 1)
                 runs.append(entry)
@@ -407,6 +440,13 @@ def summarize(runs: list[dict], minutes: float, cpu: str) -> dict:
         summary["spearman_within_runs"] = [c["spearman"] for c in within]
         print("RankMe (and std) against kNN over each run's evaluations (Spearman): " +
               ", ".join(f"{c['spearman']:.2f} ({c['spearman_std']:.2f}) over {c['points']} points" for c in within))
+    series = [(r["trainer"], r["seed"], r["series"]) for r in runs if r.get("series")]
+    for trainer, seed, c in series:
+        summary.setdefault("spearman_within_checkpoints", []).append({"trainer": trainer, "seed": seed, **{
+            k: v for k, v in c.items() if k.startswith("spearman")}, "points": c["points"]})
+        print(f"{trainer} seed {seed}, over its {c['points']} checkpoints (Spearman against kNN photos / digits): "
+              f"RankMe {c['spearman_rankme_photos']:.2f} / {c['spearman_rankme_digits']:.2f}, std "
+              f"{c['spearman_label_free_std_photos']:.2f} / {c['spearman_label_free_std_digits']:.2f}")
     ours = [r for r in runs if r["trainer"] == "ours"]
     if ours:
         rate = step_only_rate(ours[0]["config"], ours[0]["precision"])
