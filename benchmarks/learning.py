@@ -5,11 +5,13 @@ architecture and the same evaluation, with random initialisation beside them.
     python benchmarks/learning.py --minutes 8 --trainers before ours lightly --seeds 0
     python benchmarks/learning.py --minutes 4 --trainers ours --variant tau97=--tau-base,0.97 --seeds 0
     python benchmarks/learning.py --minutes 2 --trainers ours --keep-runs runs/learning   # keep the run folders
+    python benchmarks/learning.py --minutes 30 --seeds 0 --checkpoints 10   # and RankMe against kNN over one run
 
 Data (made here, nothing downloaded): crops of the photos that ship with scikit-image, unlabeled, for pretraining
-(each photo of at least 300 px with some contrast, 20 with scikit-image 0.26, x 96 crops at 128²). Evaluation, kNN top-1 (weighted, k=20, on the ``avgpool`` features at 64²) on two
-labelled sets that pretraining never sees: other crops of the same photos labelled by photo (20 classes), and
-scikit-learn's digits upsampled to 64² (10 classes).
+(each photo of at least 300 px with some contrast, 20 with scikit-image 0.26, x 96 crops at 128²). Evaluation,
+kNN top-1 (weighted, k=20, on the ``avgpool`` features at 64²) on two labelled sets that pretraining never sees:
+other crops of the same photos labelled by photo (20 classes), and scikit-learn's digits upsampled to 64² (10
+classes).
 
 Trainers, each a whole process timed from its start to its exit:
 
@@ -22,7 +24,10 @@ Trainers, each a whole process timed from its start to its exit:
 Printed per run: optimizer steps, images seen, images per wall-clock minute of the whole process, and the kNN
 figures; then the means and spreads over seeds, our whole-run rate against our step-only rate (forward, backward
 and the target update at the same batch and precision, no data, measured in this process afterwards), and our
-images per minute against lightly's. The CPU's capabilities are printed beside every figure.
+images per minute against lightly's; the Spearman correlations of the label-free figures (RankMe, the std of
+the normalized outputs) against kNN across runs and across layers, and with ``--checkpoints N`` over the
+checkpoints of each of our runs (all of them, and from the lowest RankMe on, what ``--keep-best rankme`` chooses
+from). The CPU's capabilities are printed beside every figure.
 """
 
 from __future__ import annotations
@@ -262,9 +267,15 @@ def checkpoint_series(run_dir: Path, sets: dict[str, Path], work: Path) -> dict 
               flush=True)
     if len(rows) < 3:
         return None
-    return {"points": len(rows), "rows": rows, **{
-        f"spearman_{signal}_{s}": round(spearman([r[signal] for r in rows], [r[f"knn_{s}"] for r in rows]), 3)
-        for signal in ("rankme", "label_free_std") for s in ("photos", "digits")}}
+    trough = min(range(len(rows)), key=lambda i: rows[i]["rankme"])  # --keep-best chooses from here on
+    later = rows[trough:]
+
+    def corr(chosen: list[dict]) -> dict[str, float]:
+        return {f"{signal}_{s}": round(spearman([r[signal] for r in chosen], [r[f"knn_{s}"] for r in chosen]), 3)
+                for signal in ("rankme", "label_free_std") for s in ("photos", "digits")}
+
+    return {"points": len(rows), "rows": rows, "spearman": corr(rows), "lowest_rankme_step": rows[trough]["step"],
+            "points_from_lowest": len(later), "spearman_from_lowest": corr(later) if len(later) >= 3 else None}
 
 
 def step_only_rate(config: dict, precision: str, steps: int = 8) -> float:
@@ -443,10 +454,15 @@ def summarize(runs: list[dict], minutes: float, cpu: str) -> dict:
     series = [(r["trainer"], r["seed"], r["series"]) for r in runs if r.get("series")]
     for trainer, seed, c in series:
         summary.setdefault("spearman_within_checkpoints", []).append({"trainer": trainer, "seed": seed, **{
-            k: v for k, v in c.items() if k.startswith("spearman")}, "points": c["points"]})
-        print(f"{trainer} seed {seed}, over its {c['points']} checkpoints (Spearman against kNN photos / digits): "
-              f"RankMe {c['spearman_rankme_photos']:.2f} / {c['spearman_rankme_digits']:.2f}, std "
-              f"{c['spearman_label_free_std_photos']:.2f} / {c['spearman_label_free_std_digits']:.2f}")
+            k: v for k, v in c.items() if k != "rows"}})
+        for label, points, r in (("all", c["points"], c["spearman"]),
+                                 (f"from its lowest RankMe (step {c['lowest_rankme_step']}, what --keep-best "
+                                  "chooses from)", c["points_from_lowest"], c["spearman_from_lowest"])):
+            if r is None:
+                continue
+            print(f"{trainer} seed {seed}, over its checkpoints, {label}: {points} points; Spearman against kNN "
+                  f"photos / digits: RankMe {r['rankme_photos']:.2f} / {r['rankme_digits']:.2f}, std "
+                  f"{r['label_free_std_photos']:.2f} / {r['label_free_std_digits']:.2f}")
     ours = [r for r in runs if r["trainer"] == "ours"]
     if ours:
         rate = step_only_rate(ours[0]["config"], ours[0]["precision"])

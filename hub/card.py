@@ -199,8 +199,11 @@ def _label_free(training: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     selected = training.get("selected")
     if selected:
+        since = (f" after the run's lowest ({selected['trough_rankme']:g} at step {selected['trough_step']})"
+                 if selected.get("trough_step") is not None else "")
         lines += ["", f"Published weights: step {selected['step']} of {selected['last_step']}, the evaluation with the "
-                  f"highest {selected['by']} ({selected['rankme']:g}; the last step's: {selected.get('last_rankme')})."]
+                  f"highest {selected['by']} ({selected['rankme']:g}){since}; the last step's {selected['by']}: "
+                  f"{selected.get('last_rankme')}."]
     if not entry:
         return lines
     lines += ["", f"Quality without labels, on {entry['held_out_images']} training images held out of training "

@@ -111,7 +111,9 @@ class TrainConfig:
     label_free_evals: int = field(default=10, metadata={"help": "label-free evaluations over the run (and the last step)"})
     keep_best: str = field(default="", metadata={
         "help": "rankme: publish the weights of the label-free evaluation with the highest RankMe (kept in "
-                "OUTPUT/best/), not the last step's; empty: the last step's"})
+                "OUTPUT/best/), not the last step's, among those after the run's lowest RankMe (it falls from the "
+                "random initialisation's high rank before it rises with the features: a run still falling keeps its "
+                "last step); empty: the last step's"})
     export_onnx: bool = field(default=True, metadata={"help": "write model.onnx into the final folder"})
     export_transformers: bool = field(default=True, metadata={
         "help": "write the transformers/ subfolder (transformers' ResNetModel) into the final folder; doubles its size"})

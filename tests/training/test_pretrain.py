@@ -54,18 +54,38 @@ def test_knn_monitor_logs_at_epoch_ends(tmp_path, photo_dir):
     assert [r["step"] for r in knn] == [2, 4] and all(0 <= r["knn_top1"] <= 100 for r in knn)
 
 
-def test_two_cpu_ranks_under_torchrun(tmp_path, photo_dir):
+def test_two_cpu_ranks_under_torchrun(tmp_path, photos):
+    """Two ranks with the label-free monitor on (a folder large enough to hold a sample out) and --keep-best: the
+    ranks hold out the same images, only the main process evaluates and saves, and none waits forever."""
+    import numpy as np
+
+    data, rng = tmp_path / "crops", np.random.default_rng(0)
+    data.mkdir()
+    for i in range(170):  # a tenth (17) is held out
+        img = photos[i % len(photos)]
+        side = int(rng.uniform(0.3, 0.7) * min(img.size))
+        x, y = int(rng.integers(0, img.width - side)), int(rng.integers(0, img.height - side))
+        img.crop((x, y, x + side, y + side)).resize((72, 72)).save(data / f"{i}.jpg", quality=85)
     out = tmp_path / "ddp"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    proc = run(["--config", "smoke", "--data", str(photo_dir), "--output", str(out), "--batch-size-per-device", "2",
-                "--total-batch-size", "8", "--num-workers", "0", "--no-export-onnx"], launcher=launcher,
+    proc = run(["--config", "smoke", "--data", str(data), "--output", str(out), "--batch-size-per-device", "2",
+                "--total-batch-size", "8", "--num-workers", "0", "--no-export-onnx", "--max-steps", "6",
+                "--label-free-evals", "2", "--keep-best", "rankme"], launcher=launcher,
                env={"ACCELERATE_USE_CPU": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "[rank 0]" in proc.stderr and "[rank 1]" in proc.stderr
     assert "cpu x 2 (DistributedType.MULTI_CPU)" in proc.stderr
     record = (out / "config.yaml").read_text()
     assert "world_size: 2" in record and "optimizer_batch: 8" in record
-    BYOLModel.from_pretrained(out / "final")
+    assert "label_free_held_out: 17" in record and "dataset_size: 153" in record
+    metrics = [json.loads(line) for line in (out / "logs" / "metrics.jsonl").read_text().splitlines()]
+    ranks = [m for m in metrics if "rankme" in m]
+    assert len(ranks) >= 2 and ranks[-1]["step"] == 6 and len({m["step"] for m in ranks}) == len(ranks)
+    final, best = BYOLModel.from_pretrained(out / "final"), BYOLModel.from_pretrained(out / "best")
+    trough = min(range(len(ranks)), key=lambda i: ranks[i]["rankme"])
+    chosen = max(ranks[trough:], key=lambda m: m["rankme"])  # the highest after the lowest
+    assert final.config.training["selected"]["step"] == chosen["step"]
+    assert all(torch.equal(v, best.state_dict()[k]) for k, v in final.state_dict().items())
 
 
 def _data_on(kind: str, photo_dir, tmp_path, request) -> tuple[str, list[str], dict]:

@@ -155,3 +155,32 @@ def test_the_knn_monitor_votes_in_float32_under_the_trainers_bf16_autocast():
     plain = weighted_knn(x, labels, x, labels, ks=(5,))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # as train_loop calls the kNN monitor on a bf16 CPU
         assert weighted_knn(x, labels, x, labels, ks=(5,)) == plain == {5: 100.0}
+
+
+@pytest.mark.parametrize("rankmes, kept", [
+    ([270.0, 110.0, 46.0, 60.0, 84.0, 83.0], 4),  # the measured shape: a fall from the init's rank, then a rise
+    ([270.0, 150.0, 155.0, 90.0, 60.0], 4),  # still falling (an uptick on the way down): the last step
+    ([50.0, 70.0, 65.0], 1),  # rising from the first evaluation: the highest
+])
+def test_keep_best_takes_the_highest_rankme_after_the_runs_lowest(monkeypatch, tmp_path, rankmes, kept):
+    import json
+    from types import SimpleNamespace
+
+    from training import pretrain
+
+    saved = []
+    monkeypatch.setattr(pretrain, "save_best", lambda run: saved.append(dict(run.best)))
+    run = SimpleNamespace(best=None, step=0, clock=WallClock(time.monotonic()))
+    evals = pretrain.LabelFreeEvals.__new__(pretrain.LabelFreeEvals)
+    evals.run = run
+    for step, rankme in enumerate(rankmes):
+        run.step = step
+        evals.keep_best({"rankme": rankme, "std": 0.03})
+    assert run.best["step"] == kept and run.best["rankme"] == rankmes[kept] and saved[-1] == run.best
+    trough = min(range(len(rankmes)), key=rankmes.__getitem__)
+    assert (run.best["trough_step"], run.best["trough_rankme"]) == (trough, rankmes[trough])
+    # a best.json from before the lowest was recorded keeps its choice by the highest alone
+    run.best = json.loads(json.dumps({"step": 0, "rankme": 100.0, "label_free_std": 0.03}))
+    run.step = 9
+    evals.keep_best({"rankme": 50.0, "std": 0.03})
+    assert run.best["step"] == 0
