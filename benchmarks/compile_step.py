@@ -21,22 +21,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def step_times(model, opt, v1, v2, precision: str, steps: int, step_fn) -> list[float]:
-    import torch
-
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = step_fn(v1, v2)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        model.update_target(0.99)
-        times.append(time.perf_counter() - t)
-    return times
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=64, help="image side (default 64)")
@@ -50,6 +34,7 @@ def main() -> None:
     import torch
     import yaml
 
+    from benchmarks.learning import step_times
     from hub import ModelConfig
     from hub.hardware import cpu_summary, native_bf16
     from training.byol import BYOL

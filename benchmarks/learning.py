@@ -194,7 +194,7 @@ def random_model(out: Path, seed: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------- measures
-def evaluate(model_dir: str, sets: dict[str, Path]) -> dict:
+def evaluate(model, sets: dict[str, Path]) -> dict:
     """kNN top-1 (k=20) of every layer on both labelled sets, and the label-free figures of every layer on a sample
     of the unlabelled crops (what ``byol-hub spectrum`` reports), all at 64²."""
     from hub import BYOLModel
@@ -204,7 +204,7 @@ def evaluate(model_dir: str, sets: dict[str, Path]) -> dict:
     from training.evaluation.features import features_of
     from training.evaluation.knn import weighted_knn
 
-    model = BYOLModel.from_pretrained(model_dir).eval()
+    model = (model if isinstance(model, BYOLModel) else BYOLModel.from_pretrained(model)).eval()
     # one protocol for every model, whatever size it trained at: resize 73, center crop 64
     model.config.preprocessing = dataclasses.replace(model.config.preprocessing, resize_size=int(SIZE * 1.14),
                                                      crop_size=SIZE)
@@ -247,7 +247,7 @@ def checkpoint_correlation(run_dir: Path) -> dict | None:
             "spearman_std": round(spearman(stds, knns), 3), "rows": rows}
 
 
-def checkpoint_series(run_dir: Path, sets: dict[str, Path], work: Path) -> dict | None:
+def checkpoint_series(run_dir: Path, sets: dict[str, Path]) -> dict | None:
     """Every checkpoint of one run (``--checkpoints N``) evaluated as the final model is: kNN on both sets and the
     label-free figures; Spearman of each label-free signal against kNN over the run's course."""
     from hub.convert.checkpoint import convert_checkpoint
@@ -256,10 +256,8 @@ def checkpoint_series(run_dir: Path, sets: dict[str, Path], work: Path) -> dict 
                    if (p / "model.safetensors").exists())
     rows = []
     for step, ckpt in steps:
-        model = convert_checkpoint(ckpt / "model.safetensors", prefix="online.backbone.", name=f"step-{step}")
-        folder = model.save_pretrained(work / f"step_{step}", onnx=False, transformers=False)
-        figures = evaluate(str(folder), sets)
-        shutil.rmtree(folder, ignore_errors=True)
+        figures = evaluate(convert_checkpoint(ckpt / "model.safetensors", prefix="online.backbone.",
+                                              name=f"step-{step}"), sets)
         rows.append({"step": step, "rankme": figures["rankme"], "label_free_std": figures["label_free_std"],
                      **{f"knn_{s}": figures["knn"][s] for s in ("photos", "digits")}})
         print(f"  checkpoint step {step}: kNN photos {figures['knn']['photos']:.1f}, digits "
@@ -276,6 +274,25 @@ def checkpoint_series(run_dir: Path, sets: dict[str, Path], work: Path) -> dict 
 
     return {"points": len(rows), "rows": rows, "spearman": corr(rows), "lowest_rankme_step": rows[trough]["step"],
             "points_from_lowest": len(later), "spearman_from_lowest": corr(later) if len(later) >= 3 else None}
+
+
+def step_times(model, opt, v1, v2, precision: str, steps: int, forward=None) -> list[float]:
+    """Seconds of each training step (two views forward, backward, LARS, the target's update) on ``v1``/``v2``;
+    ``forward(v1, v2) -> loss`` replaces the model's own forward (a compiled one, say)."""
+    import torch
+
+    forward = forward or (lambda a, b: model(a, b)[0])
+    times = []
+    for _ in range(steps):
+        t = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = forward(v1, v2)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        model.update_target(0.99)
+        times.append(time.perf_counter() - t)
+    return times
 
 
 def step_only_rate(config: dict, precision: str, steps: int = 8) -> float:
@@ -298,17 +315,7 @@ def step_only_rate(config: dict, precision: str, steps: int = 8) -> float:
     def fastest(size: int) -> float:  # the ceiling: the fastest step
         v1 = torch.randn(batch, 3, size, size).contiguous(memory_format=fmt)
         v2 = torch.randn(batch, 3, size, size).contiguous(memory_format=fmt)
-        times = []
-        for _ in range(steps):
-            t = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss, _ = model(v1, v2)
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            model.update_target(0.99)
-            times.append(time.perf_counter() - t)
-        return min(times[1:])
+        return min(step_times(model, opt, v1, v2, precision, steps)[1:])
 
     step_s = fastest(config["image_size"])
     if config.get("low_res_scale"):  # progressive resizing: the run's own mix of the two sizes
@@ -390,7 +397,7 @@ def main() -> None:
                     entry = run_ours(config, sets["unlabeled"], out, args.minutes, seed, extra)
                     entry["checkpoints"] = checkpoint_correlation(out)
                     if args.checkpoints:
-                        entry["series"] = checkpoint_series(out, sets, tmp / "series")
+                        entry["series"] = checkpoint_series(out, sets)
                 entry.update(trainer=name, seed=seed, **evaluate(entry["model"], sets))
                 entry["images_per_min"] = round(entry["images"] / entry["wall_s"] * 60, 1)
                 runs.append(entry)
